@@ -1,0 +1,1 @@
+from pyautoattack.state import EvaluationState  # noqa: F401

@@ -1,0 +1,91 @@
+"""``robust-sabn bench norms``: forward+backward time of one model per normalization, side by side."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import create_model, set_route, split_routes, use_route
+from .tables import markdown_table
+from .timing import interleaved_medians
+
+# label -> create_model arguments; every model runs on the same input, in train mode, on the "adv" route.
+NORM_VARIANTS: dict[str, dict] = {
+    "BN": {"norm": "bn"},
+    "SaBN": {"norm": "sandwich"},
+    "AuxBN": {"norm": "dual"},
+}
+TARGETS = {"SaBN": 1.03}
+SPLIT_TARGET = 0.85
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+    return step
+
+
+def _split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """The hybrid loss's two halves as one fused forward over [x | x] and as two separate forwards."""
+    n = x.shape[0]
+    joined, labels = torch.cat([x, x]), torch.cat([y, y])
+
+    def fused() -> None:
+        model.zero_grad(set_to_none=True)
+        with split_routes(model, clean=n, adv=n):
+            F.cross_entropy(model(joined), labels).backward()
+
+    def separate() -> None:
+        model.zero_grad(set_to_none=True)
+        with use_route(model, "clean"):
+            loss = F.cross_entropy(model(x), y)
+        with use_route(model, "adv"):
+            loss = (loss + F.cross_entropy(model(x), y)) / 2
+        loss.backward()
+
+    return {"split": fused, "two": separate}
+
+
+def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 64, image_size: int = 32,
+                repeats: int = 10, warmup: int = 2, seed: int = 0) -> str:
+    """Time every variant on one input and return a Markdown table of ratios against BN."""
+    torch.manual_seed(seed)
+    arch_kwargs = {"width": width} if arch == "resnet_small" else {}
+    x = torch.rand(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, 10, (batch_size,))
+    steps, models = {}, {}
+    for label, kwargs in NORM_VARIANTS.items():
+        models[label] = set_route(create_model(arch, **kwargs, **arch_kwargs).train(), "adv")
+        steps[label] = _train_step(models[label], x, y)
+    split = _split_steps(models["SaBN"], x, y)
+    steps["SaBN split"], steps["SaBN two forwards"] = split["split"], split["two"]
+    times = interleaved_medians(steps, repeats=repeats, warmup=warmup)
+
+    rows = [[label, 1e3 * times[label], times[label] / times["BN"], TARGETS.get(label, "")]
+            for label in NORM_VARIANTS]
+    rows.append(["SaBN split_routes (2B in one pass) vs two forwards (B + B)", 1e3 * times["SaBN split"],
+                 times["SaBN split"] / times["SaBN two forwards"], SPLIT_TARGET])
+    header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size}, train mode, forward+backward, "
+              f"median of {repeats}, {torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+    return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)"], rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(bench_norms(args.arch, args.width, args.batch_size, args.image_size, args.repeats, args.warmup, args.seed))
+    return 0
+
+
+def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("norms", help="forward+backward time of BN, SaBN, AuxBN and the fused route split")
+    parser.add_argument("--arch", default="resnet_small")
+    parser.add_argument("--width", type=int, default=32, help="width of resnet_small")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)

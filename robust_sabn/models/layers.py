@@ -1,0 +1,42 @@
+"""Building blocks shared by the zoo's architectures."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+NormLayer = Callable[[int], nn.Module]
+ConvLayer = Callable[..., nn.Module]
+
+CONV_LAYERS: dict[str, ConvLayer] = {"standard": nn.Conv2d}
+
+
+def conv_factory(kind: str = "standard") -> ConvLayer:
+    """The convolution class registered under ``kind``."""
+    if kind not in CONV_LAYERS:
+        raise ConfigError(f"unknown conv {kind!r}; choose one of {list(CONV_LAYERS)}")
+    return CONV_LAYERS[kind]
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` inside the model, so that it takes inputs in [0, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def init_conv_linear(model: nn.Module) -> None:
+    """He-normal convolutions and zero linear biases, the usual initialization of CIFAR ResNets."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

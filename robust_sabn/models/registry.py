@@ -1,0 +1,63 @@
+"""Model registry: names to builders, in the manner of timm's ``create_model``."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..nn import DEFAULT_ROUTES, norm_factory
+from .layers import conv_factory
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: make ``builder`` available to :func:`create_model` under its function name."""
+    _BUILDERS[builder.__name__] = builder
+    return builder
+
+
+def list_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    norm: str = "bn",
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    routes: Sequence[str] = DEFAULT_ROUTES,
+    conv: str = "standard",
+    norm_kwargs: dict | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a zoo model taking inputs in [0, 1] (NCHW) and normalizing them inside with ``mean``/``std``.
+
+    ``norm`` picks the normalization layer ("bn", "sandwich", "dual", ...; ``routes`` names the routes of
+    routed kinds), ``conv`` the convolution ("standard", ...); ``norm_kwargs`` go to every norm layer and
+    ``kwargs`` to the builder (e.g. ``width`` for ``resnet_small``).
+    """
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if in_channels not in (1, 3):
+        raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+    mean = tuple(mean) if mean is not None else (0.0,) * in_channels
+    std = tuple(std) if std is not None else (1.0,) * in_channels
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ConfigError(f"mean and std need {in_channels} values each (one per input channel)")
+    if min(std) <= 0:
+        raise ConfigError(f"std values must be positive, got {std}")
+    return _BUILDERS[name](
+        num_classes=num_classes,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        norm_layer=norm_factory(norm, routes, **(norm_kwargs or {})),
+        conv_layer=conv_factory(conv),
+        **kwargs,
+    )

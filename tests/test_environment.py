@@ -1,0 +1,73 @@
+"""The installed environment: RobustBench intact and importable, AutoAttack reachable, the doctor command."""
+import subprocess
+import sys
+from functools import partial
+
+import pytest
+import torch
+
+from robust_sabn import create_model, fold_route, use_route
+from robust_sabn.cli import main
+from robust_sabn.doctor import changed_files, check_robustbench, run_checks
+from robust_sabn.io import save_checkpoint
+
+
+def test_robustbench_and_autoattack_import_in_a_fresh_interpreter():
+    code = "import robustbench.eval, robustbench.utils, autoattack, autoattack.state; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_doctor_passes_here_and_exits_zero(capsys):
+    assert all(check.ok for check in run_checks())
+    assert main(["doctor"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6 and all(line.startswith("ok") for line in lines)
+
+
+def test_doctor_detects_robustbench_files_overwritten_by_torchattacks(monkeypatch, capsys):
+    assert changed_files("robustbench") == []
+    monkeypatch.setattr("robust_sabn.doctor.changed_files", lambda dist: ["robustbench/eval.py"])
+    result = check_robustbench()
+    assert not result.ok and "force-reinstall robustbench==1.1.1" in result.fix
+    assert main(["doctor", "--quiet"]) == 1
+    assert capsys.readouterr().out.startswith("FAIL robustbench")
+
+
+def test_changed_files_compares_content_against_the_record(tmp_path, monkeypatch):
+    import importlib.metadata as metadata
+
+    dist = metadata.distribution("tqdm")
+    target = next(f for f in dist.files if str(f).endswith("tqdm/version.py"))
+    original = target.locate().read_bytes()
+    monkeypatch.setattr(type(target), "locate", lambda self: tmp_path / "copy.py")
+    (tmp_path / "copy.py").write_bytes(original + b"# edited\n")
+    assert "tqdm/version.py" in changed_files("tqdm")
+
+
+def test_robustbench_load_model_reads_a_folded_zoo_model_from_its_layout(tmp_path):
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.utils import load_model
+
+    model = create_model("resnet_small", width=8, norm="sandwich").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(fold_route(model, "adv").state_dict(), tmp_path / "cifar10" / "Linf" / "RobustSabnTest.pt")
+    entries = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf]
+    entries["RobustSabnTest"] = {"model": partial(create_model, "resnet_small", width=8), "gdrive_id": ""}
+    try:
+        loaded = load_model("RobustSabnTest", model_dir=tmp_path, dataset="cifar10", threat_model="Linf")
+    finally:
+        del entries["RobustSabnTest"]
+    x = torch.rand(4, 3, 32, 32)
+    with use_route(model, "adv"):
+        assert (loaded(x) - model(x)).abs().max() <= 1e-5
+    assert not loaded.training
+
+
+@pytest.mark.parametrize("argv", [["doctor", "--bogus"], ["no-such-command"]])
+def test_cli_usage_errors_exit_two(argv):
+    result = subprocess.run([sys.executable, "-m", "robust_sabn", *argv], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage:" in result.stderr
