@@ -60,3 +60,18 @@ def test_routed_zoo_model_routes_every_norm():
     model = create_model("preact_resnet18", norm="sandwich", routes=("a", "b", "c")).eval()
     with use_route(model, "c"):
         assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_model_spec_rebuilds_the_same_architecture():
+    from robust_sabn.models import build_model
+
+    model = create_model("resnet_small", width=6, norm="sandwich", in_channels=1, num_classes=4)
+    clone = build_model(model.model_spec)
+    clone.load_state_dict(model.state_dict())
+    assert clone.model_spec == model.model_spec
+    plain = build_model({"callable": "torchvision.models:resnet18", "kwargs": {"num_classes": 3}})
+    assert plain.fc.out_features == 3
+    with pytest.raises(ConfigError, match="cannot import"):
+        build_model({"callable": "no_such_module:f"})
+    with pytest.raises(ConfigError, match="needs 'arch'"):
+        build_model({"kwargs": {}})

@@ -38,7 +38,8 @@ def create_model(
 
     ``norm`` picks the normalization layer ("bn", "sandwich", "dual", ...; ``routes`` names the routes of
     routed kinds), ``conv`` the convolution ("standard", ...); ``norm_kwargs`` go to every norm layer and
-    ``kwargs`` to the builder (e.g. ``width`` for ``resnet_small``).
+    ``kwargs`` to the builder (e.g. ``width`` for ``resnet_small``). The model's ``model_spec`` attribute
+    records these arguments (see :mod:`robust_sabn.models.spec`).
     """
     if name not in _BUILDERS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -52,7 +53,7 @@ def create_model(
         raise ConfigError(f"mean and std need {in_channels} values each (one per input channel)")
     if min(std) <= 0:
         raise ConfigError(f"std values must be positive, got {std}")
-    return _BUILDERS[name](
+    model = _BUILDERS[name](
         num_classes=num_classes,
         in_channels=in_channels,
         mean=mean,
@@ -61,3 +62,7 @@ def create_model(
         conv_layer=conv_factory(conv),
         **kwargs,
     )
+    model.model_spec = {"arch": name, "kwargs": {
+        "num_classes": num_classes, "norm": norm, "in_channels": in_channels, "mean": list(mean), "std": list(std),
+        "routes": list(routes), "conv": conv, "norm_kwargs": dict(norm_kwargs or {}), **kwargs}}
+    return model
