@@ -1,0 +1,95 @@
+"""The attack base class: torchattacks' ``Attack`` contract plus a route and a BN mode.
+
+Every attack here is a ``torchattacks.Attack``: ``adv = attack(images, labels)`` with images in [0, 1],
+targeted modes, ``set_normalization_used`` and composition with torchattacks' ``MultiAttack`` all work as
+there. On top of that an attack runs through one route of a routed model (``route=``), keeps batch
+normalization in eval or train mode while attacking (``bn_mode=``), and leaves the model as it found it.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torchattacks.attack import Attack
+from torch import nn
+
+from ..errors import ConfigError, RouteError
+from ..nn import routes_of, use_route
+
+BN_MODES = ("eval", "train")
+NORMS = ("Linf", "L2")
+
+
+def check_eps(eps: float, norm: str = "Linf") -> float:
+    """``eps`` must be non-negative, and at most 1 for Linf (inputs live in [0, 1])."""
+    eps = float(eps)
+    if eps < 0 or (norm == "Linf" and eps > 1):
+        bound = "between 0 and 1 (inputs are in [0, 1]; e.g. 8/255)" if norm == "Linf" else "non-negative"
+        raise ConfigError(f"attack eps must be {bound}, got {eps}")
+    return eps
+
+
+def check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ConfigError(f"attack {name} must be positive, got {value}")
+    return value
+
+
+def check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"attack steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ConfigError(f"unknown attack norm {norm!r}; choose one of {list(NORMS)}")
+    return norm
+
+
+class RoutedAttack(Attack):
+    """A torchattacks ``Attack`` that runs through ``route`` with batch norms in ``bn_mode``.
+
+    ``route=None`` leaves the model's current route choice alone (plain models, or a route the caller
+    set); on a model without routed layers any route is a no-op. ``bn_mode="eval"`` attacks the model in
+    eval mode (the usual choice); ``"train"`` keeps it in train mode, so batch statistics are used and the
+    route's running statistics are updated by the attack's forwards, as in the official SaBN code.
+    Afterwards every module's train/eval flag and the route choice are restored exactly, even on error.
+    Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only: no parameter ``.grad`` is
+    touched and autograd skips the weight-gradient kernels.
+    """
+
+    def __init__(self, name: str, model: nn.Module, route: str | None = None, bn_mode: str = "eval") -> None:
+        super().__init__(name, model)
+        if bn_mode not in BN_MODES:
+            raise ConfigError(f"unknown bn_mode {bn_mode!r}; choose one of {list(BN_MODES)}")
+        routes = routes_of(model)
+        if route is not None and routes and route not in routes:
+            raise RouteError(f"unknown attack route {route!r}; this model's routes are {list(routes)}")
+        self.route = route
+        self.bn_mode = bn_mode
+        train = bn_mode == "train"
+        self.set_model_training_mode(model_training=train, batchnorm_training=train)
+
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        modes = [(module, module.training) for module in self.model.modules()]
+        route = use_route(self.model, self.route) if self.route is not None else nullcontext()
+        try:
+            with route, torch.enable_grad():
+                return super().__call__(inputs, labels, *args, **kwargs)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def input_gradient(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """Gradient of the attack loss w.r.t. ``images`` alone: cross-entropy on ``labels``, or minus the
+        cross-entropy on ``target`` in targeted mode."""
+        images = images.detach().requires_grad_(True)
+        logits = self.get_logits(images)
+        loss = -F.cross_entropy(logits, target) if target is not None else F.cross_entropy(logits, labels)
+        return torch.autograd.grad(loss, images)[0]
+
+    def targets(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        return self.get_target_label(images, labels) if self.targeted else None
