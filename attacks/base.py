@@ -7,7 +7,8 @@ normalization in eval or train mode while attacking (``bn_mode=``), and leaves t
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,17 @@ def check_norm(norm: str) -> str:
     return norm
 
 
+@contextmanager
+def restore_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every module's own train/eval flag on exit (``model.train(flag)`` would overwrite frozen parts)."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 class RoutedAttack(Attack):
     """A torchattacks ``Attack`` that runs through ``route`` with batch norms in ``bn_mode``.
 
@@ -65,30 +77,31 @@ class RoutedAttack(Attack):
         super().__init__(name, model)
         if bn_mode not in BN_MODES:
             raise ConfigError(f"unknown bn_mode {bn_mode!r}; choose one of {list(BN_MODES)}")
-        routes = routes_of(model)
-        if route is not None and routes and route not in routes:
-            raise RouteError(f"unknown attack route {route!r}; this model's routes are {list(routes)}")
-        self.route = route
+        self.route = self.checked_route(route)
         self.bn_mode = bn_mode
         train = bn_mode == "train"
         self.set_model_training_mode(model_training=train, batchnorm_training=train)
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
-        modes = [(module, module.training) for module in self.model.modules()]
         route = use_route(self.model, self.route) if self.route is not None else nullcontext()
-        try:
-            with route, torch.enable_grad():
-                return super().__call__(inputs, labels, *args, **kwargs)
-        finally:
-            for module, training in modes:
-                module.training = training
+        with restore_modes(self.model), route, torch.enable_grad():
+            return super().__call__(inputs, labels, *args, **kwargs)
+
+    def checked_route(self, route: str | None) -> str | None:
+        """``route`` if the model has it (or has no routed layers, where routes are no-ops); else RouteError."""
+        routes = routes_of(self.model)
+        if route is not None and routes and route not in routes:
+            raise RouteError(f"unknown attack route {route!r}; this model's routes are {list(routes)}")
+        return route
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """What the attack ascends: cross-entropy on ``labels``, or minus cross-entropy on ``target`` (targeted)."""
+        return -F.cross_entropy(logits, target) if target is not None else F.cross_entropy(logits, labels)
 
     def input_gradient(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        """Gradient of the attack loss w.r.t. ``images`` alone: cross-entropy on ``labels``, or minus the
-        cross-entropy on ``target`` in targeted mode."""
+        """Gradient of :meth:`loss` w.r.t. ``images`` alone."""
         images = images.detach().requires_grad_(True)
-        logits = self.get_logits(images)
-        loss = -F.cross_entropy(logits, target) if target is not None else F.cross_entropy(logits, labels)
+        loss = self.loss(self.get_logits(images), labels, target)
         return torch.autograd.grad(loss, images)[0]
 
     def targets(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:

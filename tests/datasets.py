@@ -118,3 +118,13 @@ def write_imagefolder(root: str | Path, n_train: int = 24, n_test: int = 8, num_
         order = sorted(range(n), key=lambda i: (int(labels[i]), i))
         written[split] = (images[order], labels[order])
     return written
+
+
+def pattern_task(n: int, seed: int, num_classes: int = 4, size: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """An in-memory task that a tiny net learns in a few steps and PGD breaks at eps 0.1: gray images of
+    0.5 plus a class-specific +-0.15 random pattern (fixed across seeds) plus Gaussian noise (sd 0.1)."""
+    patterns = torch.randint(0, 2, (num_classes, 1, size, size), generator=torch.Generator().manual_seed(0)) * 2.0 - 1
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    x = (0.5 + 0.15 * patterns[y] + 0.1 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+    return x, y

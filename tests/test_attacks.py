@@ -9,19 +9,12 @@ import torch.nn.functional as F
 import torchattacks
 
 from robust_sabn import ConfigError, RouteError, create_model, fold_route, set_route, split_routes, use_route
-from robust_sabn.attacks import FGSM, PGD
+from robust_sabn.attacks import FGSM, PGD, TradesPGD
 from robust_sabn.nn import routed_layers
 
+from datasets import pattern_task
+
 NUM_CLASSES = 4
-
-
-def pattern_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gray 12x12 images: a class-specific +-0.15 checkerboard-like pattern on 0.5, plus noise."""
-    patterns = torch.randint(0, 2, (NUM_CLASSES, 1, 12, 12), generator=torch.Generator().manual_seed(0)) * 2.0 - 1
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
-    x = (0.5 + 0.15 * patterns[y] + 0.1 * torch.randn(n, 1, 12, 12, generator=g)).clamp(0, 1)
-    return x, y
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +215,26 @@ def test_l2_eps_above_one_allowed_and_fgsm_validates(trained):
     assert FGSM(trained, eps=0.1).alpha == pytest.approx(0.125)
     with pytest.raises(ConfigError):
         FGSM(trained, eps=-0.1)
+
+
+def test_trades_pgd_raises_divergence_within_ball(trained, data):
+    x, _ = data
+    with torch.no_grad(), use_route(trained, "clean"):
+        reference = F.softmax(trained(x), dim=1)
+
+    def divergence(images):
+        with torch.no_grad(), use_route(trained, "adv"):
+            return F.kl_div(F.log_softmax(trained(images), dim=1), reference, reduction="batchmean").item()
+
+    torch.manual_seed(0)
+    adv = TradesPGD(trained, eps=0.1, alpha=0.025, steps=5, route="adv", reference_route="clean")(x)
+    assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert divergence(adv) > divergence(x) + 0.5
+    torch.manual_seed(0)
+    same_route = TradesPGD(trained, eps=0.1, alpha=0.025, steps=5, route="adv")(x)
+    assert not torch.equal(adv, same_route)  # the reference route matters
+    with pytest.raises(RouteError):
+        TradesPGD(trained, reference_route="dirty")
 
 
 def test_routed_model_without_route_names_the_fix(trained, data):
