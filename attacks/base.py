@@ -12,8 +12,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
-from torchattacks.attack import Attack
 from torch import nn
+from torchattacks.attack import Attack
 
 from ..errors import ConfigError, RouteError
 from ..nn import routes_of, use_route

@@ -280,7 +280,8 @@ def _load_fashion_mnist(data_dir: Path | None, download: bool) -> tuple[ImageTen
     if folder is None and download:
         root = data_dir or DEFAULT_DATA_DIR
         _download("fashion-mnist", root)
-        candidates.append(root / "FashionMNIST" / "raw")
+        if root / "FashionMNIST" / "raw" not in candidates:
+            candidates.append(root / "FashionMNIST" / "raw")
         folder = find()
     if folder is None:
         raise _missing("fashion-mnist", candidates[0] / f"{FASHION_MNIST_FILES[0]}.gz",
