@@ -1,5 +1,6 @@
 """Datasets: exact reads of every on-disk format, the validation split, augmentation, and the resumable,
 sharded batch iterator."""
+import gzip
 import pickle
 from pathlib import Path
 
@@ -232,3 +233,20 @@ def test_real_fashion_mnist():
     assert x.shape == (10000, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     assert torch.bincount(y).tolist() == [1000] * 10
     assert abs(x.mean().item() - splits.mean[0]) < 0.01
+
+
+def test_uncompressed_idx_files_and_torchvision_raw_folder(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    written = write_fashion_mnist(raw)
+    for gz in raw.glob("*.gz"):
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    splits = load_dataset("fashion-mnist", tmp_path, val_size=0)  # finds <data_dir>/FashionMNIST/raw
+    assert torch.equal(as_uint8(splits.train)[0], written["train"][0])
+
+
+def test_imagefolder_resizes_to_image_size(tmp_path):
+    write_imagefolder(tmp_path, size=16)
+    splits = load_dataset("imagefolder", tmp_path, image_size=8, val_size=0)
+    assert splits.image_size == 8 and splits.train[0][0].shape == (3, 8, 8)
+    assert splits.augment.padding == 1 and splits.augment.flip

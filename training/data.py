@@ -382,10 +382,13 @@ def _seed_of(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) % 2**64 for k in keys]).generate_state(1, np.uint64)[0])
 
 
+def _divide(n: int, d: int, drop_last: bool) -> int:
+    return n // d if drop_last else -(-n // d)
+
+
 def num_batches(n_items: int, batch_size: int, *, drop_last: bool, world_size: int = 1) -> int:
     """Batches per rank that :func:`batch_iterator` yields for ``n_items`` items."""
-    per_rank = n_items // world_size if drop_last else -(-n_items // world_size)
-    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+    return _divide(_divide(n_items, world_size, drop_last), batch_size, drop_last)
 
 
 def shard_indices(n_items: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
@@ -397,8 +400,7 @@ def shard_indices(n_items: int, *, shuffle: bool, seed: int, epoch: int, rank: i
         order = torch.randperm(n_items, generator=torch.Generator().manual_seed(_seed_of(seed, epoch)))
     else:
         order = torch.arange(n_items)
-    per_rank = n_items // world_size if drop_last else -(-n_items // world_size)
-    total = per_rank * world_size
+    total = _divide(n_items, world_size, drop_last) * world_size
     if total > n_items:
         order = torch.cat([order, order[: total - n_items]])
     return order[:total][rank::world_size]
