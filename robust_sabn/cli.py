@@ -12,6 +12,9 @@ from .errors import UserError
 COMMAND_MODULES = (
     "robust_sabn.eval.bench_norms",
     "robust_sabn.doctor",
+    "robust_sabn.training.cli",
+    "robust_sabn.training.bench",
+    "robust_sabn.quickstart",
 )
 
 

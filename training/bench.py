@@ -1,0 +1,106 @@
+"""``robust-sabn bench train``: BN, AuxBN and SaAuxBN trained with the same budget and seed, side by side.
+
+Each variant trains from the same config (the ``fashion-mnist-small`` recipe unless ``--config`` says otherwise),
+then its best checkpoint is scored on a fixed test subset under both protocols: *single route* (one fixed model:
+clean and PGD accuracy through the adv route, what RobustBench accepts) and *oracle routing* (clean accuracy
+through the clean route, PGD accuracy through the adv route, as the SaBN paper reports).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..eval.tables import markdown_table
+from ..nn import routes_of
+from .config import TrainConfig
+from .data import load_dataset
+from .distributed import resolve_device
+from .evaluate import accuracy, pgd_attack
+from .loop import fixed_subset, train
+from .run_dir import BEST, model_from_checkpoint
+
+# label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
+TRAIN_BENCH_VARIANTS: dict[str, dict] = {
+    "BN": {"norm": "bn"},
+    "AuxBN": {"norm": "dual"},
+    "SaAuxBN": {"norm": "sandwich"},
+}
+HEADERS = ("variant", "single route: clean", "single route: PGD", "oracle: clean (clean route)",
+           "oracle: PGD (adv route)", "s / epoch", "time vs first")
+
+
+def score(config: TrainConfig, checkpoint: Path, test, pgd_steps: int) -> dict[str, float]:
+    """Test accuracies of a checkpoint: clean and PGD through the adv route, clean through the clean route."""
+    device = resolve_device(config.device)
+    model = model_from_checkpoint(checkpoint, device)
+    kwargs = {"device": device, "seed": config.seed, "batch_size": 2 * config.batch_size}
+    attack = pgd_attack(model, eps=config.eps, steps=pgd_steps, route="adv", norm=config.attack_norm)
+    result = {"clean": accuracy(model, test, route="adv", **kwargs),
+              "pgd": accuracy(model, test, route="adv", attack=attack, **kwargs)}
+    clean_route = "clean" if "clean" in routes_of(model) else "adv"
+    result["clean_oracle"] = accuracy(model, test, route=clean_route, **kwargs)
+    return result
+
+
+def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 1000, pgd_steps: int = 20,
+                variants: dict[str, dict] | None = None) -> str:
+    """Train every variant in ``out_dir/<label>`` and return a Markdown table of their accuracies and times."""
+    variants = TRAIN_BENCH_VARIANTS if variants is None else variants
+    splits = load_dataset(base.dataset, base.data_dir, download=base.download, val_size=base.val_size,
+                          seed=base.seed)
+    test = fixed_subset(splits.test, min(test_size, len(splits.test)) if test_size else None, base.seed)
+    rows, first = [], None
+    for label, overrides in variants.items():
+        config = dataclasses.replace(base, **overrides, out_dir=str(Path(out_dir) / label))
+        result = train(config)
+        times = [r["epoch_time"] for r in result.records if r["kind"] == "epoch"] or [result.records[-1]["time"]]
+        per_epoch = sum(times) / len(times)
+        first = first or per_epoch
+        acc = score(config, result.run_dir / BEST, test, pgd_steps)
+        rows.append([label, 100 * acc["clean"], 100 * acc["pgd"], 100 * acc["clean_oracle"], 100 * acc["pgd"],
+                     per_epoch, per_epoch / first])
+    header = (f"{base.dataset}, {base.arch}{f' width {base.width}' if base.width else ''}, objective "
+              f"{base.objective}, PGD-{base.steps} training ({base.attack_norm} eps {base.eps:g}), {base.epochs} "
+              f"epochs x {base.train_size or 'all'} images, seed {base.seed}; best.pt scored on {len(test)} test "
+              f"images, PGD-{pgd_steps} (eval mode); accuracies in %\n\n")
+    return header + markdown_table(HEADERS, rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in {"epochs": args.epochs, "train_size": args.train_size, "width": args.width,
+                                   "steps": args.steps, "seed": args.seed, "device": args.device,
+                                   "data_dir": args.data_dir, "batch_size": args.batch_size}.items() if v is not None}
+    if args.no_progress:
+        overrides["progress"] = False
+    base = TrainConfig.from_file(args.config, **overrides)
+    variants = TRAIN_BENCH_VARIANTS
+    if args.variants:
+        unknown = [v for v in args.variants if v not in TRAIN_BENCH_VARIANTS]
+        if unknown:
+            raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(TRAIN_BENCH_VARIANTS)}")
+        variants = {v: TRAIN_BENCH_VARIANTS[v] for v in args.variants}
+    out_dir = args.out_dir or f"runs/bench-train-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(bench_train(base, out_dir, args.test_size, args.pgd_steps, variants))
+    return 0
+
+
+def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train BN, AuxBN and SaAuxBN alike; clean/PGD accuracy per protocol")
+    parser.add_argument("--config", default="fashion-mnist-small", help="base config file or recipe")
+    parser.add_argument("--variants", nargs="+", help=f"subset of: {', '.join(TRAIN_BENCH_VARIANTS)}")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--train-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--steps", type=int, help="PGD steps of the training attack")
+    parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--pgd-steps", type=int, default=20, help="PGD steps of the test attack")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out-dir", help="folder for the variants' run folders (default runs/bench-train-<time>)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=run)

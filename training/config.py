@@ -1,0 +1,213 @@
+"""The training configuration: one dataclass, filled from defaults, a YAML/JSON file or recipe, and CLI flags.
+
+Precedence: CLI flags > config file (``--config path.yaml`` or a shipped recipe name) > dataclass defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+ATTACK_NORMS = ("Linf", "L2")
+BN_MODES = ("eval", "train")
+AMP_MODES = ("off", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def parse_number(value: Any, name: str = "value") -> float:
+    """A float from a number or a string such as ``"8/255"`` or ``"0.1"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(Fraction(str(value).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{name} must be a number or a fraction like 8/255, got {value!r}") from None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; written to ``<run>/config.yaml`` and into every checkpoint."""
+
+    # data
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    val_size: int | None = None  # held out of the training set; None -> min(1000, 10%)
+    train_size: int | None = None  # train on a fixed random subset of this many images
+    # model
+    arch: str = "preact_resnet18"
+    norm: str = "sandwich"
+    conv: str = "standard"
+    width: int | None = None  # resnet_small's base width
+    # objective and its training attack
+    objective: str = "hybrid"
+    eps: float = 8 / 255
+    step_size: float | None = None  # None -> eps / 4 (PGD), 1.25 * eps (fast)
+    steps: int = 7
+    attack_norm: str = "Linf"
+    beta: float = 6.0  # trades
+    bn_mode: str = "eval"  # BN mode while crafting training attacks ("train" as the official SaBN code)
+    val_steps: int = 10  # PGD steps of the validation attack (step 2.5 * eps / val_steps, eval mode, adv route)
+    # optimization
+    epochs: int = 200
+    max_steps: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list[int] = field(default_factory=lambda: [100, 150])
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    # run
+    out_dir: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool | None = None  # None -> on for CPU (faster there), off for CUDA without --amp
+    deterministic: bool = False
+    sync_bn: bool = False
+    save_every: int = 0
+    log_every: int = 50
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        if self.step_size is None:
+            self.step_size = 1.25 * self.eps if self.objective == "fast" else self.eps / 4
+        self._check()
+
+    def _check(self) -> None:
+        from ..models import CONV_LAYERS, list_models
+        from ..nn import norm_kinds
+        from .data import DATASETS
+        from .objectives import OBJECTIVES
+
+        for name, value, known in (("dataset", self.dataset, DATASETS), ("arch", self.arch, list_models()),
+                                   ("norm", self.norm, norm_kinds()), ("conv", self.conv, CONV_LAYERS),
+                                   ("objective", self.objective, OBJECTIVES), ("attack_norm", self.attack_norm,
+                                   ATTACK_NORMS), ("bn_mode", self.bn_mode, BN_MODES), ("amp", self.amp, AMP_MODES),
+                                   ("device", self.device, DEVICES)):
+            if value not in known:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(known)}")
+        if not 0 <= self.eps or (self.attack_norm == "Linf" and self.eps > 1) or not math.isfinite(self.eps):
+            raise ConfigError(f"eps must be in [0, 1] for inputs in [0, 1], got {self.eps}; e.g. --eps 8/255")
+        if not 0 < self.step_size or (self.step_size > self.eps and self.objective != "fast"):
+            raise ConfigError(f"step size {self.step_size} must be positive and at most eps ({self.eps}); "
+                              f"e.g. --step-size {Fraction(self.eps / 4).limit_denominator(1000)}")
+        for name in ("steps", "val_steps", "epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "train_size", "val_size", "width"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (or left unset), got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma", "beta"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("save_every", "warmup_steps", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
+            raise ConfigError(f"milestones must be increasing epoch numbers >= 1, got {self.milestones}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping (keys may use ``-`` or ``_``); unknown keys are an error naming the known ones."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source} must hold a mapping of settings, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path_or_recipe: str | Path, **overrides: Any) -> TrainConfig:
+        """Build from a YAML/JSON file or a recipe name, with ``overrides`` on top."""
+        return cls.from_dict({**read_config_file(path_or_recipe), **overrides}, source=str(path_or_recipe))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert a value read from a file or a flag to the field's type (fractions allowed for floats)."""
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{f.name} cannot be empty")
+    if kind.startswith("list"):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{f.name} must be a list of integers, got {value!r}")
+        return [_to_int(f.name, v) for v in items if str(v).strip() != ""]
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "on"):
+            return True
+        if str(value).lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+    if kind.startswith("float"):
+        return parse_number(value, f.name)
+    if kind.startswith("int"):
+        return _to_int(f.name, value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{f.name} must be a string, got {value!r}")
+    return value
+
+
+def _to_int(name: str, value: Any) -> int:
+    number = parse_number(value, name)
+    if not number.is_integer():
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    return int(number)
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped with the package (``training/recipes/*.yaml``)."""
+    folder = resources.files(__package__) / "recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_config_file(path_or_recipe: str | Path) -> dict[str, Any]:
+    """The settings in a YAML/JSON file, or in the shipped recipe of that name."""
+    path = Path(path_or_recipe)
+    if not path.is_file():
+        if str(path_or_recipe) not in recipe_names():
+            raise ConfigError(f"no config file or recipe named {str(path_or_recipe)!r}; "
+                              f"recipes: {', '.join(recipe_names())}")
+        text = (resources.files(__package__) / "recipes" / f"{path_or_recipe}.yaml").read_text()
+    else:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from err
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path_or_recipe} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{str(err).splitlines()[0]}") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path_or_recipe} must hold a mapping of settings, got {type(values).__name__}")
+    return values

@@ -1,0 +1,324 @@
+"""The adversarial-training loop: SGD on an objective, validation every epoch, checkpoints, metrics, resume."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, UserError
+from ..io import atomic_write_text, load_weights, save_checkpoint
+from ..models import create_model
+from ..nn import layer_metrics, routes_of
+from .config import TrainConfig
+from .curves import plot_curves
+from .data import batch_iterator, load_dataset, num_batches
+from .distributed import Processes, start_processes
+from .evaluate import accuracy, pgd_attack
+from .metrics import Meter, MetricsLog
+from .objectives import build_objective
+from .optim import build_optimizer, build_scheduler
+from .rng import rng_state, seed_everything, set_rng_state
+from .run_dir import BEST, CONFIG, CURVES, LAST, METRICS, default_run_dir, load_last, prepare_new_run_dir
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epoch: int  # completed epochs
+    step: int  # optimizer steps
+    best: dict[str, Any] = field(default_factory=dict)  # {"val_robust_acc", "epoch", "step"} of best.pt
+    records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train as ``config`` says, in ``config.out_dir``; with ``resume`` continue the run saved there (use
+    :func:`robust_sabn.training.resume_config` to read its config). Under ``torchrun`` every process calls this."""
+    processes = start_processes(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return Trainer(config, processes, resume).run()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        processes.close()
+
+
+def fixed_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    """A fixed random subset of ``size`` items, drawn by ``seed`` (the whole set when ``size`` is None)."""
+    if size is None:
+        return dataset
+    if size > len(dataset):
+        raise ConfigError(f"asked for {size} images but the split holds {len(dataset)}")
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    return dataset.subset(indices) if hasattr(dataset, "subset") else Subset(dataset, indices.tolist())
+
+
+class Trainer:
+    """One training run; :meth:`run` trains until ``epochs`` are done or ``max_steps`` optimizer steps are taken."""
+
+    def __init__(self, config: TrainConfig, processes: Processes, resume: bool) -> None:
+        self.processes, self.device = processes, processes.device
+        out_dir = processes.broadcast(config.out_dir or default_run_dir(config))
+        self.config = config = dataclasses.replace(config, out_dir=out_dir)
+        self.run_dir = Path(out_dir)
+        checkpoint = load_last(self.run_dir) if resume else None
+        self._check_device()
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+        self.splits = load_dataset(config.dataset, config.data_dir, download=config.download,
+                                   val_size=config.val_size, seed=config.seed)
+        self.train_set = fixed_subset(self.splits.train, config.train_size, config.seed)
+        self.steps_per_epoch = num_batches(len(self.train_set), config.batch_size, drop_last=True,
+                                           world_size=processes.world_size)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"the training split ({len(self.train_set)} images) is smaller than one batch of "
+                              f"{config.batch_size} per process; lower --batch-size")
+        seed_everything(config.seed)
+        self.model = self._build_model()
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.amp_dtype = AMP_DTYPES[config.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.objective = build_objective(config.objective, eps=config.eps, step_size=config.step_size,
+                                         steps=config.steps, norm=config.attack_norm, beta=config.beta,
+                                         bn_mode=config.bn_mode)
+        self.epoch = self.batch = self.step = 0
+        self.elapsed = self.epoch_seconds = 0.0
+        self.best: dict[str, Any] = {}
+        self.epoch_meter, self.window_meter = Meter(), Meter()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        else:
+            seed_everything(config.seed + processes.rank)  # each process draws its own attack starts
+        # DDP wraps the model for the training forward; attacks and validation use self.model itself.
+        self.net: nn.Module = self.model
+        if processes.distributed:
+            # Objectives that train one route (madry, fast) leave the other route's own parameters unused.
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                               else None, find_unused_parameters=bool(routes_of(self.model)))
+        self.log: MetricsLog | None = None
+        if processes.is_main:
+            if checkpoint is None:
+                prepare_new_run_dir(self.run_dir)
+            self.log = MetricsLog(self.run_dir / METRICS, keep_until_step=self.step)
+            atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
+
+    def _check_device(self) -> None:
+        config, device = self.config, self.device
+        if config.amp != "off" and device.type != "cuda":
+            raise ConfigError("--amp needs a CUDA device (on CPU, float32 is the fast path); drop --amp on CPU")
+        if config.sync_bn and self.processes.distributed and device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPU); "
+                              "drop --sync-bn for CPU processes")
+        self.channels_last = config.channels_last
+        if self.channels_last is None:
+            self.channels_last = device.type == "cpu" or config.amp != "off"
+
+    def _build_model(self) -> nn.Module:
+        config, splits = self.config, self.splits
+        kwargs = {"width": config.width} if config.width is not None else {}
+        try:
+            model = create_model(config.arch, num_classes=splits.num_classes, norm=config.norm,
+                                 in_channels=splits.in_channels, mean=splits.mean, std=splits.std,
+                                 conv=config.conv, **kwargs)
+        except TypeError as err:
+            raise ConfigError(f"{config.arch} does not take these settings ({err}); "
+                              "--width applies to resnet_small") from None
+        if config.sync_bn:
+            spec = model.model_spec
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model.model_spec = spec
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        load_weights(self.model, checkpoint["model"], source=str(self.run_dir / LAST))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.batch, self.step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
+        self.elapsed, self.epoch_seconds = checkpoint["elapsed"], checkpoint["epoch_seconds"]
+        self.best = dict(checkpoint["best"])
+        self.epoch_meter = Meter(checkpoint["meters"]["epoch"])
+        self.window_meter = Meter(checkpoint["meters"]["window"])
+        states = checkpoint["rng"]
+        if len(states) == self.processes.world_size:
+            set_rng_state(states[self.processes.rank])
+        else:  # another number of processes: the run continues, but not bit-for-bit
+            seed_everything(self.config.seed + self.step + self.processes.rank)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def budget_spent(self) -> bool:
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
+
+    def run(self) -> TrainResult:
+        self.first_step = self.step
+        while self.epoch < self.config.epochs and not self.budget_spent():
+            self.train_epoch()
+            if self.batch == self.steps_per_epoch:
+                self.end_epoch()
+        if self.batch > 0 and self.step > self.first_step:  # cut inside an epoch: validate, save where it stopped
+            self.finish("stop")
+        if self.log is not None and self.log.epochs():
+            plot_curves(self.log.epochs(), self.run_dir / CURVES)
+        records = self.log.records if self.log is not None else []
+        return TrainResult(self.run_dir, self.epoch, self.step, dict(self.best), list(records))
+
+    def train_epoch(self) -> None:
+        config = self.config
+        batches = batch_iterator(self.train_set, config.batch_size, shuffle=True, seed=config.seed,
+                                 epoch=self.epoch, start_batch=self.batch, drop_last=True,
+                                 rank=self.processes.rank, world_size=self.processes.world_size,
+                                 augment=self.splits.augment, num_workers=config.num_workers)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                   disable=not (config.progress and self.processes.is_main), leave=False, dynamic_ncols=True)
+        with bar:
+            for x, y in batches:
+                if self.budget_spent():
+                    break
+                start = time.perf_counter()
+                values = self.train_step(x, y)
+                self.batch += 1
+                self.step += 1
+                seconds = time.perf_counter() - start
+                self.elapsed += seconds
+                self.epoch_seconds += seconds
+                bar.update(1)
+                bar.set_postfix({k.removeprefix("train_"): f"{v:.3f}" for k, v in values.items()
+                                 if not k.startswith("layer/")}, refresh=False)
+                if self.step % config.log_every == 0:
+                    self.log_record("step", self.window_meter)
+                    self.window_meter = Meter()
+                if config.save_every and self.step % config.save_every == 0 and self.batch < self.steps_per_epoch:
+                    self.save(LAST)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimizer step; returns the batch's loss and accuracies (summed over processes)."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.objective(self.net, x, y)
+        counts = torch.stack([out.loss.detach().float() * len(y), torch.tensor(float(len(y)), device=self.device),
+                              *_correct(out.clean_logits, y), *_correct(out.adv_logits, y)])
+        if self.processes.distributed:
+            dist.all_reduce(counts)
+        loss_sum, n, clean, n_clean, adv, n_adv = counts.tolist()
+        if not torch.isfinite(counts[0]):
+            raise TrainingDiverged(f"the loss became {loss_sum / n} at step {self.step + 1} (epoch {self.epoch + 1}); "
+                                   f"lower --lr or check the data ({self.run_dir / LAST} holds the last good state)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        values = {"train_loss": loss_sum / n}
+        layers = layer_metrics(self.model)
+        for meter in (self.epoch_meter, self.window_meter):
+            meter.add("train_loss", loss_sum, n)
+            if n_clean:
+                meter.add("train_clean_acc", clean, n_clean)
+            if n_adv:
+                meter.add("train_adv_acc", adv, n_adv)
+            for key, value in layers.items():
+                meter.add(f"layer/{key}", value)
+        if n_clean:
+            values["train_clean_acc"] = clean / n_clean
+        if n_adv:
+            values["train_adv_acc"] = adv / n_adv
+        return values
+
+    # -- validation, checkpoints, metrics ---------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Clean and PGD accuracy on the validation split, eval mode, through the adv route (and clean accuracy
+        through the clean route when the model has one)."""
+        config, model = self.config, self.model
+        kwargs = {"batch_size": 2 * config.batch_size, "device": self.device, "seed": config.seed,
+                  "rank": self.processes.rank, "world_size": self.processes.world_size}
+        attack = pgd_attack(model, eps=config.eps, steps=config.val_steps, route="adv", norm=config.attack_norm)
+        result = {"val_clean_acc": accuracy(model, self.splits.val, route="adv", **kwargs),
+                  "val_robust_acc": accuracy(model, self.splits.val, route="adv", attack=attack, **kwargs)}
+        if "clean" in routes_of(model):
+            result["val_clean_acc_clean_route"] = accuracy(model, self.splits.val, route="clean", **kwargs)
+        return result
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch = 0
+        self.finish("epoch")
+        self.epoch_meter, self.epoch_seconds = Meter(), 0.0
+
+    def finish(self, kind: str) -> None:
+        """Validate, log a ``kind`` record, then write best.pt (when robust accuracy improved) and last.pt."""
+        start = time.perf_counter()
+        val = self.validate()
+        record = self.log_record(kind, self.epoch_meter, epoch_time=self.epoch_seconds,
+                                 val_time=time.perf_counter() - start, **val)
+        improved = val["val_robust_acc"] > self.best.get("val_robust_acc", -1.0)
+        if improved:
+            self.best = {"val_robust_acc": val["val_robust_acc"], "epoch": self.epoch, "step": self.step}
+            self.save(BEST)
+        self.save(LAST)
+        if self.processes.is_main and self.config.progress:
+            tqdm.write(_summary(record, self.config.epochs, improved))
+
+    def log_record(self, kind: str, meter: Meter, **extra: float) -> dict[str, Any]:
+        last_lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](max(self.step - 1, 0))
+        record = {"kind": kind, "epoch": self.epoch + (kind != "epoch"), "step": self.step, "lr": last_lr,
+                  **meter.averages(), **extra, "time": self.elapsed}
+        if self.log is not None:
+            self.log.append(record)
+        return record
+
+    def save(self, name: str) -> None:
+        """Write a checkpoint (every process takes part: each contributes its RNG state; the main one writes)."""
+        states = self.processes.gather(rng_state())
+        if not self.processes.is_main:
+            return
+        save_checkpoint({
+            "model": self.model.state_dict(), "model_spec": self.model.model_spec, "config": self.config.to_dict(),
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": states, "best": dict(self.best),
+            "meters": {"epoch": self.epoch_meter.state(), "window": self.window_meter.state()},
+            "elapsed": self.elapsed, "epoch_seconds": self.epoch_seconds, "world_size": self.processes.world_size,
+        }, self.run_dir / name)
+
+
+def _correct(logits: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(number right, number scored) of a batch's logits; (0, 0) when the objective did not produce them."""
+    if logits is None:
+        zero = torch.zeros((), device=y.device)
+        return zero, zero
+    return (logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=y.device)
+
+
+def _summary(record: dict[str, Any], epochs: int, improved: bool) -> str:
+    def pct(key: str) -> str:
+        return f"{100 * record[key]:.1f}%" if record.get(key) is not None else "-"
+
+    head = f"epoch {record['epoch']}/{epochs}" if record["kind"] == "epoch" else f"stopped at step {record['step']}"
+    return (f"{head}: loss {record.get('train_loss', float('nan')):.3f}, train clean {pct('train_clean_acc')} "
+            f"adv {pct('train_adv_acc')} | val clean {pct('val_clean_acc')} robust {pct('val_robust_acc')}"
+            f"{' (best)' if improved else ''} | {record['epoch_time']:.0f} s")

@@ -1,0 +1,57 @@
+"""Running averages of training statistics and the run's ``metrics.jsonl``."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
+
+
+class Meter:
+    """Weighted running averages; its state is a plain dict of floats, saved in checkpoints."""
+
+    def __init__(self, state: dict[str, float] | None = None) -> None:
+        self.totals: dict[str, float] = dict(state or {})
+
+    def add(self, key: str, total: float, count: float = 1.0) -> None:
+        """Add ``total`` spread over ``count`` samples (e.g. correct predictions out of a batch)."""
+        self.totals[key] = self.totals.get(key, 0.0) + float(total)
+        self.totals[f"{key}#n"] = self.totals.get(f"{key}#n", 0.0) + float(count)
+
+    def averages(self) -> dict[str, float]:
+        return {key: value / self.totals[f"{key}#n"] for key, value in self.totals.items()
+                if not key.endswith("#n") and self.totals[f"{key}#n"] > 0}
+
+    def state(self) -> dict[str, float]:
+        return dict(self.totals)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, the whole file rewritten atomically on every append.
+
+    Resuming from a checkpoint at step ``s`` keeps only the lines up to ``s``, so a run killed after its last
+    checkpoint does not log the replayed steps twice.
+    """
+
+    def __init__(self, path: str | Path, keep_until_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
+        if keep_until_step is not None and self.path.is_file():
+            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.records = [r for r in lines if r.get("step", 0) <= keep_until_step]
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append({k: _plain(v) for k, v in record.items()})
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def epochs(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("kind") == "epoch"]
+
+
+def _plain(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
