@@ -152,6 +152,9 @@ class Trades(Objective):
         loss = F.cross_entropy(clean_logits, y) + self.beta * kl
         return StepOutput(loss, clean_logits.detach(), adv_logits.detach())
 
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, beta={self.beta:g})"
+
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (Madry, Hybrid, Trades, Fast)}
 
