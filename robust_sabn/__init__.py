@@ -1,14 +1,24 @@
 """robust-sabn: dual-path Sandwich Batch Normalization for adversarial training, AutoAttack evaluation,
 and export to RobustBench."""
-from .convert import convert_norms, fold_route
+from .convert import convert_convs, convert_norms, fold_route, fold_spec
 from .errors import CheckpointError, ConfigError, RouteError, UserError
 from .models import create_model, list_models, register_model
-from .nn import DualBatchNorm2d, SandwichBatchNorm2d, routes_of, set_route, split_routes, use_route
+from .nn import (
+    CalibratedBatchNorm2d, DualBatchNorm2d, SandwichBatchNorm2d, UnifiedBatchNorm2d, WeightAlignConv2d, routes_of,
+    set_route, split_routes, use_route,
+)
 
 __version__ = "0.1.0"
 
+from . import robustbench_bridge as _robustbench_bridge  # noqa: E402
+from .exporting import export  # noqa: E402  (imports __version__)
+from .robustbench_bridge import register_robustbench  # noqa: E402
+
+_robustbench_bridge.install()  # lazy: exported models are registered when RobustBench gets imported
+
 __all__ = [
-    "CheckpointError", "ConfigError", "DualBatchNorm2d", "RouteError", "SandwichBatchNorm2d", "UserError",
-    "convert_norms", "create_model", "fold_route", "list_models", "register_model", "routes_of", "set_route",
-    "split_routes", "use_route",
+    "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DualBatchNorm2d", "RouteError",
+    "SandwichBatchNorm2d", "UnifiedBatchNorm2d", "UserError", "WeightAlignConv2d",
+    "convert_convs", "convert_norms", "create_model", "export", "fold_route", "fold_spec", "list_models",
+    "register_model", "register_robustbench", "routes_of", "set_route", "split_routes", "use_route",
 ]

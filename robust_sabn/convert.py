@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
 from .errors import ConfigError
-from .nn import DEFAULT_ROUTES, RoutedNorm, routed_norm_class
+from .models.layers import CONV_LAYERS, conv_factory
+from .nn import DEFAULT_ROUTES, ROUTED_NORMS, RoutedNorm, routed_norm_class
 from .nn.routing import Foldable
 
 
@@ -67,3 +68,48 @@ def fold_route(model: nn.Module, route: str) -> nn.Module:
         return module.fold(route) if isinstance(module, Foldable) else None
 
     return replace_modules(folded, replace).eval()
+
+
+def fold_spec(spec: Mapping) -> dict:
+    """The architecture spec of ``fold_route(build_model(spec), route)`` (the same for every route).
+
+    Routed norms become the kind their ``fold`` returns ("bn", or "calibrated_bn" for calibrated UBN, via the
+    class's ``folded_norm``), foldable convolutions (WeightAlign) become "standard"; norm kwargs the folded
+    layer does not take are dropped. A ``callable`` spec is returned unchanged.
+    """
+    spec = copy.deepcopy(dict(spec))
+    if "arch" not in spec:
+        return spec
+    kwargs = spec.setdefault("kwargs", {})
+    norm = kwargs.get("norm", "bn")
+    if norm in ROUTED_NORMS:
+        norm_kwargs = dict(kwargs.get("norm_kwargs") or {})
+        folded_norm = getattr(ROUTED_NORMS[norm], "folded_norm", None)
+        if folded_norm is not None:
+            kwargs["norm"], kwargs["norm_kwargs"] = folded_norm(**norm_kwargs)
+        else:
+            bn_keys = ("eps", "momentum", "affine", "track_running_stats")
+            kwargs["norm"], kwargs["norm_kwargs"] = "bn", {k: v for k, v in norm_kwargs.items() if k in bn_keys}
+    conv = kwargs.get("conv", "standard")
+    if isinstance(CONV_LAYERS.get(conv), type) and issubclass(CONV_LAYERS[conv], Foldable):
+        kwargs["conv"] = "standard"
+    return spec
+
+
+def convert_convs(model: nn.Module, kind: str = "weightalign", **layer_kwargs) -> nn.Module:
+    """Replace every plain ``nn.Conv2d`` of ``model`` (in place) by a convolution of ``kind`` built by its
+    ``from_conv`` (``layer_kwargs`` go there). Returns the model (a new object only when it is a Conv2d).
+
+    Does NOT preserve the function in general: WeightAlign removes each filter's mean (its gains are set to
+    keep each filter's spread; see ``WeightAlignConv2d.from_conv``), so fine-tune after converting.
+    ``fold_route`` turns the convolutions back into plain ``nn.Conv2d`` with the aligned weights.
+    """
+    layer_class = conv_factory(kind)
+    if not hasattr(layer_class, "from_conv"):
+        convertible = [name for name, cls in CONV_LAYERS.items() if hasattr(cls, "from_conv")]
+        raise ConfigError(f"conv kind {kind!r} has no conversion from nn.Conv2d; choose one of {convertible}")
+
+    def replace(module: nn.Module) -> nn.Module | None:
+        return layer_class.from_conv(module, **layer_kwargs) if type(module) is nn.Conv2d else None
+
+    return replace_modules(model, replace)

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn.weightalign import WeightAlignConv2d
 
 NormLayer = Callable[[int], nn.Module]
 ConvLayer = Callable[..., nn.Module]
 
-CONV_LAYERS: dict[str, ConvLayer] = {"standard": nn.Conv2d}
+CONV_LAYERS: dict[str, ConvLayer] = {"standard": nn.Conv2d, "weightalign": WeightAlignConv2d}
 
 
 def conv_factory(kind: str = "standard") -> ConvLayer:
