@@ -72,7 +72,8 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
 def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"epochs": args.epochs, "train_size": args.train_size, "width": args.width,
                                    "steps": args.steps, "seed": args.seed, "device": args.device,
-                                   "data_dir": args.data_dir, "batch_size": args.batch_size}.items() if v is not None}
+                                   "data_dir": args.data_dir, "batch_size": args.batch_size,
+                                   "val_size": args.val_size}.items() if v is not None}
     if args.no_progress:
         overrides["progress"] = False
     base = TrainConfig.from_file(args.config, **overrides)
@@ -94,6 +95,7 @@ def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--val-size", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--steps", type=int, help="PGD steps of the training attack")
     parser.add_argument("--test-size", type=int, default=1000)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any
 
 from ..errors import ConfigError
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     config, resume = config_from_args(args)
     result = train(config, resume=resume)
-    if result.best:
+    if result.best and os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
         print(f"run folder {result.run_dir}: {result.epoch} epochs, {result.step} steps; best robust validation "
               f"accuracy {100 * result.best['val_robust_acc']:.2f}% (epoch {result.best['epoch']}) in "
               f"{result.run_dir / 'best.pt'}")

@@ -43,6 +43,16 @@ class Processes:
         dist.all_gather_object(boxes, obj)
         return boxes
 
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Average floating-point buffers (BN running statistics) over processes, so that every process holds the
+        same model: each one's last forward updated its statistics from its own shard."""
+        if not self.distributed:
+            return
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer.div_(self.world_size)
+
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -272,6 +272,7 @@ class Trainer:
     def finish(self, kind: str) -> None:
         """Validate, log a ``kind`` record, then write best.pt (when robust accuracy improved) and last.pt."""
         start = time.perf_counter()
+        self.processes.average_buffers(self.model)
         val = self.validate()
         record = self.log_record(kind, self.epoch_meter, epoch_time=self.epoch_seconds,
                                  val_time=time.perf_counter() - start, **val)

@@ -1,0 +1,33 @@
+"""``robust-sabn bench train`` with tiny settings: one row per registered variant, both protocols."""
+import pytest
+import torch
+
+from datasets import write_fashion_mnist
+from robust_sabn.cli import main
+from robust_sabn.training.bench import HEADERS, TRAIN_BENCH_VARIANTS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_train_prints_one_row_per_variant(tmp_path, capsys, monkeypatch):
+    write_fashion_mnist(tmp_path / "data", n_train=64, n_test=12)
+    monkeypatch.setitem(TRAIN_BENCH_VARIANTS, "extra row", {"norm": "sandwich", "lr": 0.05})  # rows come from the registry
+    argv = ["bench", "train", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--train-size", "32",
+            "--batch-size", "16", "--val-size", "16", "--width", "4", "--steps", "1", "--test-size", "12", "--pgd-steps", "2",
+            "--device", "cpu", "--out-dir", str(tmp_path / "bench"), "--no-progress"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0] == "| " + " | ".join(HEADERS) + " |"
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in table[1:]]
+    assert rows == list(TRAIN_BENCH_VARIANTS)
+    bn = table[1].split(" | ")
+    assert bn[1] == bn[3]  # plain BN: no clean route, the oracle's clean accuracy is the single route's
+    for label in TRAIN_BENCH_VARIANTS:
+        assert (tmp_path / "bench" / label / "best.pt").is_file()

@@ -1,0 +1,67 @@
+"""DistributedDataParallel on the CPU: two gloo processes end with identical models."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from datasets import write_fashion_mnist
+from robust_sabn.io import load_checkpoint
+from robust_sabn.training.config import TrainConfig
+from robust_sabn.training.distributed import start_processes
+from robust_sabn.training.loop import Trainer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, world_size: int, port: int, config: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    processes = start_processes("cpu")
+    try:
+        trainer = Trainer(TrainConfig.from_dict(config), processes, resume=False)
+        result = trainer.run()
+        torch.save({"state": trainer.model.state_dict(), "step": result.step}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        processes.close()
+
+
+@pytest.mark.parametrize("objective, norm", [("hybrid", "sandwich"), ("madry", "dual")])
+def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm):
+    write_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)
+    config = TrainConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data"), arch="resnet_small", width=4,
+                         norm=norm, objective=objective, eps=0.1, steps=2, val_steps=1, val_size=16, epochs=2,
+                         batch_size=8, max_steps=7, out_dir=str(tmp_path / "run"), device="cpu", progress=False)
+    mp.spawn(worker, args=(2, free_port(), config.to_dict(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 7  # 80 images / (2 processes x 8) = 5 steps per epoch
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["world_size"] == 2 and len(saved["rng"]) == 2
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+        assert torch.equal(value, saved["model"][key]), key
+
+
+@pytest.mark.slow
+def test_torchrun_launches_the_train_command(tmp_path):
+    write_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    argv = [str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "robust_sabn", "train",
+            "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--arch", "resnet_small",
+            "--width", "4", "--eps", "0.1", "--steps", "1", "--val-steps", "1", "--val-size", "16", "--epochs", "1",
+            "--batch-size", "8", "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (saved["world_size"], saved["step"], saved["epoch"]) == (2, 5, 1)
+    assert "best robust validation accuracy" in done.stdout
