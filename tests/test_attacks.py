@@ -179,6 +179,15 @@ def test_pgd_l2_and_fgsm_agree_with_torchattacks(trained, data):
     assert torch.equal(ours_fgsm, ref_fgsm)
 
 
+def test_torchattacks_attacks_run_on_a_routed_model_with_a_fixed_route(trained, data):
+    x, y = data
+    model = set_route(copy.deepcopy(trained), "adv")
+    for attack in (torchattacks.APGD(model, eps=0.1, steps=10, seed=0), torchattacks.MIFGSM(model, eps=0.1, alpha=0.025)):
+        adv = attack(x, y)
+        assert accuracy(model, adv, y) <= 0.2, type(attack).__name__
+    assert all(layer.route == "adv" for layer in routed_layers(model))
+
+
 def test_torchattacks_contract(trained, data):
     """Targeted mode and torchattacks' MultiAttack work with our attacks."""
     x, y = data
