@@ -35,7 +35,7 @@ def worker(rank: int, world_size: int, port: int, config: dict, out: str) -> Non
         processes.close()
 
 
-@pytest.mark.parametrize("objective, norm", [("hybrid", "sandwich"), ("madry", "dual")])
+@pytest.mark.parametrize("objective, norm", [("hybrid", "sandwich"), ("madry", "dual"), ("trades", "bn")])
 def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm):
     write_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)
     config = TrainConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data"), arch="resnet_small", width=4,

@@ -219,3 +219,14 @@ def test_every_objective_trains(fmnist, tmp_path, objective, norm):
     after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert not torch.equal(after["linear.weight"], before.state_dict()["linear.weight"])
     assert dataclasses.asdict(config)["objective"] == objective
+
+
+def test_same_seed_same_weights_and_deterministic_mode_is_restored(fmnist, tmp_path):
+    runs = {name: tiny(fmnist, tmp_path / name, max_steps=3, seed=seed, deterministic=name == "b")
+            for name, seed in (("a", 1), ("b", 1), ("c", 2))}
+    for config in runs.values():
+        train(config)
+    assert not torch.are_deterministic_algorithms_enabled()
+    weights = {name: load_checkpoint(tmp_path / name / "last.pt")["model"] for name in runs}
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not torch.equal(weights["a"]["linear.weight"], weights["c"]["linear.weight"])
