@@ -17,6 +17,10 @@ NORM_VARIANTS: dict[str, dict] = {
     "BN": {"norm": "bn"},
     "SaBN": {"norm": "sandwich"},
     "AuxBN": {"norm": "dual"},
+    "UBN": {"norm": "ubn"},
+    "UBN stage 1 only": {"norm": "ubn", "norm_kwargs": {"calibration": False}},
+    "WeightAlign+BN": {"norm": "bn", "conv": "weightalign"},
+    "WeightAlign+GN": {"norm": "gn", "conv": "weightalign"},
 }
 TARGETS = {"SaBN": 1.03}
 SPLIT_TARGET = 0.85
