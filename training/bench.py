@@ -27,6 +27,9 @@ TRAIN_BENCH_VARIANTS: dict[str, dict] = {
     "BN": {"norm": "bn"},
     "AuxBN": {"norm": "dual"},
     "SaAuxBN": {"norm": "sandwich"},
+    "UBN": {"norm": "ubn"},
+    "WeightAlign+BN": {"norm": "bn", "conv": "weightalign"},
+    "WeightAlign+GN": {"norm": "gn", "conv": "weightalign"},
 }
 HEADERS = ("variant", "single route: clean", "single route: PGD", "oracle: clean (clean route)",
            "oracle: PGD (adv route)", "s / epoch", "time vs first")

@@ -67,7 +67,7 @@ def calibrated_batch_norm(stats: nn.Module, x: torch.Tensor, weight: torch.Tenso
     centered = torch.addcmul(x, x.mean(dims, keepdim=True), center_weight.view(shape))
     x_hat = stats(centered)
     gate = 2 * torch.sigmoid(torch.addcmul(scale_bias.view(shape), x_hat.mean(dims, keepdim=True), scale_weight.view(shape)))
-    return torch.addcmul(bias.view(shape), x_hat * gate, weight.view(shape))
+    return torch.addcmul(bias.view(shape), x_hat, weight.view(shape) * gate)
 
 
 class CalibratedBatchNorm2d(nn.Module):
