@@ -12,6 +12,8 @@ from .errors import UserError
 COMMAND_MODULES = (
     "robust_sabn.eval.bench_norms",
     "robust_sabn.doctor",
+    "robust_sabn.eval.cli",
+    "robust_sabn.eval.export_cli",
     "robust_sabn.training.cli",
     "robust_sabn.training.bench",
     "robust_sabn.quickstart",

@@ -1,0 +1,173 @@
+"""Run the real AutoAttack once and read its per-attack results, flags and progress from its log.
+
+Backend: upstream ``autoattack`` (fra31/auto-attack) when a real one is installed, else PyPI's
+``pyautoattack`` through :mod:`robust_sabn.eval.autoattack_compat` (the ``autoattack`` module robust-sabn's
+set-up installs is that adapter; it says so with ``IS_ROBUST_SABN_ADAPTER``). torchattacks' ``AutoAttack``
+(10-iteration APGD/FAB) is never used. AutoAttack runs unmodified: one ``run_standard_evaluation`` call.
+robust-sabn only replaces its logger by a recorder that keeps the gradient-masking warnings of its checks
+(randomness, zero gradients, Square beating the white-box attacks, ...), counts the points each attack
+breaks per batch (the per-attack robust accuracy) and drives the progress bars.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+
+VERSIONS = ("standard", "plus", "rand", "custom")
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+_BATCH_LINE = re.compile(r"^(?P<attack>[\w-]+) - (?P<batch>\d+)/(?P<batches>\d+) - (?P<broken>\d+) out of \d+ ")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    AutoAttack: type
+
+
+def autoattack_backend() -> Backend:
+    """Upstream ``autoattack`` if installed, else pyautoattack through robust-sabn's adapter."""
+    try:
+        module = importlib.import_module("autoattack")
+    except ImportError:
+        module = None
+    if module is not None and not getattr(module, "IS_ROBUST_SABN_ADAPTER", False):
+        return Backend(f"autoattack {_version('autoattack')} (upstream)", module.AutoAttack)
+    try:
+        from .autoattack_compat import AutoAttack
+    except ImportError as err:
+        raise ConfigError(f"AutoAttack is not installed ({err}); run ./bin/setup or pip install pyautoattack") from None
+    return Backend(f"pyautoattack {_version('pyautoattack')}", AutoAttack)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "(unknown version)"
+
+
+class AttackLog:
+    """Stands in for AutoAttack's logger (upstream calls ``log``; pyautoattack uses logging's methods)."""
+
+    def __init__(self, progress: bool = True) -> None:
+        self.flags: list[str] = []
+        self.broken: dict[str, int] = {}
+        self.finished: dict[str, float] = {}  # attack -> perf_counter() at its last batch
+        self.progress = progress
+        self._bar: tqdm | None = None
+
+    def log(self, message: str) -> None:
+        message = str(message)
+        if message.startswith("Warning: "):
+            self.warning(message[len("Warning: "):])
+        else:
+            self.debug(message)
+
+    def warning(self, message: str, *args, **_) -> None:
+        message = str(message) % args if args else str(message)
+        if message not in self.flags:
+            self.flags.append(message)
+
+    def debug(self, message: str, *args, **_) -> None:
+        match = _BATCH_LINE.match(str(message) % args if args else str(message))
+        if match is None:
+            return
+        attack, batch, batches = match["attack"], int(match["batch"]), int(match["batches"])
+        self.broken[attack] = self.broken.get(attack, 0) + int(match["broken"])
+        self.finished[attack] = time.perf_counter()
+        if self.progress:
+            if batch == 1:
+                self.close()
+                self._bar = tqdm(total=batches, desc=f"AutoAttack {attack}", unit="batch", leave=False)
+            if self._bar is not None:
+                self._bar.update(1)
+
+    info = error = critical = debug
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@dataclass
+class AutoAttackResult:
+    robust: torch.Tensor  # bool per example: still classified correctly after every attack
+    attacks: list[str]  # the attacks of the version, in AutoAttack's order
+    broken: dict[str, int]  # points each attack broke (counted from AutoAttack's per-batch log lines)
+    seconds: dict[str, float]
+    flags: list[str] = field(default_factory=list)
+    backend: str = ""
+
+    def per_attack(self, clean_correct: int) -> dict[str, float]:
+        """Robust accuracy after each attack (cumulative, as AutoAttack reports it), given the number of points
+        classified correctly before attacking; empty when the log lines do not add up to the result."""
+        n = len(self.robust)
+        if clean_correct - sum(self.broken.values()) != int(self.robust.sum()):
+            return {}
+        accuracies, correct = {}, clean_correct
+        for attack in self.attacks:
+            correct -= self.broken.get(attack, 0)
+            accuracies[attack] = correct / n
+        return accuracies
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
+                   version: str = "standard", seed: int = 0, batch_size: int = 250,
+                   attacks: Sequence[str] | None = None, device: torch.device | str | None = None,
+                   progress: bool = True, restarts: int | None = None) -> AutoAttackResult:
+    """AutoAttack ``version`` (``attacks`` for "custom") on a deterministic ``model`` in eval mode.
+
+    ``restarts`` overrides APGD's restarts (robust-sabn's "apgd-ce" check runs it with 1, as the standard
+    version does). Returns which points stay robust, per-attack robust accuracy and the flags AutoAttack raised.
+    """
+    if version not in VERSIONS:
+        raise ConfigError(f"unknown AutoAttack version {version!r}; choose one of {list(VERSIONS)}")
+    if version == "custom":
+        unknown = [a for a in attacks or () if a not in AA_ATTACKS]
+        if not attacks or unknown:
+            raise ConfigError(f"version 'custom' needs attacks from {list(AA_ATTACKS)}, got {list(attacks or ())}")
+    backend = autoattack_backend()
+    log = AttackLog(progress)
+    device = device if device is not None else x.device
+    adversary = backend.AutoAttack(model, norm=norm, eps=eps, seed=seed, verbose=False, version=version,
+                                   attacks_to_run=list(attacks) if version == "custom" else [], device=device)
+    adversary.verbose = True  # per-batch lines go to the recorder, not to stdout
+    for owner in (adversary, adversary.apgd, adversary.apgd_targeted):
+        owner.logger = log
+    if restarts is not None:
+        adversary.apgd.n_restarts = restarts
+    to_run = list(adversary.attacks_to_run)
+
+    start = time.perf_counter()
+    try:
+        x_adv, y_adv = adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
+    finally:
+        log.close()
+    robust = (y_adv.to(y.device) == y)
+    _check_perturbation(x, x_adv.to(x.device), eps, norm, log)
+
+    seconds, previous = {}, start
+    for attack in to_run:
+        if attack in log.finished:
+            seconds[attack], previous = log.finished[attack] - previous, log.finished[attack]
+    return AutoAttackResult(robust.cpu(), to_run, dict(log.broken), seconds, log.flags, backend.name)
+
+
+def _check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, log: AttackLog) -> None:
+    """Flag adversarial points outside the threat model (they would make the robust accuracy meaningless)."""
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    if (size > eps + 1e-5).any() or x_adv.min() < 0 or x_adv.max() > 1:
+        log.warning(f"adversarial points outside the {norm} ball of radius {eps:.5f} or outside [0, 1] "
+                    f"(largest perturbation {size.max().item():.5f})")

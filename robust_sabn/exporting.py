@@ -1,0 +1,203 @@
+"""Export in RobustBench's format: fold one route into a plain model, write its weights where
+``robustbench.utils.load_model`` looks, its architecture beside them, and a leaderboard card.
+
+Layout (``model_dir="models"``, RobustBench's default)::
+
+    models/cifar10/Linf/Name2026Title.pt          state dict of tensors (what load_model reads)
+    models/cifar10/Linf/Name2026Title.arch.json   architecture spec (JSON; rebuilds the model, nothing unpickled)
+    model_info/cifar10/Linf/Name2026Title.json    leaderboard card with RobustBench's fields
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .convert import fold_route, fold_spec
+from .errors import ConfigError, RouteError
+from .io import atomic_write_text, load_weights, save_checkpoint
+from .model_files import arch_file, check_spec, spec_from_arch, write_arch_file
+from .models import build_model
+from .nn import routes_of
+
+THREAT_MODELS = ("Linf", "L2")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# RobustBench's load_model strips these from any key that contains them, which would break the key.
+RESERVED_KEY_PARTS = ("module.", "model.")
+# Image size used to check the rebuilt model against the folded one (any size the architecture accepts works).
+CHECK_IMAGE_SIZE = {"imagenet": 224, "fashion-mnist": 28, "mnist": 28}
+# Card fields a person fills in; re-exporting keeps them (results are replaced: the weights may have changed).
+HUMAN_FIELDS = ("link", "name", "authors", "additional_data", "venue", "reported", "external")
+
+
+def format_eps(eps: float, norm: str = "Linf") -> str:
+    """RobustBench's spelling of a radius: "8/255" for Linf multiples of 1/255, else the plain number."""
+    if norm == "Linf" and eps > 0 and math.isclose(eps * 255, round(eps * 255), abs_tol=1e-6):
+        return f"{round(eps * 255)}/255"
+    return f"{float(Fraction(eps).limit_denominator(10**6)):g}"
+
+
+def info_dir_for(model_dir: str | os.PathLike) -> Path:
+    """Where cards go by default: ``model_info`` beside ``model_dir`` (RobustBench's repository layout)."""
+    return Path(model_dir).parent / "model_info"
+
+
+def card_path(name: str, model_dir: str | os.PathLike = "models", dataset: str = "cifar10",
+              threat_model: str = "Linf", info_dir: str | os.PathLike | None = None) -> Path:
+    root = Path(info_dir) if info_dir is not None else info_dir_for(model_dir)
+    return root / dataset / threat_model / f"{name}.json"
+
+
+def check_export_name(name: str, dataset: str, threat_model: str) -> None:
+    """A file-safe name that RobustBench's ``load_model`` treats like any other (no special-cased patterns)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"export name must look like Name2026Title (letters, digits, '_' or '-'), got {name!r}")
+    if "Kireev2021Effectiveness" in name or (dataset == "imagenet" and "Standard" in name):
+        raise ConfigError(f"RobustBench's load_model treats names like {name!r} specially; choose another name")
+    if threat_model not in THREAT_MODELS:
+        raise ConfigError(f"threat model must be one of {list(THREAT_MODELS)}, got {threat_model!r}")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", dataset or ""):
+        raise ConfigError(f"dataset must be a lower-case name like 'cifar10', got {dataset!r}")
+
+
+def exported_spec(model: nn.Module, arch: str | Mapping | None = None,
+                  arch_kwargs: Mapping[str, Any] | None = None) -> dict:
+    """The architecture spec of the folded model: ``arch`` when given, else the fold of ``model.model_spec``."""
+    if isinstance(arch, Mapping):
+        return check_spec(arch)
+    if arch is not None:
+        return spec_from_arch(arch, arch_kwargs)
+    spec = getattr(model, "model_spec", None)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"{type(model).__name__} has no model_spec (it is not from robust_sabn's zoo); pass "
+            "arch='package.module:builder' (and arch_kwargs) that rebuilds the folded model")
+    return fold_spec(spec)
+
+
+def _check_rebuilds(spec: dict, folded: nn.Module, dataset: str) -> None:
+    """Rebuild ``spec``, load the folded weights strictly, and require identical logits on a random batch."""
+    try:
+        rebuilt = build_model(spec)
+    except TypeError as err:
+        raise ConfigError(f"cannot build the architecture {spec} ({err}); fix arch/arch_kwargs") from None
+    load_weights(rebuilt, folded.state_dict(), "the folded model")
+    first_conv = next((m for m in folded.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first_conv.in_channels if first_conv is not None else 3
+    size = CHECK_IMAGE_SIZE.get(dataset, 32)
+    x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (rebuilt.eval()(x) - folded(x)).abs().max().item()
+    if not diff <= 1e-5:
+        raise ConfigError(
+            f"the architecture {spec} loads the weights but computes something else (max logit difference "
+            f"{diff:.2e}); pass the arch/arch_kwargs the model was built with")
+
+
+def _check_keys(state_dict: Mapping[str, torch.Tensor]) -> None:
+    bad = [k for k in state_dict if any(part in k for part in RESERVED_KEY_PARTS)]
+    if bad:
+        raise ConfigError(
+            f"state-dict keys {bad[:3]} contain 'model.' or 'module.', which RobustBench's load_model cuts "
+            "out of keys; rename those submodules before exporting")
+
+
+def write_card(path: str | os.PathLike, *, name: str, dataset: str, threat_model: str, eps: float,
+               architecture: str) -> Path:
+    """Write a leaderboard card for a fresh export. Fields a person filled in an existing card (link, authors,
+    venue, ...) are kept; the accuracies are null until :func:`fill_card` records an evaluation."""
+    card: dict[str, Any] = {
+        "link": "", "name": name, "authors": "", "additional_data": False, "number_forward_passes": 1,
+        "dataset": dataset, "venue": "", "architecture": architecture, "eps": format_eps(eps, threat_model),
+        "clean_acc": None, "reported": None, "autoattack_acc": None, "footnote": "",
+    }
+    path = Path(path)
+    if path.is_file():
+        card.update({k: v for k, v in _read_card(path).items() if k in HUMAN_FIELDS})
+    return atomic_write_text(path, json.dumps(card, indent=2) + "\n")
+
+
+def fill_card(path: str | os.PathLike, report: Mapping[str, Any]) -> Path:
+    """Record a single-route AutoAttack ``report`` of :func:`robust_sabn.eval.evaluate` in a card."""
+    path = Path(path)
+    card = _read_card(path)
+    if card.get("eps") not in (None, report.get("eps_str")):
+        raise ConfigError(f"the card {path} is for eps {card['eps']} but the evaluation used {report.get('eps_str')}")
+    card.update(card_results(report))
+    return atomic_write_text(path, json.dumps(card, indent=2) + "\n")
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read the card {path} ({err}); re-export the model") from None
+    if not isinstance(card, dict):
+        raise ConfigError(f"{path} is not a leaderboard card (a JSON object); re-export the model")
+    return card
+
+
+def card_results(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The card fields an evaluation fills: accuracies as percentage strings, ``unreliable``, a footnote."""
+    if report.get("attack") != "autoattack" or report.get("protocol") != "single route":
+        raise ConfigError("a leaderboard card takes a single-route AutoAttack evaluation "
+                          "(evaluate(..., attack='autoattack') on the exported model)")
+    footnote = (f"AutoAttack ({report['version']}, {report['backend']}) on the first {report['n']} test images, "
+                f"seed {report['seed']}; evaluated with robust-sabn {__version__}.")
+    return {"clean_acc": f"{100 * report['clean_acc']:.2f}", "autoattack_acc": f"{100 * report['robust_acc']:.2f}",
+            "unreliable": bool(report.get("flags")), "footnote": footnote}
+
+
+def export(model: nn.Module, name: str, route: str | None = None, model_dir: str | os.PathLike = "models",
+           dataset: str = "cifar10", threat_model: str = "Linf", arch: str | Mapping | None = None, *,
+           arch_kwargs: Mapping[str, Any] | None = None, eps: float = 8 / 255,
+           info_dir: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Fold ``route`` of ``model`` and write it in RobustBench's layout; returns the checkpoint path.
+
+    ``route`` is required for a model with routed layers and must be None otherwise. ``arch`` (a zoo name,
+    ``"module:callable"``, or a full spec dict) rebuilds the folded model when it has no ``model_spec``;
+    ``arch_kwargs`` are its keyword arguments. The card records ``eps`` (the radius the model was trained
+    for); ``robust-sabn export --eval`` fills its accuracies. After export,
+    ``robustbench.utils.load_model(name, model_dir, dataset, threat_model)`` returns the folded model.
+    A name RobustBench already uses for ``dataset``/``threat_model`` is refused.
+    """
+    from . import robustbench_bridge
+
+    check_export_name(name, dataset, threat_model)
+    routes = routes_of(model)
+    if routes and route is None:
+        raise RouteError(f"this model has routes {list(routes)}; pass the route to export, e.g. route={routes[-1]!r}")
+    if route is not None and not routes:
+        raise RouteError(f"this model has no routed layers; export it with route=None (got {route!r})")
+    if route is not None and route not in routes:
+        raise RouteError(f"unknown route {route!r}; this model's routes are {list(routes)}")
+    weights = Path(model_dir) / dataset / threat_model / f"{name}.pt"
+    if weights.exists() and not overwrite:
+        raise ConfigError(f"{weights} exists; pass overwrite=True (--overwrite) to replace it")
+    robustbench_bridge.check_name_free(name, dataset, threat_model)
+
+    folded = fold_route(model, route).cpu().eval()
+    spec = exported_spec(model, arch, arch_kwargs)
+    state_dict = {k: v.detach().clone().contiguous() for k, v in folded.state_dict().items()}
+    _check_keys(state_dict)
+    _check_rebuilds(spec, folded, dataset)
+
+    save_checkpoint(state_dict, weights)
+    write_arch_file(arch_file(weights), spec, name=name, dataset=dataset, threat_model=threat_model, route=route,
+                    source_spec=getattr(model, "model_spec", None), robust_sabn=__version__)
+    architecture = spec.get("arch") or spec["callable"]
+    if route is not None:
+        architecture = f"{architecture} ({route} route folded)"
+    write_card(card_path(name, model_dir, dataset, threat_model, info_dir), name=name, dataset=dataset,
+               threat_model=threat_model, eps=eps, architecture=architecture)
+    robustbench_bridge.remember(model_dir)
+    return weights

@@ -1,0 +1,229 @@
+"""Make exported models loadable by plain RobustBench code, offline.
+
+RobustBench has no registration API: ``load_model`` looks names up in ``robustbench.model_zoo.model_dicts``.
+This module adds one entry per exported model (its constructor rebuilds the architecture from the
+``<name>.arch.json`` beside the weights), never replacing RobustBench's own names.
+
+It stays lazy: ``import robust_sabn`` only installs an import hook. When ``robustbench.model_zoo`` is first
+imported, the models under ``$ROBUST_SABN_MODEL_DIR`` (``os.pathsep``-separated folders; default
+``./models``) and under every folder exported to or registered in this process are added; and
+``robustbench.utils.load_model`` is wrapped so that a call with ``model_dir=X`` first registers the exported
+model of that name found in ``X``. ``register_robustbench(model_dir)`` registers a folder explicitly.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import inspect
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from torch import nn
+
+from .errors import ConfigError
+from .model_files import ARCH_SUFFIX, read_arch_file
+from .models import build_model
+
+ENV_MODEL_DIR = "ROBUST_SABN_MODEL_DIR"
+DEFAULT_MODEL_DIR = "models"
+# load_model refuses entries whose gdrive_id is None, even when the file exists; the weights are local.
+LOCAL_ID = "robust-sabn-local-export"
+
+_extra_dirs: list[Path] = []
+_ours: dict[tuple[str, str, str], Path] = {}  # (dataset, threat model, name) -> architecture file
+
+
+def model_dirs() -> list[Path]:
+    """Folders scanned when RobustBench is imported: ``$ROBUST_SABN_MODEL_DIR`` (else ./models) and every
+    folder exported to or registered in this process."""
+    env = [Path(p) for p in os.environ.get(ENV_MODEL_DIR, "").split(os.pathsep) if p]
+    dirs: list[Path] = []
+    for folder in (env or [Path(DEFAULT_MODEL_DIR)]) + _extra_dirs:
+        if folder.resolve() not in [d.resolve() for d in dirs]:
+            dirs.append(folder)
+    return dirs
+
+
+def remember(model_dir: str | os.PathLike) -> None:
+    """Note an export folder: registered now if RobustBench is loaded, else when it is imported."""
+    folder = Path(model_dir)
+    if folder.resolve() not in [d.resolve() for d in _extra_dirs]:
+        _extra_dirs.append(folder)
+    if "robustbench.model_zoo" in sys.modules:
+        _register_folder(folder)
+
+
+def register_robustbench(model_dir: str | os.PathLike | None = None) -> list[str]:
+    """Register every exported model under ``model_dir`` (default: the folders of :func:`model_dirs`) in
+    RobustBench's model dictionary, and remember the folder. Imports RobustBench. Returns the names."""
+    import robustbench.model_zoo  # noqa: F401  (the hook registers the default folders)
+
+    if model_dir is None:
+        return [name for folder in model_dirs() for name in _register_folder(folder)]
+    remember(model_dir)
+    return _register_folder(Path(model_dir))
+
+
+def robustbench_names(dataset: str, threat_model: str) -> set[str]:
+    """RobustBench's own model names for ``dataset``/``threat_model`` (ours excluded); empty when RobustBench
+    does not know the pair."""
+    entries = _entries(dataset, threat_model)
+    if entries is None:
+        return set()
+    return {name for name in entries if (dataset, threat_model, name) not in _ours}
+
+
+def check_name_free(name: str, dataset: str, threat_model: str) -> None:
+    """Refuse a name that RobustBench (or a timm model that ``load_model`` prefers) already uses."""
+    if name in robustbench_names(dataset, threat_model):
+        raise ConfigError(f"{name!r} is already a RobustBench model for {dataset}/{threat_model}; "
+                          "choose another name (e.g. Lastname2026Keyword)")
+    if _entries(dataset, threat_model) is not None:
+        import timm
+
+        timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat_model.lower()}"
+        if timm.is_model(timm_name):
+            raise ConfigError(f"RobustBench's load_model would load timm's {timm_name!r} for {name!r}; "
+                              "choose another name")
+
+
+def _entries(dataset: str, threat_model: str) -> dict | None:
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    try:
+        return model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
+    except (ValueError, KeyError):
+        return None
+
+
+def build_exported(arch_path: str | os.PathLike) -> nn.Module:
+    """The constructor behind every registered entry: the architecture from its JSON file, untrained."""
+    return build_model(read_arch_file(arch_path)["spec"])
+
+
+def _register(dataset: str, threat_model: str, name: str, arch_path: Path) -> bool:
+    entries = _entries(dataset, threat_model)
+    if entries is None:
+        return False
+    key = (dataset, threat_model, name)
+    if name in entries and key not in _ours:
+        warnings.warn(f"robust-sabn: not registering {arch_path}: {name!r} is a RobustBench model", stacklevel=3)
+        return False
+    entries[name] = {"model": functools.partial(build_exported, str(arch_path)), "gdrive_id": LOCAL_ID}
+    _ours[key] = arch_path
+    return True
+
+
+def _register_folder(model_dir: Path, only: tuple[str, str, str] | None = None) -> list[str]:
+    """Register exported models found as ``<model_dir>/<dataset>/<threat>/<name>.arch.json`` + ``<name>.pt``."""
+    if only is not None:
+        candidates = [model_dir / only[0] / only[1] / f"{only[2]}{ARCH_SUFFIX}"]
+    else:
+        candidates = sorted(model_dir.glob(f"*/*/*{ARCH_SUFFIX}")) if model_dir.is_dir() else []
+    names = []
+    for arch_path in candidates:
+        name = arch_path.name[: -len(ARCH_SUFFIX)]
+        if arch_path.is_file() and arch_path.with_name(f"{name}.pt").is_file() and \
+                _register(arch_path.parent.parent.name, arch_path.parent.name, name, arch_path):
+            names.append(name)
+    return names
+
+
+def _on_model_zoo(_module: ModuleType) -> None:
+    for folder in model_dirs():
+        _register_folder(folder)
+
+
+def _wrap_load_model(utils: ModuleType) -> None:
+    """Wrap ``robustbench.utils.load_model``: register the exported model named in the call from the
+    ``model_dir`` of the call, then load as RobustBench does."""
+    original = utils.load_model
+    if getattr(original, "__robust_sabn_original__", None) is not None:
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def load_model(*args, **kwargs):
+        call = signature.bind_partial(*args, **kwargs)
+        call.apply_defaults()
+        try:
+            from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+            dataset = BenchmarkDataset(call.arguments["dataset"]).value
+            threat = ThreatModel(call.arguments.get("norm") or call.arguments["threat_model"]).value
+            _register_folder(Path(call.arguments["model_dir"]), (dataset, threat, call.arguments["model_name"]))
+        except (ValueError, KeyError, TypeError):
+            pass  # RobustBench reports bad arguments itself
+        return original(*args, **kwargs)
+
+    load_model.__robust_sabn_original__ = original
+    utils.load_model = load_model
+    for name in ("robustbench", "robustbench.eval"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "load_model", None) is original:
+            module.load_model = load_model
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs a callback right after a given module has been executed by its normal loader."""
+
+    def __init__(self, callbacks: dict[str, Callable[[ModuleType], None]]) -> None:
+        self.callbacks = callbacks
+
+    def find_spec(self, fullname, path, target=None):
+        callback = self.callbacks.get(fullname)
+        if callback is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _CallbackLoader(spec.loader, callback)
+                return spec
+        return None
+
+
+class _CallbackLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[ModuleType], None]) -> None:
+        self.loader = loader
+        self.callback = callback
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        _run_safely(self.callback, module)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
+def _run_safely(callback: Callable[[ModuleType], None], module: ModuleType) -> None:
+    try:
+        callback(module)
+    except Exception as err:  # noqa: BLE001 -- never break the user's import of RobustBench
+        warnings.warn(f"robust-sabn could not register exported models with RobustBench: {err}", stacklevel=2)
+
+
+HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "robustbench.model_zoo": _on_model_zoo,
+    "robustbench.utils": _wrap_load_model,
+}
+
+
+def install() -> None:
+    """Install the import hook (idempotent); for modules already imported, run the callbacks now."""
+    if any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _AfterImport(HOOKS))
+    for name, callback in HOOKS.items():
+        if name in sys.modules:
+            _run_safely(callback, sys.modules[name])

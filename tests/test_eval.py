@@ -1,0 +1,250 @@
+"""robust_sabn.eval.evaluate: the real AutoAttack, both protocols, flags, reproducibility, bad input."""
+import functools
+import random
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pyautoattack import AutoAttack as PyAutoAttack
+from torch import nn
+
+from robust_sabn import convert_norms, fold_route, use_route
+from robust_sabn.errors import ConfigError, RouteError
+from robust_sabn.eval import autoattack_backend, eps_sweep, evaluate, plot_sweep, to_markdown, write_report
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """AutoAttack runs hundreds of tiny steps; one thread avoids oversubscribing a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+IMAGES = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+LABELS = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
+
+
+@functools.lru_cache(maxsize=1)
+def trained_state() -> dict:
+    """A tiny CNN fitted to 32 random images: confident on them, but not robust at 8/255."""
+    torch.manual_seed(0)
+    net = tiny_net()
+    optimizer = torch.optim.Adam(net.parameters(), 0.02)
+    for _ in range(60):
+        optimizer.zero_grad()
+        F.cross_entropy(net(IMAGES), LABELS).backward()
+        optimizer.step()
+    return net.state_dict()
+
+
+def plain_model() -> nn.Module:
+    net = tiny_net()
+    net.load_state_dict(trained_state())
+    return net.eval()
+
+
+def routed_model() -> nn.Module:
+    """The fitted CNN converted to SaBN (as a user's own model would be); its two routes differ."""
+    model = convert_norms(plain_model(), "sandwich")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "route" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    return model.eval()
+
+
+def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", wrong: int = 2):
+    """Images with the labels the model predicts on ``route``, except the first ``wrong`` ones: a known clean
+    accuracy and points worth attacking."""
+    x = IMAGES[:n]
+    with torch.no_grad():
+        y = fold_route(model, route)(x).argmax(1)
+    y[:wrong] = (y[:wrong] + 1) % 10
+    return x, y
+
+
+def robust_acc_direct(model, x, y, attacks, seed=0, eps=8 / 255):
+    """pyautoattack called directly, as its README shows."""
+    adversary = PyAutoAttack(model, attacks=attacks, device="cpu", eps=eps, norm="Linf", seed=seed, version="custom")
+    _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=4)
+    return (y_adv == y).float().mean().item()
+
+
+def test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model():
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    report = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce", "apgd-dlr"],
+                      route="adv", seed=3, batch_size=4, progress=False)
+    folded = fold_route(model, "adv")
+    assert report["clean_acc"] == 0.75
+    assert report["robust_acc"] == robust_acc_direct(folded, x, y, ["apgd-ce", "apgd-dlr"], seed=3)
+    assert report["robust_acc"] < report["clean_acc"]  # the attack does something on this model
+    # the per-attack numbers read from AutoAttack's log agree with running the first attack alone
+    assert report["per_attack"]["apgd-ce"] == robust_acc_direct(folded, x, y, ["apgd-ce"], seed=3)
+    assert report["per_attack"]["apgd-dlr"] == report["robust_acc"]
+    assert report["backend"].startswith("pyautoattack") and report["seed"] == 3 and report["n"] == 8
+
+
+@pytest.mark.slow
+def test_standard_autoattack_matches_pyautoattack_directly():
+    model = routed_model()
+    x, y = images_labelled_by(model, n=4, wrong=1)
+    report = evaluate(model, x, y, 8 / 255, route="adv", batch_size=4, progress=False)
+    adversary = PyAutoAttack(fold_route(model, "adv"), device="cpu", eps=8 / 255, norm="Linf", seed=0)
+    _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=4)
+    assert report["robust_acc"] == (y_adv == y).float().mean().item()
+    assert list(report["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_two_protocols_use_the_right_routes():
+    model = routed_model()
+    x, y = images_labelled_by(model, route="adv")
+    report = evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
+    single, oracle = report["protocols"]["single route"], report["protocols"]["oracle routing"]
+    with torch.no_grad(), use_route(model, "clean"):
+        clean_route_acc = (model(x).argmax(1) == y).float().mean().item()
+    assert report["protocol"] == "single route"
+    assert single["clean_acc"] == report["clean_acc"] == 0.75  # adv route on clean images
+    assert oracle["clean_acc"] == clean_route_acc != 0.75
+    assert oracle["robust_acc"] == single["robust_acc"] == report["robust_acc"]
+    assert (single["clean_route"], oracle["clean_route"], oracle["adv_route"]) == ("adv", "clean", "adv")
+    plain = plain_model()
+    x, y = images_labelled_by(plain, route=None)
+    assert list(evaluate(plain, x, y, 8 / 255, attack="pgd-20", progress=False)["protocols"]) == ["single route"]
+
+
+@pytest.mark.parametrize("attack", ["pgd-20", "cw", "apgd-ce"])
+def test_attacks_lower_accuracy_and_eps_zero_changes_nothing(attack):
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    report = evaluate(model, x, y, 16 / 255, attack=attack, route="adv", progress=False)
+    assert report["robust_acc"] < report["clean_acc"] == 0.75
+    assert evaluate(model, x, y, 0.0, attack=attack, route="adv", progress=False)["robust_acc"] == 0.75
+
+
+def test_model_rng_and_modes_are_left_as_found_and_results_repeat():
+    model = routed_model().train()
+    x, y = images_labelled_by(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(6)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    first = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce"],
+                     route="adv", seed=7, progress=False)
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(layer.route is None for layer in model.modules() if hasattr(layer, "route_index"))
+    again = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce"],
+                     route="adv", seed=7, progress=False)
+    assert again["robust_acc"] == first["robust_acc"] and again["per_attack"] == first["per_attack"]
+
+
+class ZeroGradient(nn.Module):
+    """Rounds its input: gradients are zero everywhere, the classic gradient-masking symptom."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.linear((x * 4).round().flatten(1))
+
+
+def test_gradient_masking_flags_reach_the_report_and_markdown(tmp_path):
+    torch.manual_seed(0)
+    model = ZeroGradient().eval()
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    report = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-dlr"],
+                      progress=False)
+    assert any("zero gradient" in flag for flag in report["flags"])
+    json_path, md_path = write_report(report, tmp_path / "report")
+    assert "zero gradient" in json_path.read_text() and "> **Warning:** there are" in md_path.read_text()
+
+
+def test_report_and_markdown_carry_the_settings():
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    report = evaluate(model, x, y, 8 / 255, attack="cw", route="adv", seed=4, progress=False)
+    for key in ("clean_acc", "robust_acc", "protocol", "attack", "eps", "n", "seed", "flags", "per_attack", "time"):
+        assert key in report
+    assert report["eps_str"] == "8/255" and report["attack_description"].startswith("PGD-20 on the CW margin")
+    text = to_markdown(report)
+    assert "single route" in text and "oracle routing" in text and "8/255" in text and "seed 4" in text
+
+
+def test_backend_prefers_a_real_upstream_autoattack(monkeypatch):
+    assert autoattack_backend().name.startswith("pyautoattack")  # the adapter installed here is skipped
+    upstream = types.ModuleType("autoattack")
+    upstream.AutoAttack = type("AutoAttack", (), {})
+    monkeypatch.setitem(sys.modules, "autoattack", upstream)
+    backend = autoattack_backend()
+    assert backend.AutoAttack is upstream.AutoAttack and "upstream" in backend.name
+
+
+def test_eps_sweep_draws_a_png(tmp_path):
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    reports = eps_sweep(model, x, y, [8 / 255, 0.0], attack="pgd-10", route="adv", progress=False)
+    assert [r["eps"] for r in reports] == [0.0, 8 / 255] and reports[0]["robust_acc"] == 0.75
+    png = plot_sweep(reports, tmp_path / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError, match="PGD or APGD-CE"):
+        eps_sweep(model, x, y, [0.0], attack="autoattack", route="adv")
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda x, y: (x * 2, y), ConfigError, r"\[0, 1\]"),
+    (lambda x, y: (x - 0.5, y), ConfigError, r"\[0, 1\]"),
+    (lambda x, y: (x, y + 10), ConfigError, "labels must be in"),
+    (lambda x, y: (x, y.float()), ConfigError, "integer"),
+    (lambda x, y: (x[:3], y), ConfigError, "labels"),
+    (lambda x, y: (x[0], y), ConfigError, "N x C x H x W"),
+])
+def test_bad_images_and_labels_are_refused(change, error, match):
+    model = routed_model()
+    x, y = change(*images_labelled_by(model))
+    with pytest.raises(error, match=match):
+        evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"eps": 8}, ConfigError, "between 0 and 1"),
+    ({"eps": -0.1}, ConfigError, "between 0 and 1"),
+    ({"eps": float("nan")}, ConfigError, "finite"),
+    ({"route": "adversarial"}, RouteError, "unknown route"),
+    ({"route": None}, RouteError, "choose the one to evaluate"),
+    ({"attack": "fgsm"}, ConfigError, "unknown attack"),
+    ({"attack": "autoattack", "version": "fast"}, ConfigError, "unknown AutoAttack version"),
+    ({"attack": "autoattack", "version": "custom"}, ConfigError, "needs attacks"),
+    ({"norm": "L1"}, ConfigError, "threat model"),
+    ({"batch_size": 0}, ConfigError, "batch_size"),
+])
+def test_bad_settings_are_refused(kwargs, error, match):
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    settings = {"eps": 8 / 255, "attack": "pgd-20", "route": "adv", **kwargs}
+    with pytest.raises(error, match=match):
+        evaluate(model, x, y, progress=False, **settings)
+
+
+def test_a_route_on_a_plain_model_is_refused():
+    model = plain_model()
+    x, y = images_labelled_by(model, route=None)
+    with pytest.raises(RouteError, match="no routed layers"):
+        evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
