@@ -6,9 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets import write_fashion_mnist
 from robust_sabn import (
     ConfigError, WeightAlignConv2d, convert_convs, create_model, fold_route, fold_spec, list_models, use_route,
 )
+from robust_sabn.cli import main
+from robust_sabn.io import extract_state_dict, load_checkpoint, load_weights
 from robust_sabn.models import build_model
 from robust_sabn.nn import routed_layers
 from robust_sabn.nn.groupnorm import default_num_groups, group_norm
@@ -145,3 +148,26 @@ def test_group_norm_chooses_groups_from_the_width():
         group_norm(16, num_groups=5)
     model = create_model("resnet_small", width=8, norm="gn")
     assert {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)} == {2, 4, 8}
+
+
+@pytest.mark.parametrize("norm, conv", [
+    ("sandwich", "weightalign"),
+    *[pytest.param(n, c, marks=pytest.mark.slow) for n in ("ubn", "sandwich", "dual", "bn")
+      for c in ("standard", "weightalign") if (n, c) != ("sandwich", "weightalign")],
+])
+def test_train_command_runs_every_norm_with_every_conv_and_exports_plain(norm, conv, tmp_path):
+    write_fashion_mnist(tmp_path / "data", n_train=48, n_test=8)
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--arch", "resnet_small",
+            "--width", "4", "--norm", norm, "--conv", conv, "--steps", "1", "--val-steps", "1", "--val-size", "16",
+            "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--out-dir", str(run), "--no-progress"]
+    assert main(argv) == 0
+    checkpoint = load_checkpoint(run / "best.pt")
+    model = build_model(checkpoint["model_spec"])
+    load_weights(model, extract_state_dict(checkpoint))
+    folded = fold_route(model, "adv")
+    plain = build_model(fold_spec(checkpoint["model_spec"]))
+    plain.load_state_dict(folded.state_dict())
+    x = torch.rand(3, 1, 28, 28)
+    with use_route(model.eval(), "adv"):
+        assert max_diff(plain.eval()(x), model(x)) <= 1e-5

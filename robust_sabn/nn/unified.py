@@ -31,42 +31,96 @@ DEFAULT_TAU = 0.8  # our choice (see the module docstring)
 CONDENSATION_FEATURES = ("map", "channel_mean")
 
 
+def sample_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel (variance, mean) over the spatial dimensions, N x C each, in at least float32."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return torch.var_mean(x, dim=tuple(range(2, x.dim())), correction=0)
+
+
 @torch.no_grad()
-def feature_condensation(x: torch.Tensor, features: str = "map") -> torch.Tensor:
-    """Mean pairwise cosine similarity between the samples of ``x`` (N x C x ...), a 0-dim float32 tensor.
+def feature_condensation(x: torch.Tensor, features: str = "map",
+                         moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean pairwise cosine similarity between the samples of ``x`` (N x C x ...), a 0-dim float tensor.
 
     ``features="map"`` compares the samples' whole feature maps after subtracting the batch's per-channel
     mean (so a channel offset shared by all samples does not count as similarity); ``"channel_mean"`` compares
     the samples' per-channel means (global average pool), uncentered. With unit vectors ``f_i`` (an all-zero
     vector counts as orthogonal to the others), ``sum_{i != j} f_i . f_j / (N (N - 1)) =
-    (||sum_i f_i||^2 - sum_i ||f_i||^2) / (N (N - 1))``: a few passes over ``x`` instead of N^2 pairs. Needs N >= 2.
+    (||sum_i f_i||^2 - sum_i ||f_i||^2) / (N (N - 1))``: two passes over ``x`` (its :func:`sample_moments`,
+    which may be passed in, and one matrix-vector product), never the N^2 pairs. Needs N >= 2.
     """
-    n = x.shape[0]
-    dims = tuple(range(2, x.dim()))
-    if features == "channel_mean":
-        f = x.mean(dim=dims, dtype=torch.float32)
-    else:
-        f = x.float()
-        f = (f - f.mean(dim=(0, *dims), keepdim=True)).flatten(1)
-    norms = torch.linalg.vector_norm(f, dim=1)
-    inverse = torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
-    total = inverse @ f
-    return (total.dot(total) - (norms > 0).sum()) / (n * (n - 1))
+    with torch.autocast(x.device.type, enabled=False):  # float32 sums: under fp16 autocast N^2 would overflow
+        var, mean = sample_moments(x) if moments is None else (m.detach() for m in moments)
+        if features == "channel_mean":
+            norms = torch.linalg.vector_norm(mean, dim=1)
+            total = _inverse(norms) @ mean
+        else:
+            spatial = x[0, 0].numel()
+            center = mean.mean(0)
+            norms = (spatial * (var + (mean - center).square()).sum(1)).sqrt()  # ||x_i - center||
+            inverse = _inverse(norms)
+            flat = x.flatten(1).to(inverse.dtype)
+            total = (inverse @ flat).view(center.shape[0], spatial) - inverse.sum() * center[:, None]
+        n = x.shape[0]
+        return (total.square().sum() - (norms > 0).sum()) / (n * (n - 1))
+
+
+def _inverse(norms: torch.Tensor) -> torch.Tensor:
+    return torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
 
 
 def calibrated_batch_norm(stats: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          center_weight: torch.Tensor, scale_weight: torch.Tensor,
-                          scale_bias: torch.Tensor) -> torch.Tensor:
-    """UBN's stage 2 around an affine-free BN ``stats`` module (which updates its running statistics as usual).
+                          center_weight: torch.Tensor, scale_weight: torch.Tensor, scale_bias: torch.Tensor,
+                          moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """UBN's stage 2 around an affine-free BN ``stats`` module (whose running statistics update as usual).
 
-    ``x_c = x + w_c * GAP(x)``; ``x_hat = stats(x_c)``; ``y = weight * x_hat * 2 sigmoid(w_s * GAP(x_hat) + b_s) + bias``,
-    with ``GAP`` the per-sample, per-channel spatial mean. ``w_c = w_s = b_s = 0`` gives exactly BN.
+    ``x_c = x + w_c * GAP(x)``; ``x_hat = BN(x_c)``; ``y = weight * x_hat * 2 sigmoid(w_s * GAP(x_hat) + b_s) + bias``,
+    with ``GAP`` the per-sample, per-channel spatial mean. ``w_c = w_s = b_s = 0`` gives BN (up to float rounding).
+
+    With a plain ``nn.BatchNorm2d`` as ``stats`` everything follows from the per-sample moments of ``x`` (one
+    pass; ``moments`` may be passed in): the batch statistics of ``x_c`` by the law of total variance,
+    ``GAP(x_hat)`` in closed form, and the output as one per-sample, per-channel affine of ``x`` (one more pass).
+    Any other statistics module (e.g. ``nn.SyncBatchNorm``) is called on the materialized ``x_c``.
     """
+    if type(stats) is not nn.BatchNorm2d:
+        return _calibrated_with_module(stats, x, weight, bias, center_weight, scale_weight, scale_bias)
+    var, mean = sample_moments(x) if moments is None else moments
+    shift = 1 + center_weight  # GAP(x_c) = shift * GAP(x); x_c has the per-sample variances of x
+    if stats.training or stats.running_mean is None:
+        count = x.numel() // x.shape[1]
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        batch_mean = shift * mean.mean(0)
+        batch_var = var.mean(0) + shift.square() * mean.var(0, correction=0)
+        if stats.training and stats.track_running_stats:
+            _update_running_stats(stats, batch_mean, batch_var, count)
+    else:
+        batch_mean, batch_var = stats.running_mean, stats.running_var
+    invstd = torch.rsqrt(batch_var + stats.eps)
+    gate = 2 * torch.sigmoid(scale_weight * (shift * mean - batch_mean) * invstd + scale_bias)
+    scale = weight * gate * invstd
+    offset = bias + scale * (center_weight * mean - batch_mean)
+    shape = x.shape[:2] + (1,) * (x.dim() - 2)
+    return torch.addcmul(offset.view(shape), x, scale.view(shape)).to(x.dtype)
+
+
+@torch.no_grad()
+def _update_running_stats(stats: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """What ``nn.BatchNorm2d`` does to its buffers in train mode (running variance unbiased)."""
+    stats.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(stats.num_batches_tracked) if stats.momentum is None else stats.momentum
+    stats.running_mean.lerp_(mean.to(stats.running_mean.dtype), momentum)
+    stats.running_var.lerp_((var * (count / (count - 1))).to(stats.running_var.dtype), momentum)
+
+
+def _calibrated_with_module(stats: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            center_weight: torch.Tensor, scale_weight: torch.Tensor,
+                            scale_bias: torch.Tensor) -> torch.Tensor:
     shape = (1, -1) + (1,) * (x.dim() - 2)
     dims = tuple(range(2, x.dim()))
-    centered = torch.addcmul(x, x.mean(dims, keepdim=True), center_weight.view(shape))
-    x_hat = stats(centered)
-    gate = 2 * torch.sigmoid(torch.addcmul(scale_bias.view(shape), x_hat.mean(dims, keepdim=True), scale_weight.view(shape)))
+    x_hat = stats(torch.addcmul(x, x.mean(dims, keepdim=True), center_weight.view(shape)))
+    gate = 2 * torch.sigmoid(torch.addcmul(scale_bias.view(shape), x_hat.mean(dims, keepdim=True),
+                                           scale_weight.view(shape)))
     return torch.addcmul(bias.view(shape), x_hat, weight.view(shape) * gate)
 
 
@@ -129,7 +183,7 @@ class UnifiedBatchNorm2d(RoutedNorm):
     **Stage 2** (``calibration=True``): see :func:`calibrated_batch_norm`. Representative BN's form; our
     choice: the scaling gate is ``2 * sigmoid(.)`` with ``b_s = 0`` (range (0, 2), exactly 1 at
     initialization) instead of RBN's ``sigmoid(.)`` with ``b_s = 1`` (which starts at 0.73, not the identity),
-    so that a fresh or converted layer computes exactly what BN computes.
+    so that a fresh or converted layer computes what BN computes (up to float rounding).
 
     Logging: :meth:`layer_metrics` returns the mean condensation and the fraction and number of skipped
     batches since its last call (overall and per route) and then resets the counters, so one call per epoch
@@ -170,22 +224,23 @@ class UnifiedBatchNorm2d(RoutedNorm):
         self.register_buffer("last_condensation", torch.full((len(self.routes),), float("nan"), **counters),
                              persistent=False)
 
-    def normalize(self, stats: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, stats: nn.Module, x: torch.Tensor, moments: tuple | None = None) -> torch.Tensor:
         """BN with ``stats`` (updating its running statistics in train mode), calibration, affine."""
         if not self.calibration:
             return batch_norm_affine(stats, x, self.weight, self.bias)
         return calibrated_batch_norm(stats, x, self.weight, self.bias, self.center_weight,
-                                     self.scale_weight, self.scale_bias)
+                                     self.scale_weight, self.scale_bias, moments)
 
     def forward_route(self, x: torch.Tensor, route: str) -> torch.Tensor:
         stats = self.stats[route]
         if not (stats.training and stats.track_running_stats and x.shape[0] > 1):
             return self.normalize(stats, x)
-        condensation = feature_condensation(x, self.features)
+        moments = sample_moments(x) if self.calibration else None  # shared by both stages
+        condensation = feature_condensation(x, self.features, moments)
         skip = condensation > self.tau
         self._record(self.route_index[route], condensation, skip)
         saved = [b.clone() for b in _running_buffers(stats)]
-        out = self.normalize(stats, x)
+        out = self.normalize(stats, x, moments)
         # Written through .data, as BN's kernel updates them: the batch-norm op saved these buffers for backward
         # (a train-mode backward never reads their values), and a version bump would make backward refuse.
         for buffer, old in zip(_running_buffers(stats), saved):
