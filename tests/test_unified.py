@@ -303,3 +303,22 @@ def test_train_command_logs_condensation_and_skips_per_epoch(tmp_path):
         assert 0 <= record["layer/ubn_skip_rate"] <= 1 and "layer/ubn_skipped" in record
         assert -1 <= record["layer/ubn_condensation_clean"] <= 1 and -1 <= record["layer/ubn_condensation_adv"] <= 1
     assert (run / "curves.png").is_file()
+
+
+def test_calibrated_ubn_weightalign_model_exports_and_loads_through_robustbench(tmp_path):
+    from robustbench.utils import load_model
+
+    import robust_sabn
+
+    model = create_model("resnet_small", width=4, norm="ubn", conv="weightalign").train()
+    perturb_calibration(model, 0.1)
+    with use_route(model, "adv"):
+        model(torch.rand(8, 3, 16, 16))
+    model.eval()
+    robust_sabn.export(model, "RobustSabnUbnWeightAlign2026", route="adv", model_dir=tmp_path / "models")
+    loaded = load_model(model_name="RobustSabnUbnWeightAlign2026", model_dir=tmp_path / "models",
+                        dataset="cifar10", threat_model="Linf")
+    assert any(isinstance(m, CalibratedBatchNorm2d) for m in loaded.modules()) and not routed_layers(loaded)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad(), use_route(model, "adv"):
+        assert max_diff(loaded(x), model(x)) <= 1e-5
