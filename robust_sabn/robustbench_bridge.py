@@ -60,8 +60,7 @@ def remember(model_dir: str | os.PathLike) -> None:
 def register_robustbench(model_dir: str | os.PathLike | None = None) -> list[str]:
     """Register every exported model under ``model_dir`` (default: the folders of :func:`model_dirs`) in
     RobustBench's model dictionary, and remember the folder. Imports RobustBench. Returns the names."""
-    import robustbench.model_zoo  # noqa: F401  (the hook registers the default folders)
-
+    _import_robustbench()
     if model_dir is None:
         return [name for folder in model_dirs() for name in _register_folder(folder)]
     remember(model_dir)
@@ -91,7 +90,14 @@ def check_name_free(name: str, dataset: str, threat_model: str) -> None:
                               "choose another name")
 
 
+def _import_robustbench() -> None:
+    with warnings.catch_warnings():  # its imports warn about deprecations (pkg_resources, torch.jit)
+        warnings.simplefilter("ignore")
+        import robustbench.model_zoo  # noqa: F401  (the hook registers the default folders)
+
+
 def _entries(dataset: str, threat_model: str) -> dict | None:
+    _import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 

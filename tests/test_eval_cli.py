@@ -1,0 +1,122 @@
+"""`robust-sabn eval` and `robust-sabn export` end to end on a tiny run folder and fake CIFAR files."""
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from robust_sabn import create_model
+from robust_sabn.cli import main
+from robust_sabn.io import save_checkpoint
+
+from datasets import write_cifar10, write_cifar100
+from helpers import randomize_bn_state
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder as the training loop writes it (checkpoint with model, model_spec, config) and CIFAR-10 files."""
+    write_cifar10(tmp_path / "data", n_train=10, n_test=6)
+    model = randomize_bn_state(create_model("resnet_small", width=4, norm="sandwich"))
+    config = {"dataset": "cifar10", "data_dir": str(tmp_path / "data"), "eps": 8 / 255, "attack_norm": "Linf"}
+    checkpoint = {"model": model.state_dict(), "model_spec": model.model_spec, "config": config, "epoch": 1, "step": 2}
+    save_checkpoint(checkpoint, tmp_path / "run" / "last.pt")
+    return tmp_path / "run"
+
+
+def test_eval_writes_json_and_markdown_reports(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--attack", "pgd-5", "--n-examples", "6", "--eps", "4/255", "--seed", "3"]) == 0
+    stem = run_dir / "eval" / "last-pgd-5-adv-Linf-4_255"
+    report = json.loads(stem.with_suffix(".json").read_text())
+    assert (report["n"], report["eps_str"], report["seed"], report["route"]) == (6, "4/255", 3, "adv")
+    assert set(report["protocols"]) == {"single route", "oracle routing"} and report["dataset"] == "cifar10"
+    assert "oracle routing" in stem.with_suffix(".md").read_text() and "single route" in capsys.readouterr().out
+
+
+def test_eps_sweep_writes_a_png(run_dir, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["eval", str(run_dir), "--n-examples", "4", "--eps-sweep", "0,8/255", "--attack", "pgd-3",
+                 "--out", str(out)]) == 0
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert [r["eps_str"] for r in json.loads(out.with_suffix(".json").read_text())] == ["0", "8/255"]
+
+
+def test_export_then_eval_the_exported_file_and_a_state_dict_with_module_callable(run_dir, tmp_path):
+    models = tmp_path / "models"
+    assert main(["export", str(run_dir), "--name", "CliExport2026", "--model-dir", str(models)]) == 0
+    exported = models / "cifar10" / "Linf" / "CliExport2026.pt"
+    assert main(["eval", str(exported), "--attack", "pgd-2", "--n-examples", "4",
+                 "--data-dir", str(tmp_path / "data")]) == 0
+    report = json.loads(next((exported.parent / "eval").glob("*.json")).read_text())
+    assert report["source"] == "exported model" and list(report["protocols"]) == ["single route"]
+    spec = json.loads(exported.with_name("CliExport2026.arch.json").read_text())["spec"]
+    raw = tmp_path / "weights.pt"
+    raw.write_bytes(exported.read_bytes())
+    assert main(["eval", str(raw), "--model", "robust_sabn.models:create_model", "--model-kwargs",
+                 json.dumps({"name": spec["arch"], **spec["kwargs"]}), "--attack", "pgd-2", "--n-examples", "4",
+                 "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["source"] == "state dict"
+
+
+def test_export_eval_fills_the_card_with_standard_autoattack(run_dir, tmp_path):
+    models = tmp_path / "models"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # eps 0.5 breaks every point in APGD-CE's first pass, so the standard version ends quickly
+        assert main(["export", str(run_dir), "--name", "CliCard2026", "--model-dir", str(models), "--eval",
+                     "--n-examples", "4", "--eps", "0.5"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    card = json.loads((tmp_path / "model_info" / "cifar10" / "Linf" / "CliCard2026.json").read_text())
+    report = json.loads((models / "cifar10" / "Linf" / "CliCard2026.eval.json").read_text())
+    assert report["version"] == "standard" and report["per_attack"]["square"] == 0.0
+    assert card["eps"] == "0.5" and card["autoattack_acc"] == "0.00" and card["unreliable"] is False
+    assert card["clean_acc"] == f"{100 * report['clean_acc']:.2f}"
+
+
+class Payload:
+    """Unpickling this runs a shell command that leaves a marker file: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def bad(args, capsys, match):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robust-sabn: error:") and "\n" not in err and match in err, err
+
+
+def test_a_malicious_pickle_is_refused_without_running_it(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"model": Payload(marker)}, f)
+    bad(["eval", str(tmp_path / "evil.pt"), "--attack", "pgd-2"], capsys, "not a weights-only checkpoint")
+    bad(["export", str(tmp_path / "evil.pt"), "--name", "Evil2026", "--model-dir", str(tmp_path)], capsys,
+        "not a weights-only checkpoint")
+    assert not marker.exists()
+
+
+def test_bad_cli_input_is_one_line_and_exit_two(run_dir, tmp_path, capsys):
+    common = ["--attack", "pgd-2", "--n-examples", "4"]
+    bad(["eval", str(run_dir), "--eps", "8", *common], capsys, "between 0 and 1")
+    bad(["eval", str(run_dir), "--eps", "eight", *common], capsys, "fraction like 8/255")
+    bad(["eval", str(run_dir), "--route", "adversarial", *common], capsys, "unknown route")
+    bad(["eval", str(run_dir), "--attack", "fgsm"], capsys, "unknown attack")
+    bad(["eval", str(tmp_path / "missing"), *common], capsys, "no checkpoint")
+    bad(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"width": 8}', *common],
+        capsys, "does not match the architecture")
+    write_cifar100(tmp_path / "c100", n_train=10, n_test=4)
+    bad(["eval", str(run_dir), "--dataset", "cifar100", "--data-dir", str(tmp_path / "c100"), *common], capsys,
+        "labels must be in [0, 9]")
+    torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "nospec.pt")
+    bad(["eval", str(tmp_path / "nospec.pt"), *common], capsys, "no architecture")
+    bad(["export", str(run_dir), "--name", "Rice2020Overfitting", "--model-dir", str(tmp_path / "m")], capsys,
+        "already a RobustBench model")
+    assert not Path(tmp_path / "m").exists()
