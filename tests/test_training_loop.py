@@ -9,6 +9,7 @@ import yaml
 from torch import nn
 
 from datasets import write_cifar10, write_fashion_mnist
+from robust_sabn import use_route
 from robust_sabn.cli import main
 from robust_sabn.errors import ConfigError
 from robust_sabn.io import extract_state_dict, load_checkpoint, load_weights
@@ -83,7 +84,7 @@ def test_short_cifar_run_writes_the_whole_run_folder(tmp_path):
     for key in ("lr", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc", "val_robust_acc",
                 "val_clean_acc_clean_route", "epoch_time", "time"):
         assert isinstance(epoch[key], float), key
-    assert 0 <= epoch["val_robust_acc"] <= epoch["val_clean_acc"] + 1e-9 or epoch["val_clean_acc"] < 0.5
+    assert all(0 <= epoch[k] <= 1 for k in ("train_clean_acc", "train_adv_acc", "val_clean_acc", "val_robust_acc"))
 
     last = load_checkpoint(run / "last.pt")  # weights_only=True
     for key in ("model", "model_spec", "config", "epoch", "step", "batch", "optimizer", "scheduler", "scaler", "rng"):
@@ -92,12 +93,8 @@ def test_short_cifar_run_writes_the_whole_run_folder(tmp_path):
     assert set(last["rng"][0]) == {"torch", "cuda", "python", "numpy"}
     assert last["config"] == config.to_dict()
     model = load_weights(build_model(last["model_spec"]), extract_state_dict(last)).eval()
-    x = torch.rand(4, 3, 32, 32)
-    with torch.no_grad(), torch.inference_mode():
-        from robust_sabn import use_route
-
-        with use_route(model, "adv"):
-            assert model(x).shape == (4, 10)
+    with torch.no_grad(), use_route(model, "adv"):
+        assert model(torch.rand(4, 3, 32, 32)).shape == (4, 10)
 
 
 def test_existing_run_is_not_overwritten(fmnist, tmp_path):
@@ -218,7 +215,6 @@ def test_every_objective_trains(fmnist, tmp_path, objective, norm):
     train(config)
     after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert not torch.equal(after["linear.weight"], before.state_dict()["linear.weight"])
-    assert dataclasses.asdict(config)["objective"] == objective
 
 
 def test_same_seed_same_weights_and_deterministic_mode_is_restored(fmnist, tmp_path):
@@ -230,3 +226,38 @@ def test_same_seed_same_weights_and_deterministic_mode_is_restored(fmnist, tmp_p
     weights = {name: load_checkpoint(tmp_path / name / "last.pt")["model"] for name in runs}
     assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
     assert not torch.equal(weights["a"]["linear.weight"], weights["c"]["linear.weight"])
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_matches_the_uninterrupted_run(fmnist, tmp_path):
+    """A real SIGKILL of the CLI process at whatever point it has reached after a few checkpoints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tiny(fmnist, tmp_path / "killed", max_steps=12, save_every=1)
+    flags = ["--dataset", "fashion-mnist", "--data-dir", str(fmnist), "--arch", "resnet_small", "--width", "4",
+             "--eps", "0.1", "--steps", "2", "--val-steps", "2", "--val-size", "32", "--epochs", "3",
+             "--batch-size", "16", "--lr", "0.05", "--milestones", "2", "--warmup-steps", "3", "--device", "cpu",
+             "--log-every", "2", "--no-progress", "--max-steps", "12", "--save-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "robust_sabn", "train", *flags, "--out-dir", str(tmp_path / "killed")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        last = tmp_path / "killed" / "last.pt"
+        if last.is_file() and load_checkpoint(last)["step"] >= 4:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(tmp_path / "killed" / "last.pt")["step"]
+    assert 4 <= killed_at < 12
+    resumed = subprocess.run([sys.executable, "-m", "robust_sabn", "train", "--resume", str(tmp_path / "killed"),
+                              "--max-steps", "12", "--no-progress"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    train(dataclasses.replace(config, out_dir=str(tmp_path / "straight")))
+    assert_same_state(load_checkpoint(tmp_path / "straight" / "last.pt"),
+                      load_checkpoint(tmp_path / "killed" / "last.pt"))

@@ -26,7 +26,7 @@ def accuracy(model: nn.Module, dataset: Dataset, *, route: str | None, attack: P
 
     The attack's random start is drawn under ``seed`` inside a forked RNG, so results are repeatable and the
     caller's generators are left untouched. With ``world_size > 1`` each process scores its shard and the
-    counts are summed (equal shards, so up to ``world_size - 1`` images may be left out).
+    counts are summed (shards are evened by repeating up to ``world_size - 1`` images, as DistributedSampler does).
     """
     device = torch.device(device)
     was_training = model.training
