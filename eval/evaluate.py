@@ -148,7 +148,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
              attack: str = "autoattack", version: str = "standard", route: str | None = None, seed: int = 0,
-             batch_size: int = 256, *, clean_route: str = "clean", aa_attacks: Sequence[str] | None = None,
+             batch_size: int = 256, *, clean_route: str | None = "clean", aa_attacks: Sequence[str] | None = None,
              device: torch.device | str | None = None, progress: bool = True) -> dict[str, Any]:
     """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``.
 
@@ -157,7 +157,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     the attack's randomness. ``aa_attacks`` lists AutoAttack's attacks for ``version="custom"``.
 
     Returns a JSON-able report: ``clean_acc`` and ``robust_acc`` (fractions, single-route protocol),
-    ``protocol``, ``protocols`` (single route and, for routed models with ``clean_route``, oracle routing),
+    ``protocol``, ``protocols`` (single route and, for routed models with ``clean_route``, oracle routing;
+    ``clean_route=None`` skips it),
     ``attack``, ``version``, ``eps``, ``n``, ``seed``, ``per_attack`` (robust accuracy after each AutoAttack
     attack), ``flags`` (AutoAttack's gradient-masking warnings), ``time`` and ``environment``.
     """
@@ -205,7 +206,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
             robust = _pgd_robust(frozen, x, y, attack, eps, norm, batch_size, device, progress) & correct
         attack_seconds = time.perf_counter() - t0
         oracle_clean = None
-        if route is not None and clean_route in routes and clean_route != route:
+        if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
             clean_model = _frozen(model, clean_route, device)
             oracle_clean = (predict(clean_model, x, batch_size, device, f"clean ({clean_route} route)",
                                     progress) == y).float().mean().item()

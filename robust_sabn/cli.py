@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "robust_sabn.doctor",
     "robust_sabn.eval.cli",
     "robust_sabn.eval.export_cli",
+    "robust_sabn.eval.bench_eval",
     "robust_sabn.training.cli",
     "robust_sabn.training.bench",
     "robust_sabn.quickstart",

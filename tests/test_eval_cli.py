@@ -96,7 +96,7 @@ def bad(args, capsys, match):
 def test_a_malicious_pickle_is_refused_without_running_it(tmp_path, capsys):
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"model": Payload(marker)}, f)
+        pickle.dump({"model": Payload(marker)}, f, protocol=2)
     bad(["eval", str(tmp_path / "evil.pt"), "--attack", "pgd-2"], capsys, "not a weights-only checkpoint")
     bad(["export", str(tmp_path / "evil.pt"), "--name", "Evil2026", "--model-dir", str(tmp_path)], capsys,
         "not a weights-only checkpoint")

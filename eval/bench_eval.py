@@ -1,0 +1,114 @@
+"""``robust-sabn bench eval``: evaluation through robust-sabn against the libraries called directly.
+
+Rows: AutoAttack via :func:`robust_sabn.eval.evaluate` vs ``pyautoattack.AutoAttack`` on the folded model
+(target ratio <= 1.02, identical robust accuracy), and ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD``
+(10 steps of eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy
+within noise). Baselines get ``fold_route(model, "adv")`` as a user would pass it. Every variant runs once per
+round, rounds interleaved (:func:`robust_sabn.eval.timing.interleaved_medians`).
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import create_model, fold_route
+from .evaluate import evaluate
+from .tables import markdown_table
+from .timing import interleaved_medians
+
+TARGETS = {"autoattack": 1.02, "pgd-10": 0.90}
+
+
+def _pyautoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str, attacks: list[str],
+                  seed: int, batch_size: int) -> float:
+    from pyautoattack import AutoAttack
+
+    adversary = AutoAttack(model, attacks=attacks if version == "custom" else None, device="cpu", eps=eps,
+                           norm="Linf", seed=seed, version=version)
+    _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return (y_adv == y).float().mean().item()
+
+
+def _torchattacks_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
+                      batch_size: int) -> float:
+    import torchattacks
+
+    torch.manual_seed(seed)
+    attack = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=10, random_start=True)
+    robust = []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with torch.no_grad():
+            correct = model(xb).argmax(1) == yb
+        adv = attack(xb, yb)
+        with torch.no_grad():
+            robust.append(correct & (model(adv).argmax(1) == yb))
+    return torch.cat(robust).float().mean().item()
+
+
+def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: int = 32, eps: float = 8 / 255,
+               version: str = "standard", attacks: list[str] | None = None, repeats: int = 3, warmup: int = 0,
+               seed: int = 0) -> str:
+    """Time both pairs on one SaBN model and one image set; a Markdown table of ratios."""
+    torch.manual_seed(seed)
+    model = create_model("resnet_small", width=width, norm="sandwich").eval()
+    x = torch.rand(n, 3, image_size, image_size)
+    folded = fold_route(model, "adv")
+    with torch.no_grad():
+        y = folded(x).argmax(1)
+    y[: n // 4] = (y[: n // 4] + 1) % 10  # a quarter misclassified, the rest worth attacking
+    acc: dict[str, float] = {}
+
+    def run(label: str, fn: Callable[[], float]) -> Callable[[], None]:
+        def call() -> None:
+            acc[label] = fn()
+        return call
+
+    common = dict(route="adv", seed=seed, batch_size=batch_size, clean_route=None, progress=False)
+    variants = {
+        "AutoAttack via robust-sabn": run("aa ours", lambda: evaluate(
+            model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks, **common)["robust_acc"]),
+        "pyautoattack directly": run("aa direct", lambda: _pyautoattack(
+            fold_route(model, "adv"), x, y, eps, version, attacks or [], seed, batch_size)),
+        "PGD-10 via robust-sabn": run("pgd ours", lambda: evaluate(model, x, y, eps, attack="pgd-10", **common)[
+            "robust_acc"]),
+        "torchattacks PGD-10": run("pgd direct", lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size)),
+    }
+    times = interleaved_medians(variants, repeats=repeats, warmup=warmup)
+    names = list(variants)
+    label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
+    rows = [
+        [label, times[names[0]], times[names[1]], times[names[0]] / times[names[1]], TARGETS["autoattack"],
+         f"{100 * acc['aa ours']:.2f} / {100 * acc['aa direct']:.2f}"],
+        ["PGD-10 (eps/4 steps)", times[names[2]], times[names[3]], times[names[2]] / times[names[3]],
+         TARGETS["pgd-10"], f"{100 * acc['pgd ours']:.2f} / {100 * acc['pgd direct']:.2f}"],
+    ]
+    header = (f"resnet_small (SaBN, width {width}), {n} images {image_size}x{image_size}, batch {batch_size}, "
+              f"Linf eps {eps:.4f}, median of {repeats}, {torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+    return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
+                                    "robust acc % (ours / baseline)"], rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    attacks = [a for a in (args.aa_attacks or "").split(",") if a] or None
+    print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, args.eps, args.version, attacks,
+                     args.repeats, args.warmup, args.seed))
+    return 0
+
+
+def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="AutoAttack and PGD-10 through robust-sabn vs pyautoattack / torchattacks")
+    p.add_argument("--width", type=int, default=16, help="width of the resnet_small SaBN model")
+    p.add_argument("--n-examples", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eps", type=float, default=8 / 255)
+    p.add_argument("--version", default="standard", choices=("standard", "plus", "rand", "custom"))
+    p.add_argument("--aa-attacks", help="for --version custom, e.g. apgd-ce,apgd-t")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
