@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .eval.quickstart_steps import STEPS as EVAL_STEPS
 from .eval.tables import markdown_table
 from .nn import routes_of
 from .training.config import TrainConfig
@@ -81,6 +82,7 @@ def evaluate_pgd(qs: Quickstart) -> None:
 
 Step = Callable[[Quickstart], None]
 QUICKSTART_STEPS: list[tuple[str, Step]] = [("train", train_model), ("PGD evaluation", evaluate_pgd)]
+QUICKSTART_STEPS += EVAL_STEPS  # AutoAttack, then export and reload through RobustBench
 
 
 def quickstart_config(**overrides) -> TrainConfig:
