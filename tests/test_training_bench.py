@@ -1,10 +1,14 @@
 """``robust-sabn bench train`` with tiny settings: one row per registered variant, both protocols."""
+import dataclasses
+
 import pytest
 import torch
 
 from datasets import write_fashion_mnist
 from robust_sabn.cli import main
-from robust_sabn.training.bench import HEADERS, TRAIN_BENCH_VARIANTS
+from robust_sabn.io import load_checkpoint
+from robust_sabn.training import TrainConfig, train
+from robust_sabn.training.bench import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +35,18 @@ def test_bench_train_prints_one_row_per_variant(tmp_path, capsys, monkeypatch):
     assert bn[1] == bn[3]  # plain BN: no clean route, the oracle's clean accuracy is the single route's
     for label in TRAIN_BENCH_VARIANTS:
         assert (tmp_path / "bench" / label / "best.pt").is_file()
+
+
+def test_interleaved_runs_compute_what_they_compute_alone(tmp_path):
+    write_fashion_mnist(tmp_path / "data", n_train=64, n_test=8)
+    base = TrainConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data"), arch="resnet_small", width=4,
+                       eps=0.1, steps=1, val_steps=1, val_size=16, epochs=2, batch_size=16, device="cpu",
+                       progress=False)
+    configs = {label: dataclasses.replace(base, norm=norm, out_dir=str(tmp_path / label))
+               for label, norm in (("BN", "bn"), ("SaBN", "sandwich"))}
+    results = train_interleaved(configs)
+    assert [r["kind"] for r in results["SaBN"].records] == ["epoch", "epoch"]
+    train(dataclasses.replace(configs["SaBN"], out_dir=str(tmp_path / "alone")))
+    together = load_checkpoint(tmp_path / "SaBN" / "last.pt")["model"]
+    alone = load_checkpoint(tmp_path / "alone" / "last.pt")["model"]
+    assert all(torch.equal(together[k], alone[k]) for k in alone)

@@ -17,9 +17,10 @@ from ..eval.tables import markdown_table
 from ..nn import routes_of
 from .config import TrainConfig
 from .data import load_dataset
-from .distributed import resolve_device
+from .distributed import resolve_device, start_processes
 from .evaluate import accuracy, pgd_attack
-from .loop import fixed_subset, train
+from .loop import Trainer, TrainResult, fixed_subset
+from .rng import rng_state, set_rng_state
 from .run_dir import BEST, model_from_checkpoint
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
@@ -48,6 +49,30 @@ def score(config: TrainConfig, checkpoint: Path, test, pgd_steps: int) -> dict[s
     return result
 
 
+def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]:
+    """Train several runs one epoch each in turn, so that load drifting on the machine slows all of them alike.
+    Each run keeps its own random generators: it computes exactly what it computes alone."""
+    processes = start_processes(next(iter(configs.values())).device)
+    try:
+        trainers, states = {}, {}
+        for label, config in configs.items():
+            trainers[label] = Trainer(config, processes, resume=False)
+            states[label] = rng_state()
+        while not all(t.done() for t in trainers.values()):
+            for label, trainer in trainers.items():
+                if not trainer.done():
+                    set_rng_state(states[label])
+                    trainer.run_epoch()
+                    states[label] = rng_state()
+        results = {}
+        for label, trainer in trainers.items():
+            set_rng_state(states[label])
+            results[label] = trainer.finish_run()
+        return results
+    finally:
+        processes.close()
+
+
 def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 1000, pgd_steps: int = 20,
                 variants: dict[str, dict] | None = None) -> str:
     """Train every variant in ``out_dir/<label>`` and return a Markdown table of their accuracies and times."""
@@ -55,20 +80,21 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
     splits = load_dataset(base.dataset, base.data_dir, download=base.download, val_size=base.val_size,
                           seed=base.seed)
     test = fixed_subset(splits.test, min(test_size, len(splits.test)) if test_size else None, base.seed)
+    configs = {label: dataclasses.replace(base, **overrides, out_dir=str(Path(out_dir) / label))
+               for label, overrides in variants.items()}
+    results = train_interleaved(configs)
     rows, first = [], None
-    for label, overrides in variants.items():
-        config = dataclasses.replace(base, **overrides, out_dir=str(Path(out_dir) / label))
-        result = train(config)
+    for label, result in results.items():
         times = [r["epoch_time"] for r in result.records if r["kind"] == "epoch"] or [result.records[-1]["time"]]
         per_epoch = sum(times) / len(times)
         first = first or per_epoch
-        acc = score(config, result.run_dir / BEST, test, pgd_steps)
-        rows.append([label, 100 * acc["clean"], 100 * acc["pgd"], 100 * acc["clean_oracle"], 100 * acc["pgd"],
-                     per_epoch, per_epoch / first])
+        acc = score(configs[label], result.run_dir / BEST, test, pgd_steps)
+        rows.append([label, *(f"{100 * acc[k]:.1f}" for k in ("clean", "pgd", "clean_oracle", "pgd")),
+                     f"{per_epoch:.1f}", f"{per_epoch / first:.2f}"])
     header = (f"{base.dataset}, {base.arch}{f' width {base.width}' if base.width else ''}, objective "
               f"{base.objective}, PGD-{base.steps} training ({base.attack_norm} eps {base.eps:g}), {base.epochs} "
-              f"epochs x {base.train_size or 'all'} images, seed {base.seed}; best.pt scored on {len(test)} test "
-              f"images, PGD-{pgd_steps} (eval mode); accuracies in %\n\n")
+              f"epochs x {base.train_size or 'all'} images, seed {base.seed}, variants trained epoch by epoch in "
+              f"turn; best.pt scored on {len(test)} test images, PGD-{pgd_steps} (eval mode); accuracies in %\n\n")
     return header + markdown_table(HEADERS, rows)
 
 

@@ -108,6 +108,7 @@ class Trainer:
             self._restore(checkpoint)
         else:
             seed_everything(config.seed + processes.rank)  # each process draws its own attack starts
+        self.first_step = self.step
         # DDP wraps the model for the training forward; attacks and validation use self.model itself.
         self.net: nn.Module = self.model
         if processes.distributed:
@@ -171,12 +172,21 @@ class Trainer:
     def budget_spent(self) -> bool:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
 
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs or self.budget_spent()
+
     def run(self) -> TrainResult:
-        self.first_step = self.step
-        while self.epoch < self.config.epochs and not self.budget_spent():
-            self.train_epoch()
-            if self.batch == self.steps_per_epoch:
-                self.end_epoch()
+        while not self.done():
+            self.run_epoch()
+        return self.finish_run()
+
+    def run_epoch(self) -> None:
+        """Train to the end of the current epoch (or the step budget); validate and save at the epoch's end."""
+        self.train_epoch()
+        if self.batch == self.steps_per_epoch:
+            self.end_epoch()
+
+    def finish_run(self) -> TrainResult:
         if self.batch > 0 and self.step > self.first_step:  # cut inside an epoch: validate, save where it stopped
             self.finish("stop")
         if self.log is not None and self.log.epochs():
