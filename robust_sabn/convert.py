@@ -9,7 +9,7 @@ from torch import nn
 from .errors import ConfigError
 from .models.layers import CONV_LAYERS, conv_factory
 from .nn import DEFAULT_ROUTES, ROUTED_NORMS, RoutedNorm, routed_norm_class
-from .nn.routing import Foldable
+from .nn.routing import Foldable, check_route_names
 
 
 def replace_modules(model: nn.Module, replace: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
@@ -29,6 +29,15 @@ def _is_plain_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.BatchNorm2d) and type(module).forward is nn.BatchNorm2d.forward
 
 
+_SHARED_NORM_KWARGS = ("eps", "momentum", "track_running_stats")  # taken by BN and every routed kind
+
+
+def _zoo_spec_kwargs(model: nn.Module) -> dict | None:
+    """The ``create_model`` kwargs in a zoo model's ``model_spec`` (edited in place), or None."""
+    spec = getattr(model, "model_spec", None)
+    return spec.setdefault("kwargs", {}) if isinstance(spec, dict) and "arch" in spec else None
+
+
 def convert_norms(model: nn.Module, kind: str = "sandwich", routes: Sequence[str] = DEFAULT_ROUTES,
                   **layer_kwargs) -> nn.Module:
     """Replace every ``nn.BatchNorm2d`` of ``model`` (in place) by a routed layer of ``kind``.
@@ -36,7 +45,8 @@ def convert_norms(model: nn.Module, kind: str = "sandwich", routes: Sequence[str
     The function is preserved exactly on every route, in eval and train mode: the routed layer starts
     from the BN's affine and running statistics. Routed layers already in the model are left alone.
     ``layer_kwargs`` go to the layer's ``from_batchnorm`` (e.g. ``shared_stats=True`` for SaBN).
-    Returns the model (a new object only when ``model`` itself is a BatchNorm2d).
+    A zoo model built with ``norm="bn"`` gets its ``model_spec`` updated to the new kind, so that checkpoints
+    and exports rebuild the converted model. Returns the model (a new object only when it is a BatchNorm2d).
     """
     layer_class = routed_norm_class(kind)
 
@@ -52,7 +62,12 @@ def convert_norms(model: nn.Module, kind: str = "sandwich", routes: Sequence[str
             )
         return None
 
-    return replace_modules(model, replace)
+    converted = replace_modules(model, replace)
+    spec_kwargs = _zoo_spec_kwargs(converted)
+    if spec_kwargs is not None and spec_kwargs.get("norm", "bn") == "bn":
+        kept = {k: v for k, v in (spec_kwargs.get("norm_kwargs") or {}).items() if k in _SHARED_NORM_KWARGS}
+        spec_kwargs.update(norm=kind, routes=list(check_route_names(routes)), norm_kwargs={**kept, **layer_kwargs})
+    return converted
 
 
 def fold_route(model: nn.Module, route: str) -> nn.Module:
@@ -103,6 +118,8 @@ def convert_convs(model: nn.Module, kind: str = "weightalign", **layer_kwargs) -
     Does NOT preserve the function in general: WeightAlign removes each filter's mean (its gains are set to
     keep each filter's spread; see ``WeightAlignConv2d.from_conv``), so fine-tune after converting.
     ``fold_route`` turns the convolutions back into plain ``nn.Conv2d`` with the aligned weights.
+    A zoo model built with ``conv="standard"`` gets ``conv=kind`` in its ``model_spec``; with ``layer_kwargs``
+    (which a spec cannot record) its ``model_spec`` is removed, so exports must name the architecture.
     """
     layer_class = conv_factory(kind)
     if not hasattr(layer_class, "from_conv"):
@@ -112,4 +129,11 @@ def convert_convs(model: nn.Module, kind: str = "weightalign", **layer_kwargs) -
     def replace(module: nn.Module) -> nn.Module | None:
         return layer_class.from_conv(module, **layer_kwargs) if type(module) is nn.Conv2d else None
 
-    return replace_modules(model, replace)
+    converted = replace_modules(model, replace)
+    spec_kwargs = _zoo_spec_kwargs(converted)
+    if spec_kwargs is not None and spec_kwargs.get("conv", "standard") == "standard":
+        if layer_kwargs:
+            del converted.model_spec
+        else:
+            spec_kwargs["conv"] = kind
+    return converted

@@ -322,3 +322,14 @@ def test_calibrated_ubn_weightalign_model_exports_and_loads_through_robustbench(
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad(), use_route(model, "adv"):
         assert max_diff(loaded(x), model(x)) <= 1e-5
+
+
+def test_converting_a_zoo_model_updates_its_spec():
+    model = create_model("resnet_small", width=4, norm_kwargs={"eps": 1e-3}).eval()
+    convert_norms(model, "ubn", routes=("clean", "adv", "extra"), tau=0.5)
+    rebuilt = build_model(model.model_spec)
+    rebuilt.load_state_dict(model.state_dict())
+    assert model.model_spec["kwargs"]["norm_kwargs"] == {"eps": 1e-3, "tau": 0.5}
+    x = torch.rand(2, 3, 16, 16)
+    with use_route(model, "extra"), use_route(rebuilt.eval(), "extra"):
+        assert torch.equal(rebuilt(x), model(x))

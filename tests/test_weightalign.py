@@ -171,3 +171,10 @@ def test_train_command_runs_every_norm_with_every_conv_and_exports_plain(norm, c
     x = torch.rand(3, 1, 28, 28)
     with use_route(model.eval(), "adv"):
         assert max_diff(plain.eval()(x), model(x)) <= 1e-5
+
+
+def test_converting_a_zoo_model_updates_or_drops_its_spec():
+    model = convert_convs(create_model("resnet_small", width=4), "weightalign")
+    assert model.model_spec["kwargs"]["conv"] == "weightalign"
+    build_model(model.model_spec).load_state_dict(model.state_dict())
+    assert not hasattr(convert_convs(create_model("resnet_small", width=4), eps=1e-3), "model_spec")
