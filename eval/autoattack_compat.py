@@ -14,12 +14,9 @@ from pathlib import Path
 import torch
 from pyautoattack import AutoAttack as _PyAutoAttack
 
+from .evaluate import model_device
+
 LOGGER_NAME = "auto-attack"
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    tensor = next(iter(list(model.parameters()) + list(model.buffers())), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 class AutoAttack:
@@ -36,7 +33,7 @@ class AutoAttack:
                  is_tv_transform: bool = False, device: torch.device | str | None = None,
                  log_path: str | None = None) -> None:
         inner = _PyAutoAttack(model, attacks=list(attacks_to_run) if version == "custom" else None,
-                              device=device if device is not None else _model_device(model),
+                              device=device if device is not None else model_device(model),
                               eps=eps, norm=norm, seed=seed, version=version)
         object.__setattr__(self, "_inner", inner)
         inner.verbose = verbose

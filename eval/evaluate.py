@@ -141,7 +141,24 @@ def _pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str,
     return torch.cat(robust)
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, eps: float, norm: str,
+            attack: str, version: str, aa_attacks: Sequence[str] | None, seed: int, batch_size: int,
+            device: torch.device, progress: bool) -> tuple[torch.Tensor, list, dict, dict, str | None]:
+    """Robust points, flags, per-attack accuracy and seconds, and the AutoAttack backend (None for PGD)."""
+    if eps == 0:
+        return correct.clone(), [], {}, {}, None
+    if attack in ("autoattack", "apgd-ce"):
+        single = attack == "apgd-ce"
+        result = run_autoattack(model, x, y, eps=eps, norm=norm, version="custom" if single else version, seed=seed,
+                                batch_size=batch_size, attacks=["apgd-ce"] if single else aa_attacks, device=device,
+                                progress=progress, restarts=1 if single else None)
+        return (result.robust & correct, result.flags, result.per_attack(int(correct.sum())), result.seconds,
+                result.backend)
+    return _pgd_robust(model, x, y, attack, eps, norm, batch_size, device, progress) & correct, [], {}, {}, None
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live; the CPU for a model without any."""
     tensor = next(iter(list(model.parameters()) + list(model.buffers())), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 
@@ -173,7 +190,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     routes = _check_route(model, route)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     check_inputs(x, y)
     frozen = _frozen(model, route, device)
     try:
@@ -191,19 +208,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
         correct = predict(frozen, x, batch_size, device, progress=progress) == y
         clean_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        flags, per_attack, per_attack_seconds, backend = [], {}, {}, None
-        if eps == 0:
-            robust = correct.clone()
-        elif attack in ("autoattack", "apgd-ce"):
-            aa_version = version if attack == "autoattack" else "custom"
-            result = run_autoattack(
-                frozen, x, y, eps=eps, norm=norm, version=aa_version, seed=seed, batch_size=batch_size,
-                attacks=aa_attacks if attack == "autoattack" else ["apgd-ce"], device=device, progress=progress,
-                restarts=None if attack == "autoattack" else 1)
-            robust, flags, backend = result.robust & correct, result.flags, result.backend
-            per_attack, per_attack_seconds = result.per_attack(int(correct.sum())), result.seconds
-        else:
-            robust = _pgd_robust(frozen, x, y, attack, eps, norm, batch_size, device, progress) & correct
+        robust, flags, per_attack, per_attack_seconds, backend = _attack(
+            frozen, x, y, correct, eps, norm, attack, version, aa_attacks, seed, batch_size, device, progress)
         attack_seconds = time.perf_counter() - t0
         oracle_clean = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
