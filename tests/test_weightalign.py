@@ -33,7 +33,8 @@ def test_aligned_filters_have_zero_mean_and_the_stated_scale(groups):
     w = layer.aligned_weight().detach().double().flatten(1)
     fan_in = 4 // groups * 9
     var = layer.weight.detach().double().flatten(1).var(1, unbiased=False)
-    expected_std = layer.weight_gain.detach().double().flatten() * math.sqrt(2 / fan_in) * torch.sqrt(var / (var + 1e-6))
+    gain = layer.weight_gain.detach().double().flatten()
+    expected_std = gain * math.sqrt(2 / fan_in) * torch.sqrt(var / (var + 1e-6))
     assert w.mean(1).abs().max() < 1e-6  # float32 rounding of filters with means up to 5
     assert torch.allclose(w.std(1, unbiased=False), expected_std, rtol=1e-5)
 
@@ -83,7 +84,10 @@ def test_fold_route_of_weightalign_sabn_model_is_exact_and_loads_into_a_standard
     build_model(spec).load_state_dict(folded.state_dict())
 
 
-@pytest.mark.parametrize("name", [n if n in ("resnet_small", "preact_resnet18") else pytest.param(n, marks=pytest.mark.slow)
+SMALL_MODELS = ("resnet_small", "preact_resnet18")
+
+
+@pytest.mark.parametrize("name", [n if n in SMALL_MODELS else pytest.param(n, marks=pytest.mark.slow)
                                   for n in list_models()])
 def test_every_zoo_model_builds_with_weightalign_and_folds_exactly(name):
     model = create_model(name, conv="weightalign", norm="bn").eval()

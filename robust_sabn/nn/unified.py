@@ -208,7 +208,8 @@ class UnifiedBatchNorm2d(RoutedNorm):
         super().__init__(num_features, routes)
         factory = {"device": device, "dtype": dtype}
         if features not in CONDENSATION_FEATURES:
-            raise ConfigError(f"unknown condensation features {features!r}; choose one of {list(CONDENSATION_FEATURES)}")
+            raise ConfigError(f"unknown condensation features {features!r}; "
+                              f"choose one of {list(CONDENSATION_FEATURES)}")
         self.tau = float(tau)
         self.calibration = calibration
         self.features = features
@@ -259,9 +260,10 @@ class UnifiedBatchNorm2d(RoutedNorm):
         """``ubn_condensation`` (mean), ``ubn_skip_rate`` and ``ubn_skipped`` (count) over the training batches
         measured since the last call, plus ``..._<route>`` per measured route; empty when nothing was measured.
         Resets the counters unless ``reset=False``."""
-        sums, counts, skipped = (t.tolist() for t in (self.condensation_sum, self.measured_batches, self.skipped_batches))
+        counters = (self.condensation_sum, self.measured_batches, self.skipped_batches)
+        sums, counts, skipped = (t.tolist() for t in counters)
         if reset:
-            for counter in (self.condensation_sum, self.measured_batches, self.skipped_batches):
+            for counter in counters:
                 counter.zero_()
         total = sum(counts)
         if total == 0:
