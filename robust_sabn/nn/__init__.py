@@ -1,4 +1,4 @@
-"""Routed normalization layers and the controls that choose their route."""
+"""Normalization layers (routed and plain), the WeightAlign convolution, and the controls that choose routes."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
