@@ -119,6 +119,7 @@ def test_max_steps_cuts_the_run_without_changing_the_schedule(fmnist, tmp_path):
     assert lrs == {s: pytest.approx(0.05 * lr_factor(s - 1, steps_per_epoch=5, milestones=[2], gamma=0.1,
                                                      warmup_steps=3)) for s in range(1, 8)}
     assert cut.records[-1]["kind"] == "stop" and "val_robust_acc" in cut.records[-1]
+    assert (tmp_path / "cut" / "curves.png").is_file()
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05)
 
 

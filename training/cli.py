@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(config, resume=resume)
     if result.best and os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
         print(f"run folder {result.run_dir}: {result.epoch} epochs, {result.step} steps; best robust validation "
-              f"accuracy {100 * result.best['val_robust_acc']:.2f}% (epoch {result.best['epoch']}) in "
+              f"accuracy {100 * result.best['val_robust_acc']:.2f}% (step {result.best['step']}) in "
               f"{result.run_dir / 'best.pt'}")
     return 0
 

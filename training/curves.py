@@ -17,17 +17,19 @@ ACCURACY_KEYS = {
 }
 
 
-def plot_curves(epochs: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Draw the epoch records of ``metrics.jsonl`` into a PNG, written atomically."""
+def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, steps_per_epoch: int) -> Path:
+    """Draw the epoch records of ``metrics.jsonl`` (and the ``stop`` record of a run cut inside an epoch) into a
+    PNG against the epoch, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    epochs = [r for r in records if r.get("kind") in ("epoch", "stop")]
     layer_keys = sorted({k for r in epochs for k in r if k.startswith("layer/")})
     panels = 4 if layer_keys else 3
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6))
-    x = [r["epoch"] for r in epochs]
+    x = [r["step"] / steps_per_epoch for r in epochs]
 
     def draw(ax, keys: dict[str, str], title: str) -> None:
         for key, label in keys.items():

@@ -189,8 +189,6 @@ class Trainer:
     def finish_run(self) -> TrainResult:
         if self.batch > 0 and self.step > self.first_step:  # cut inside an epoch: validate, save where it stopped
             self.finish("stop")
-        if self.log is not None and self.log.epochs():
-            plot_curves(self.log.epochs(), self.run_dir / CURVES)
         records = self.log.records if self.log is not None else []
         return TrainResult(self.run_dir, self.epoch, self.step, dict(self.best), list(records))
 
@@ -280,7 +278,7 @@ class Trainer:
         self.epoch_meter, self.epoch_seconds = Meter(), 0.0
 
     def finish(self, kind: str) -> None:
-        """Validate, log a ``kind`` record, then write best.pt (when robust accuracy improved) and last.pt."""
+        """Validate, log a ``kind`` record, write best.pt (when robust accuracy improved), last.pt and the curves."""
         start = time.perf_counter()
         self.processes.average_buffers(self.model)
         val = self.validate()
@@ -291,6 +289,8 @@ class Trainer:
             self.best = {"val_robust_acc": val["val_robust_acc"], "epoch": self.epoch, "step": self.step}
             self.save(BEST)
         self.save(LAST)
+        if self.log is not None:
+            plot_curves(self.log.records, self.run_dir / CURVES, self.steps_per_epoch)
         if self.processes.is_main and self.config.progress:
             tqdm.write(_summary(record, self.config.epochs, improved))
 

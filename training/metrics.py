@@ -46,9 +46,6 @@ class MetricsLog:
         self.records.append({k: _plain(v) for k, v in record.items()})
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
-    def epochs(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("kind") == "epoch"]
-
 
 def _plain(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
