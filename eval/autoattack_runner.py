@@ -137,6 +137,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         unknown = [a for a in attacks or () if a not in AA_ATTACKS]
         if not attacks or unknown:
             raise ConfigError(f"version 'custom' needs attacks from {list(AA_ATTACKS)}, got {list(attacks or ())}")
+    if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1):
+        raise ConfigError(f"APGD restarts must be a positive integer, got {restarts!r}")
     backend = autoattack_backend()
     log = AttackLog(progress)
     device = device if device is not None else x.device

@@ -56,9 +56,13 @@ def preserved_rng() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def describe_attack(attack: str, version: str = "standard") -> str:
+def describe_attack(attack: str, version: str = "standard", aa_attacks: Sequence[str] | None = None,
+                    aa_restarts: int | None = None) -> str:
     if attack == "autoattack":
-        return f"AutoAttack, {version} version"
+        if version != "custom":
+            return f"AutoAttack, {version} version"
+        restarts = f", APGD restarts {aa_restarts}" if aa_restarts is not None else ""
+        return f"AutoAttack, custom version ({', '.join(aa_attacks or ())}{restarts})"
     if attack == "apgd-ce":
         return "APGD-CE (AutoAttack's; 100 iterations, 1 restart)"
     kind, steps = _parse_pgd(attack)
@@ -142,7 +146,8 @@ def _pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str,
 
 
 def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, eps: float, norm: str,
-            attack: str, version: str, aa_attacks: Sequence[str] | None, seed: int, batch_size: int,
+            attack: str, version: str, aa_attacks: Sequence[str] | None, aa_restarts: int | None, seed: int,
+            batch_size: int,
             device: torch.device, progress: bool) -> tuple[torch.Tensor, list, dict, dict, str | None]:
     """Robust points, flags, per-attack accuracy and seconds, and the AutoAttack backend (None for PGD)."""
     if eps == 0:
@@ -151,7 +156,7 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.T
         single = attack == "apgd-ce"
         result = run_autoattack(model, x, y, eps=eps, norm=norm, version="custom" if single else version, seed=seed,
                                 batch_size=batch_size, attacks=["apgd-ce"] if single else aa_attacks, device=device,
-                                progress=progress, restarts=1 if single else None)
+                                progress=progress, restarts=1 if single else aa_restarts)
         return (result.robust & correct, result.flags, result.per_attack(int(correct.sum())), result.seconds,
                 result.backend)
     return _pgd_robust(model, x, y, attack, eps, norm, batch_size, device, progress) & correct, [], {}, {}, None
@@ -166,12 +171,14 @@ def model_device(model: nn.Module) -> torch.device:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
              attack: str = "autoattack", version: str = "standard", route: str | None = None, seed: int = 0,
              batch_size: int = 256, *, clean_route: str | None = "clean", aa_attacks: Sequence[str] | None = None,
-             device: torch.device | str | None = None, progress: bool = True) -> dict[str, Any]:
+             aa_restarts: int | None = None, device: torch.device | str | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``.
 
     The model is folded on ``route`` (required for routed models, None for plain ones) and evaluated in eval
     mode; ``model`` itself is not changed, and the caller's RNG states are restored afterwards. ``seed`` fixes
-    the attack's randomness. ``aa_attacks`` lists AutoAttack's attacks for ``version="custom"``.
+    the attack's randomness. ``aa_attacks`` lists AutoAttack's attacks for ``version="custom"``; ``aa_restarts``
+    sets APGD's restarts (AutoAttack's custom version uses 5, the standard version 1).
 
     Returns a JSON-able report: ``clean_acc`` and ``robust_acc`` (fractions, single-route protocol),
     ``protocol``, ``protocols`` (single route and, for routed models with ``clean_route``, oracle routing;
@@ -209,7 +216,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
         clean_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         robust, flags, per_attack, per_attack_seconds, backend = _attack(
-            frozen, x, y, correct, eps, norm, attack, version, aa_attacks, seed, batch_size, device, progress)
+            frozen, x, y, correct, eps, norm, attack, version, aa_attacks, aa_restarts, seed, batch_size, device,
+            progress)
         attack_seconds = time.perf_counter() - t0
         oracle_clean = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
@@ -230,9 +238,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
         "protocol": SINGLE,
         "route": route,
         "attack": attack,
-        "attack_description": describe_attack(attack, version),
+        "attack_description": describe_attack(attack, version, aa_attacks, aa_restarts),
         "version": version if attack == "autoattack" else None,
         "aa_attacks": list(aa_attacks) if attack == "autoattack" and version == "custom" else None,
+        "aa_restarts": aa_restarts if attack == "autoattack" else None,
         "backend": backend,
         "norm": norm,
         "eps": eps,

@@ -74,9 +74,10 @@ def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", 
     return x, y
 
 
-def robust_acc_direct(model, x, y, attacks, seed=0, eps=8 / 255):
+def robust_acc_direct(model, x, y, attacks, seed=0, eps=8 / 255, restarts=1):
     """pyautoattack called directly, as its README shows."""
     adversary = PyAutoAttack(model, attacks=attacks, device="cpu", eps=eps, norm="Linf", seed=seed, version="custom")
+    adversary.apgd.n_restarts = restarts
     _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=4)
     return (y_adv == y).float().mean().item()
 
@@ -85,13 +86,13 @@ def test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model():
     model = routed_model()
     x, y = images_labelled_by(model)
     report = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce", "apgd-dlr"],
-                      route="adv", seed=3, batch_size=4, progress=False)
+                      aa_restarts=2, route="adv", seed=3, batch_size=4, progress=False)
     folded = fold_route(model, "adv")
     assert report["clean_acc"] == 0.75
-    assert report["robust_acc"] == robust_acc_direct(folded, x, y, ["apgd-ce", "apgd-dlr"], seed=3)
+    assert report["robust_acc"] == robust_acc_direct(folded, x, y, ["apgd-ce", "apgd-dlr"], seed=3, restarts=2)
     assert report["robust_acc"] < report["clean_acc"]  # the attack does something on this model
     # the per-attack numbers read from AutoAttack's log agree with running the first attack alone
-    assert report["per_attack"]["apgd-ce"] == robust_acc_direct(folded, x, y, ["apgd-ce"], seed=3)
+    assert report["per_attack"]["apgd-ce"] == robust_acc_direct(folded, x, y, ["apgd-ce"], seed=3, restarts=2)
     assert report["per_attack"]["apgd-dlr"] == report["robust_acc"]
     assert report["backend"].startswith("pyautoattack") and report["seed"] == 3 and report["n"] == 8
 
@@ -232,6 +233,8 @@ def test_bad_images_and_labels_are_refused(change, error, match):
     ({"attack": "fgsm"}, ConfigError, "unknown attack"),
     ({"attack": "autoattack", "version": "fast"}, ConfigError, "unknown AutoAttack version"),
     ({"attack": "autoattack", "version": "custom"}, ConfigError, "needs attacks"),
+    ({"attack": "autoattack", "version": "custom", "aa_attacks": ["apgd-ce"], "aa_restarts": 0}, ConfigError,
+     "restarts"),
     ({"norm": "L1"}, ConfigError, "threat model"),
     ({"batch_size": 0}, ConfigError, "batch_size"),
 ])
