@@ -25,8 +25,7 @@ from . import __version__
 from .convert import fold_route, fold_spec
 from .errors import ConfigError, RouteError
 from .io import atomic_write_text, load_weights, save_checkpoint
-from .model_files import arch_file, check_spec, spec_from_arch, write_arch_file
-from .models import build_model
+from .model_files import arch_file, build, check_spec, spec_from_arch, write_arch_file
 from .nn import routes_of
 
 THREAT_MODELS = ("Linf", "L2")
@@ -86,10 +85,7 @@ def exported_spec(model: nn.Module, arch: str | Mapping | None = None,
 
 def _check_rebuilds(spec: dict, folded: nn.Module, dataset: str) -> None:
     """Rebuild ``spec``, load the folded weights strictly, and require identical logits on a random batch."""
-    try:
-        rebuilt = build_model(spec)
-    except TypeError as err:
-        raise ConfigError(f"cannot build the architecture {spec} ({err}); fix arch/arch_kwargs") from None
+    rebuilt = build(spec)
     load_weights(rebuilt, folded.state_dict(), "the folded model")
     first_conv = next((m for m in folded.modules() if isinstance(m, nn.Conv2d)), None)
     channels = first_conv.in_channels if first_conv is not None else 3

@@ -56,6 +56,14 @@ def check_spec(spec: Any, source: str = "architecture spec") -> dict:
     return {k: (dict(v) if k == "kwargs" else v) for k, v in spec.items()}
 
 
+def build(spec: Mapping) -> nn.Module:
+    """``build_model(spec)``, with wrong keyword arguments reported as a :class:`ConfigError`."""
+    try:
+        return build_model(spec)
+    except TypeError as err:
+        raise ConfigError(f"cannot build the architecture {dict(spec)} ({err}); fix its arguments") from None
+
+
 def write_arch_file(path: str | os.PathLike, spec: Mapping, **info: Any) -> Path:
     """Write an architecture file (JSON): the spec plus descriptive fields such as the folded route."""
     record = {"format": ARCH_FORMAT, "spec": check_spec(spec), **info}
@@ -115,6 +123,6 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
         raise CheckpointError(
             f"{path} holds weights but no architecture: pass --model (a zoo name or 'module:callable', "
             f"with --model-kwargs) or put {arch_file(path).name} beside it")
-    model = build_model(spec)
+    model = build(spec)
     load_weights(model, state_dict, str(path))
     return LoadedModel(model.eval(), path, spec, source, dict(config) if isinstance(config, Mapping) else {})

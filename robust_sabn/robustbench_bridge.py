@@ -25,8 +25,7 @@ from types import ModuleType
 from torch import nn
 
 from .errors import ConfigError
-from .model_files import ARCH_SUFFIX, read_arch_file
-from .models import build_model
+from .model_files import ARCH_SUFFIX, build, read_arch_file
 
 ENV_MODEL_DIR = "ROBUST_SABN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "models"
@@ -109,7 +108,7 @@ def _entries(dataset: str, threat_model: str) -> dict | None:
 
 def build_exported(arch_path: str | os.PathLike) -> nn.Module:
     """The constructor behind every registered entry: the architecture from its JSON file, untrained."""
-    return build_model(read_arch_file(arch_path)["spec"])
+    return build(read_arch_file(arch_path)["spec"])
 
 
 def _register(dataset: str, threat_model: str, name: str, arch_path: Path) -> bool:

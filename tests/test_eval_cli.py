@@ -112,6 +112,8 @@ def test_bad_cli_input_is_one_line_and_exit_two(run_dir, tmp_path, capsys):
     bad(["eval", str(tmp_path / "missing"), *common], capsys, "no checkpoint")
     bad(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"width": 8}', *common],
         capsys, "does not match the architecture")
+    bad(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"bogus": 1}', *common],
+        capsys, "cannot build the architecture")
     write_cifar100(tmp_path / "c100", n_train=10, n_test=4)
     bad(["eval", str(run_dir), "--dataset", "cifar100", "--data-dir", str(tmp_path / "c100"), *common], capsys,
         "labels must be in [0, 9]")
