@@ -234,8 +234,9 @@ class Trainer:
             dist.all_reduce(counts)
         loss_sum, n, clean, n_clean, adv, n_adv = counts.tolist()
         if not torch.isfinite(counts[0]):
+            saved = f" ({self.run_dir / LAST} holds the last good state)" if (self.run_dir / LAST).exists() else ""
             raise TrainingDiverged(f"the loss became {loss_sum / n} at step {self.step + 1} (epoch {self.epoch + 1}); "
-                                   f"lower --lr or check the data ({self.run_dir / LAST} holds the last good state)")
+                                   f"lower --lr or check the data{saved}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
