@@ -95,13 +95,12 @@ class TrainConfig:
         from .data import DATASETS
         from .objectives import OBJECTIVES
 
-        for name, value, known in (("dataset", self.dataset, DATASETS), ("arch", self.arch, list_models()),
-                                   ("norm", self.norm, norm_kinds()), ("conv", self.conv, CONV_LAYERS),
-                                   ("objective", self.objective, OBJECTIVES), ("attack_norm", self.attack_norm,
-                                   ATTACK_NORMS), ("bn_mode", self.bn_mode, BN_MODES), ("amp", self.amp, AMP_MODES),
-                                   ("device", self.device, DEVICES)):
-            if value not in known:
-                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(known)}")
+        choices = {"dataset": DATASETS, "arch": list_models(), "norm": norm_kinds(), "conv": CONV_LAYERS,
+                   "objective": OBJECTIVES, "attack_norm": ATTACK_NORMS, "bn_mode": BN_MODES, "amp": AMP_MODES,
+                   "device": DEVICES}
+        for name, known in choices.items():
+            if getattr(self, name) not in known:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(known)}")
         if not 0 <= self.eps or (self.attack_norm == "Linf" and self.eps > 1) or not math.isfinite(self.eps):
             raise ConfigError(f"eps must be in [0, 1] for inputs in [0, 1], got {self.eps}; e.g. --eps 8/255")
         if not 0 < self.step_size or (self.step_size > self.eps and self.objective != "fast"):
