@@ -5,6 +5,7 @@ import argparse
 
 from ..exporting import card_path, export, fill_card, format_eps
 from ..model_files import load_trained_model
+from ..robustbench_bridge import robustbench_names
 from .cli import default_route, parse_kwargs, resolve_device, settings
 from .tables import markdown_table
 
@@ -39,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
         rows += [["AutoAttack flag", flag] for flag in report["flags"]]
     print(f"exported {loaded.path} (route {route or '-'}) as {args.name}\n")
     print(markdown_table(["", ""], rows))
-    print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
-          f"dataset={setup['dataset']!r}, threat_model={setup['norm']!r}) after `import robust_sabn`")
+    if robustbench_names(setup["dataset"], setup["norm"]):
+        print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
+              f"dataset={setup['dataset']!r}, threat_model={setup['norm']!r}) after `import robust_sabn`")
+    else:
+        print(f"\nRobustBench has no {setup['dataset']} models, so its load_model cannot reach this export; "
+              f"evaluate it with `robust-sabn eval {weights}`")
     return 0
 
 
