@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import create_model, fold_route
+from .cli import parse_eps
 from .evaluate import evaluate
 from .tables import markdown_table
 from .timing import interleaved_medians
@@ -94,8 +95,8 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
 
 def run(args: argparse.Namespace) -> int:
     attacks = [a for a in (args.aa_attacks or "").split(",") if a] or None
-    print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, args.eps, args.version, attacks,
-                     args.repeats, args.warmup, args.seed))
+    print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, parse_eps(args.eps), args.version,
+                     attacks, args.repeats, args.warmup, args.seed))
     return 0
 
 
@@ -105,7 +106,7 @@ def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-examples", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eps", type=float, default=8 / 255)
+    p.add_argument("--eps", default="8/255", help="Linf radius; fractions allowed (default 8/255)")
     p.add_argument("--version", default="standard", choices=("standard", "plus", "rand", "custom"))
     p.add_argument("--aa-attacks", help="for --version custom, e.g. apgd-ce,apgd-t")
     p.add_argument("--repeats", type=int, default=3)

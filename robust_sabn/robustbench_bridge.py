@@ -59,7 +59,7 @@ def remember(model_dir: str | os.PathLike) -> None:
 def register_robustbench(model_dir: str | os.PathLike | None = None) -> list[str]:
     """Register every exported model under ``model_dir`` (default: the folders of :func:`model_dirs`) in
     RobustBench's model dictionary, and remember the folder. Imports RobustBench. Returns the names."""
-    _import_robustbench()
+    import_robustbench()
     if model_dir is None:
         return [name for folder in model_dirs() for name in _register_folder(folder)]
     remember(model_dir)
@@ -89,14 +89,16 @@ def check_name_free(name: str, dataset: str, threat_model: str) -> None:
                               "choose another name")
 
 
-def _import_robustbench() -> None:
-    with warnings.catch_warnings():  # its imports warn about deprecations (pkg_resources, torch.jit)
+def import_robustbench() -> None:
+    """Import RobustBench's model zoo and ``load_model`` without the deprecation warnings its own imports raise
+    (pkg_resources, torch.jit, timm); the import hook registers the default folders."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import robustbench.model_zoo  # noqa: F401  (the hook registers the default folders)
+        import robustbench.utils  # noqa: F401  (imports robustbench.model_zoo)
 
 
 def _entries(dataset: str, threat_model: str) -> dict | None:
-    _import_robustbench()
+    import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 

@@ -14,8 +14,8 @@ def test_quickstart_runs_autoattack_exports_and_reloads(tmp_path, monkeypatch):
                                train_size=32, val_size=16, batch_size=16, width=4, progress=False, device="cpu")
     qs = run_quickstart(config, test_size=12, pgd_steps=1, steps=[QUICKSTART_STEPS[0], *steps.STEPS])
     labels = [row[0] for row in qs.rows]
-    assert labels == ["AutoAttack APGD-CE + APGD-T (Linf 0.1), single route",
-                      "AutoAttack APGD-CE + APGD-T (Linf 0.1), oracle routing",
+    assert labels == ["AutoAttack standard (Linf 0.1), single route",
+                      "AutoAttack standard (Linf 0.1), oracle routing",
                       "RobustBench load_model of the export (adv route folded into plain BN)"]
     assert all(len(row) == len(TABLE_HEADERS) for row in qs.rows)
     assert [row[-1] for row in qs.rows] == [6, 6, 12]

@@ -1,0 +1,45 @@
+"""``robust-sabn bench norms`` and ``bench eval`` with tiny settings: every row present, ratios computed, and the
+AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live in README.md, not in tests)."""
+import pytest
+import torch
+
+from robust_sabn.cli import main
+from robust_sabn.eval.bench_norms import NORM_VARIANTS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+@pytest.mark.parametrize("layout", ["--channels-last", "--no-channels-last"])
+def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, layout):
+    argv = ["bench", "norms", "--width", "4", "--batch-size", "4", "--image-size", "8", "--repeats", "1",
+            "--warmup", "0", layout]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    labels = [row[0] for row in rows]
+    assert labels[:len(NORM_VARIANTS)] == list(NORM_VARIANTS)
+    assert labels[len(NORM_VARIANTS)].startswith("SaBN split_routes") and labels[-1].startswith("BN, no routes")
+    assert rows[0][2] == "1.000" and all(float(row[2]) > 0 for row in rows)
+    assert ("channels_last" in out) == (layout == "--channels-last")
+
+
+def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys):
+    argv = ["bench", "eval", "--width", "4", "--n-examples", "8", "--image-size", "8", "--batch-size", "8",
+            "--version", "custom", "--aa-attacks", "apgd-ce", "--repeats", "1", "--eps", "8/255"]
+    assert main(argv) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["AutoAttack custom (apgd-ce)", "PGD-10 (eps/4 steps)"]
+    ours, baseline = rows[0][-1].split(" / ")
+    assert ours == baseline
+    assert all(float(row[3]) > 0 for row in rows)
