@@ -3,8 +3,11 @@
 Rows: AutoAttack via :func:`robust_sabn.eval.evaluate` vs ``pyautoattack.AutoAttack`` on the folded model
 (target ratio <= 1.02, identical robust accuracy), and ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD``
 (10 steps of eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy
-within noise). Baselines get ``fold_route(model, "adv")`` as a user would pass it. Every variant runs once per
+within noise). Baselines get ``fold_route(model, route)`` as a user would pass it. Every variant runs once per
 round, rounds interleaved (:func:`robust_sabn.eval.timing.interleaved_medians`).
+
+The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
+SaBN ``resnet_small`` on random images labelled by its own predictions, a quarter of them wrongly.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import torch
 from torch import nn
 
 from .. import create_model, fold_route
-from .cli import parse_eps
+from ..model_files import load_trained_model
+from .cli import default_route, parse_eps
+from .data import test_images
 from .evaluate import evaluate
 from .tables import markdown_table
 from .timing import interleaved_medians
@@ -50,17 +55,33 @@ def _torchattacks_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     return torch.cat(robust).float().mean().item()
 
 
-def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: int = 32, eps: float = 8 / 255,
-               version: str = "standard", attacks: list[str] | None = None, repeats: int = 3, warmup: int = 0,
-               seed: int = 0) -> str:
-    """Time both pairs on one SaBN model and one image set; a Markdown table of ratios."""
-    torch.manual_seed(seed)
+def synthetic_case(width: int, n: int, image_size: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    """A fresh SaBN ``resnet_small`` and ``n`` random images labelled by its adv route, a quarter wrongly."""
     model = create_model("resnet_small", width=width, norm="sandwich").eval()
     x = torch.rand(n, 3, image_size, image_size)
-    folded = fold_route(model, "adv")
     with torch.no_grad():
-        y = folded(x).argmax(1)
-    y[: n // 4] = (y[: n // 4] + 1) % 10  # a quarter misclassified, the rest worth attacking
+        y = fold_route(model, "adv")(x).argmax(1)
+    y[: n // 4] = (y[: n // 4] + 1) % 10
+    return model, x, y, f"resnet_small (SaBN, width {width}, untrained), {n} random images {image_size}x{image_size}"
+
+
+def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: int = 32, eps: float | None = None,
+               version: str = "standard", attacks: list[str] | None = None, repeats: int = 3, warmup: int = 0,
+               seed: int = 0, checkpoint: str | None = None) -> str:
+    """Time both pairs on one model and one image set; a Markdown table of ratios. ``eps`` defaults to the
+    checkpoint's training eps, else 8/255."""
+    torch.manual_seed(seed)
+    if checkpoint is None:
+        model, x, y, case = synthetic_case(width, n, image_size)
+        route, eps = "adv", 8 / 255 if eps is None else eps
+    else:
+        loaded = load_trained_model(checkpoint)
+        model, route, config = loaded.model, default_route(loaded, None), loaded.config
+        x, y = test_images(config.get("dataset", "cifar10"), config.get("data_dir"), n)
+        if eps is None:  # the training radius when it was a Linf one (the benchmark's attacks are Linf)
+            eps = config.get("eps", 8 / 255) if config.get("attack_norm", "Linf") == "Linf" else 8 / 255
+        case = f"{loaded.path} ({config.get('dataset', 'cifar10')}, route {route or '-'}), first {len(y)} test images"
+    folded = fold_route(model, route)
     acc: dict[str, float] = {}
 
     def run(label: str, fn: Callable[[], float]) -> Callable[[], None]:
@@ -68,12 +89,12 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
             acc[label] = fn()
         return call
 
-    common = dict(route="adv", seed=seed, batch_size=batch_size, clean_route=None, progress=False)
+    common = dict(route=route, seed=seed, batch_size=batch_size, clean_route=None, progress=False)
     variants = {
         "AutoAttack via robust-sabn": run("aa ours", lambda: evaluate(
             model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks, **common)["robust_acc"]),
         "pyautoattack directly": run("aa direct", lambda: _pyautoattack(
-            fold_route(model, "adv"), x, y, eps, version, attacks or [], seed, batch_size)),
+            fold_route(model, route), x, y, eps, version, attacks or [], seed, batch_size)),
         "PGD-10 via robust-sabn": run("pgd ours", lambda: evaluate(model, x, y, eps, attack="pgd-10", **common)[
             "robust_acc"]),
         "torchattacks PGD-10": run("pgd direct", lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size)),
@@ -87,26 +108,30 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
         ["PGD-10 (eps/4 steps)", times[names[2]], times[names[3]], times[names[2]] / times[names[3]],
          TARGETS["pgd-10"], f"{100 * acc['pgd ours']:.2f} / {100 * acc['pgd direct']:.2f}"],
     ]
-    header = (f"resnet_small (SaBN, width {width}), {n} images {image_size}x{image_size}, batch {batch_size}, "
-              f"Linf eps {eps:.4f}, median of {repeats}, {torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+    header = (f"{case}, batch {batch_size}, Linf eps {eps:.4f}, median of {repeats}, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
                                     "robust acc % (ours / baseline)"], rows)
 
 
 def run(args: argparse.Namespace) -> int:
     attacks = [a for a in (args.aa_attacks or "").split(",") if a] or None
-    print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, parse_eps(args.eps), args.version,
-                     attacks, args.repeats, args.warmup, args.seed))
+    eps = None if args.eps is None else parse_eps(args.eps)
+    print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, eps, args.version, attacks,
+                     args.repeats, args.warmup, args.seed, args.checkpoint))
     return 0
 
 
 def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="AutoAttack and PGD-10 through robust-sabn vs pyautoattack / torchattacks")
-    p.add_argument("--width", type=int, default=16, help="width of the resnet_small SaBN model")
+    p.add_argument("--checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a trained model and its dataset's first test images (default: an untrained SaBN resnet_small "
+                        "on random images)")
+    p.add_argument("--width", type=int, default=16, help="width of the untrained resnet_small SaBN model")
     p.add_argument("--n-examples", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eps", default="8/255", help="Linf radius; fractions allowed (default 8/255)")
+    p.add_argument("--eps", help="Linf radius; fractions allowed (default: the checkpoint's training eps, else 8/255)")
     p.add_argument("--version", default="standard", choices=("standard", "plus", "rand", "custom"))
     p.add_argument("--aa-attacks", help="for --version custom, e.g. apgd-ce,apgd-t")
     p.add_argument("--repeats", type=int, default=3)

@@ -131,18 +131,21 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.de
     return torch.cat(out)
 
 
-def _pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps: float, norm: str,
-                batch_size: int, device: torch.device, progress: bool) -> torch.Tensor:
+def _pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, attack: str, eps: float,
+                norm: str, batch_size: int, device: torch.device, progress: bool) -> torch.Tensor:
+    """Robust points under PGD/CW: like AutoAttack, only the correctly classified points are attacked (the others
+    count as broken), in batches of ``batch_size`` of them."""
     kind, steps = _parse_pgd(attack)
     cls = PGD if kind == "pgd" else CWPGD
     adversary = cls(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True, norm=norm)
-    robust = []
-    for i in tqdm(range(0, len(x), batch_size), desc=attack.upper(), unit="batch", leave=False,
-                  disable=not progress):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+    robust = torch.zeros_like(correct)
+    (todo,) = correct.nonzero(as_tuple=True)
+    for index in tqdm(todo.split(batch_size), desc=attack.upper(), unit="batch", leave=False,
+                      disable=not progress):
+        xb, yb = x[index].to(device), y[index].to(device)
         with torch.no_grad():
-            robust.append((model(adversary(xb, yb)).argmax(1) == yb).cpu())
-    return torch.cat(robust)
+            robust[index] = (model(adversary(xb, yb)).argmax(1) == yb).cpu()
+    return robust
 
 
 def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, eps: float, norm: str,
@@ -159,7 +162,7 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.T
                                 progress=progress, restarts=1 if single else aa_restarts)
         return (result.robust & correct, result.flags, result.per_attack(int(correct.sum())), result.seconds,
                 result.backend)
-    return _pgd_robust(model, x, y, attack, eps, norm, batch_size, device, progress) & correct, [], {}, {}, None
+    return _pgd_robust(model, x, y, correct, attack, eps, norm, batch_size, device, progress), [], {}, {}, None
 
 
 def model_device(model: nn.Module) -> torch.device:

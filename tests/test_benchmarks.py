@@ -3,8 +3,12 @@ AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live i
 import pytest
 import torch
 
+from datasets import write_cifar10
+from helpers import randomize_bn_state
+from robust_sabn import create_model
 from robust_sabn.cli import main
 from robust_sabn.eval.bench_norms import NORM_VARIANTS
+from robust_sabn.io import save_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +38,29 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, lay
     assert ("channels_last" in out) == (layout == "--channels-last")
 
 
-def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys):
-    argv = ["bench", "eval", "--width", "4", "--n-examples", "8", "--image-size", "8", "--batch-size", "8",
-            "--version", "custom", "--aa-attacks", "apgd-ce", "--repeats", "1", "--eps", "8/255"]
+@pytest.fixture
+def checkpoint(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=10, n_test=8)
+    model = randomize_bn_state(create_model("resnet_small", width=4, norm="sandwich"))
+    config = {"dataset": "cifar10", "data_dir": str(tmp_path / "data"), "eps": 2 / 255, "attack_norm": "Linf"}
+    save_checkpoint({"model": model.state_dict(), "model_spec": model.model_spec, "config": config},
+                    tmp_path / "run" / "last.pt")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("case", ["synthetic", "checkpoint"])
+def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, request, case):
+    model = ["--width", "4", "--image-size", "8", "--eps", "8/255"]
+    if case == "checkpoint":
+        model = ["--checkpoint", str(request.getfixturevalue("checkpoint"))]
+    argv = ["bench", "eval", *model, "--n-examples", "8", "--batch-size", "8", "--version", "custom",
+            "--aa-attacks", "apgd-ce", "--repeats", "1"]
     assert main(argv) == 0
-    rows = table_rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = table_rows(out)
     assert [row[0] for row in rows] == ["AutoAttack custom (apgd-ce)", "PGD-10 (eps/4 steps)"]
     ours, baseline = rows[0][-1].split(" / ")
     assert ours == baseline
     assert all(float(row[3]) > 0 for row in rows)
+    assert ("last.pt (cifar10, route adv), first 8 test images" in out) == (case == "checkpoint")
+    assert f"eps {(2 if case == 'checkpoint' else 8) / 255:.4f}" in out

@@ -12,6 +12,7 @@ from pyautoattack import AutoAttack as PyAutoAttack
 from torch import nn
 
 from robust_sabn import convert_norms, fold_route, use_route
+from robust_sabn.attacks import PGD
 from robust_sabn.errors import ConfigError, RouteError
 from robust_sabn.eval import autoattack_backend, eps_sweep, evaluate, plot_sweep, to_markdown, write_report
 
@@ -123,6 +124,30 @@ def test_two_protocols_use_the_right_routes():
     plain = plain_model()
     x, y = images_labelled_by(plain, route=None)
     assert list(evaluate(plain, x, y, 8 / 255, attack="pgd-20", progress=False)["protocols"]) == ["single route"]
+
+
+def test_pgd_attacks_only_correct_points_and_matches_pgd_on_them():
+    model = plain_model()
+    x, y = images_labelled_by(model, n=16, route=None, wrong=5)
+    seen = []
+    original_forward = nn.Sequential.forward
+
+    def recording_forward(self, inputs):
+        seen.append(len(inputs))
+        return original_forward(self, inputs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nn.Sequential, "forward", recording_forward)
+        report = evaluate(model, x, y, 16 / 255, attack="pgd-5", seed=7, batch_size=4, progress=False)
+    assert seen[:5] == [1, 4, 4, 4, 4]  # the shape probe, then the clean pass over all 16 images
+    assert sum(seen[5:]) == 11 * (5 + 1)  # 5 PGD steps and the final prediction, on the 11 correct images only
+    torch.manual_seed(7)
+    correct = slice(5, 16)
+    direct = [PGD(fold_route(model, None), eps=16 / 255, alpha=4 / 255, steps=5)(xb, yb)
+              for xb, yb in zip(x[correct].split(4), y[correct].split(4))]
+    with torch.no_grad():
+        robust = (model(torch.cat(direct)).argmax(1) == y[correct]).sum().item()
+    assert report["clean_acc"] == 11 / 16 and report["robust_acc"] == robust / 16 < 11 / 16
 
 
 @pytest.mark.parametrize("attack", ["pgd-20", "cw", "apgd-ce"])
