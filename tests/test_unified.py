@@ -46,6 +46,8 @@ def test_condensation_is_the_mean_pairwise_cosine(features):
         cos[3, :] = cos[:, 3] = 0
     expected = cos.sum() / (7 * 6)
     assert abs(feature_condensation(x, features).item() - expected.item()) < 1e-5
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert abs(feature_condensation(channels_last, features).item() - expected.item()) < 1e-5
     assert abs(feature_condensation(x[:1].repeat(6, 1, 1, 1), features).item() - 1) < 1e-5
 
 
