@@ -1,7 +1,6 @@
 """``robust-sabn bench norms`` and ``bench eval`` with tiny settings: every row present, ratios computed, and the
 AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live in README.md, not in tests)."""
 import pytest
-import torch
 
 from datasets import write_cifar10
 from helpers import randomize_bn_state
@@ -11,12 +10,7 @@ from robust_sabn.eval.bench_norms import NORM_VARIANTS
 from robust_sabn.io import save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def table_rows(text: str) -> list[list[str]]:

@@ -1,18 +1,12 @@
 """The quickstart's logic with tiny settings (the real run takes minutes)."""
 import pytest
-import torch
 
 from datasets import write_fashion_mnist
 from robust_sabn.cli import main
 from robust_sabn.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, report, run_quickstart
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quickstart_config_is_the_small_fashion_mnist_recipe():

@@ -11,12 +11,7 @@ from robust_sabn.training import TrainConfig, train
 from robust_sabn.training.bench import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_train_prints_one_row_per_variant(tmp_path, capsys, monkeypatch):
