@@ -27,7 +27,7 @@ from .training.run_dir import BEST, default_run_dir, model_from_checkpoint
 
 RECIPE = "fashion-mnist-small"
 # Sized for about five minutes on two quiet CPU cores: four passes over 25,000 images with PGD-5 training attacks
-# (the recipe's), the learning rate divided by 10 for the last pass (about 45 s per epoch), then the PGD-20 table
+# (the recipe's), the learning rate divided by 10 for the last pass (about 50 s per epoch), then the PGD-20 table
 # (~15 s) and the standard AutoAttack on 100 images (~1 min).
 SETTINGS = {"epochs": 4, "train_size": 25000, "milestones": [3], "val_size": 500}
 TABLE_HEADERS = ("evaluation", "route", "clean acc (%)", "robust acc (%)", "test images")
