@@ -3,7 +3,7 @@
 Rows: AutoAttack via :func:`robust_sabn.eval.evaluate` vs ``pyautoattack.AutoAttack`` on the folded model
 (target ratio <= 1.02, identical robust accuracy), and ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD``
 (10 steps of eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy
-within noise). Baselines get ``fold_route(model, route)`` as a user would pass it. Every variant runs once per
+within noise). Both baselines get ``fold_route(model, route)``, folded once before timing. Every variant runs once per
 round, rounds interleaved (:func:`robust_sabn.eval.timing.interleaved_medians`).
 
 The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
@@ -94,7 +94,7 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
         "AutoAttack via robust-sabn": run("aa ours", lambda: evaluate(
             model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks, **common)["robust_acc"]),
         "pyautoattack directly": run("aa direct", lambda: _pyautoattack(
-            fold_route(model, route), x, y, eps, version, attacks or [], seed, batch_size)),
+            folded, x, y, eps, version, attacks or [], seed, batch_size)),
         "PGD-10 via robust-sabn": run("pgd ours", lambda: evaluate(model, x, y, eps, attack="pgd-10", **common)[
             "robust_acc"]),
         "torchattacks PGD-10": run("pgd direct", lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size)),
@@ -108,8 +108,8 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
         ["PGD-10 (eps/4 steps)", times[names[2]], times[names[3]], times[names[2]] / times[names[3]],
          TARGETS["pgd-10"], f"{100 * acc['pgd ours']:.2f} / {100 * acc['pgd direct']:.2f}"],
     ]
-    header = (f"{case}, batch {batch_size}, Linf eps {eps:.4f}, median of {repeats}, {torch.get_num_threads()} threads, "
-              f"torch {torch.__version__}\n\n")
+    header = (f"{case}, batch {batch_size}, Linf eps {eps:.4f}, median of {repeats}, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
                                     "robust acc % (ours / baseline)"], rows)
 

@@ -24,16 +24,17 @@ NORM_VARIANTS: dict[str, dict] = {
 }
 TARGETS = {"SaBN": 1.03}
 SPLIT_TARGET = 0.85
+Step = Callable[[], None]
 
 
-def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
     def step() -> None:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
     return step
 
 
-def _split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
+def _split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
     """The hybrid loss's two halves as one fused forward over [x | x] and as two separate forwards."""
     n = x.shape[0]
     joined, labels = torch.cat([x, x]), torch.cat([y, y])
@@ -51,7 +52,7 @@ def _split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
             loss = (loss + F.cross_entropy(model(x), y)) / 2
         loss.backward()
 
-    return {"split": fused, "two": separate}
+    return fused, separate
 
 
 def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 64, image_size: int = 32,
@@ -73,8 +74,7 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
         models[label] = set_route(model, "adv")
         steps[label] = _train_step(models[label], x, y)
     for label in ("SaBN", "BN"):
-        split = _split_steps(models[label], x, y)
-        steps[f"{label} joined"], steps[f"{label} two"] = split["split"], split["two"]
+        steps[f"{label} joined"], steps[f"{label} two"] = _split_steps(models[label], x, y)
     times = interleaved_medians(steps, repeats=repeats, warmup=warmup)
 
     rows = [[label, 1e3 * times[label], times[label] / times["BN"], TARGETS.get(label, "")]
@@ -85,7 +85,8 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
                  1e3 * times["BN joined"], times["BN joined"] / times["BN two"], ""])
     layout = "channels_last" if channels_last else "NCHW"
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
-              f"forward+backward, median of {repeats}, {torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+              f"forward+backward, median of {repeats}, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}\n\n")
     return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)"], rows)
 
 

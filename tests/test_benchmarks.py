@@ -2,12 +2,9 @@
 AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live in README.md, not in tests)."""
 import pytest
 
-from datasets import write_cifar10
-from helpers import randomize_bn_state
-from robust_sabn import create_model
+from helpers import write_run_dir
 from robust_sabn.cli import main
 from robust_sabn.eval.bench_norms import NORM_VARIANTS
-from robust_sabn.io import save_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,21 +29,11 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, lay
     assert ("channels_last" in out) == (layout == "--channels-last")
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    write_cifar10(tmp_path / "data", n_train=10, n_test=8)
-    model = randomize_bn_state(create_model("resnet_small", width=4, norm="sandwich"))
-    config = {"dataset": "cifar10", "data_dir": str(tmp_path / "data"), "eps": 2 / 255, "attack_norm": "Linf"}
-    save_checkpoint({"model": model.state_dict(), "model_spec": model.model_spec, "config": config},
-                    tmp_path / "run" / "last.pt")
-    return tmp_path / "run"
-
-
 @pytest.mark.parametrize("case", ["synthetic", "checkpoint"])
 def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, request, case):
     model = ["--width", "4", "--image-size", "8", "--eps", "8/255"]
     if case == "checkpoint":
-        model = ["--checkpoint", str(request.getfixturevalue("checkpoint"))]
+        model = ["--checkpoint", str(write_run_dir(request.getfixturevalue("tmp_path"), eps=2 / 255, n_test=8))]
     argv = ["bench", "eval", *model, "--n-examples", "8", "--batch-size", "8", "--version", "custom",
             "--aa-attacks", "apgd-ce", "--repeats", "1"]
     assert main(argv) == 0

@@ -6,23 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_sabn import create_model
 from robust_sabn.cli import main
-from robust_sabn.io import save_checkpoint
 
-from datasets import write_cifar10, write_cifar100
-from helpers import randomize_bn_state
+from datasets import write_cifar100
+from helpers import write_run_dir
 
 
 @pytest.fixture
 def run_dir(tmp_path):
-    """A run folder as the training loop writes it (checkpoint with model, model_spec, config) and CIFAR-10 files."""
-    write_cifar10(tmp_path / "data", n_train=10, n_test=6)
-    model = randomize_bn_state(create_model("resnet_small", width=4, norm="sandwich"))
-    config = {"dataset": "cifar10", "data_dir": str(tmp_path / "data"), "eps": 8 / 255, "attack_norm": "Linf"}
-    checkpoint = {"model": model.state_dict(), "model_spec": model.model_spec, "config": config, "epoch": 1, "step": 2}
-    save_checkpoint(checkpoint, tmp_path / "run" / "last.pt")
-    return tmp_path / "run"
+    return write_run_dir(tmp_path)
 
 
 def test_eval_writes_json_and_markdown_reports(run_dir, capsys):
