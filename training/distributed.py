@@ -1,6 +1,7 @@
 """Processes and devices: one process, or ``torchrun`` launching several (DDP; gloo on CPU, NCCL on GPUs)."""
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,11 @@ class Processes:
                 buffer.div_(self.world_size)
 
     def close(self) -> None:
+        """Leave the process group together and free what still holds it now: a gloo group destroyed while its
+        peer is busy, or released late during interpreter shutdown, can abort the process at exit."""
         if self.distributed and dist.is_initialized():
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
 
 

@@ -189,6 +189,7 @@ class Trainer:
     def finish_run(self) -> TrainResult:
         if self.batch > 0 and self.step > self.first_step:  # cut inside an epoch: validate, save where it stopped
             self.finish("stop")
+        self.net = self.model  # drop DDP's hold on the process group, so that it can be torn down at once
         records = self.log.records if self.log is not None else []
         return TrainResult(self.run_dir, self.epoch, self.step, dict(self.best), list(records))
 
