@@ -31,9 +31,9 @@ from .. import __version__
 from ..attacks import PGD
 from ..attacks.base import check_eps
 from ..convert import fold_route
-from ..errors import ConfigError, RouteError
+from ..errors import ConfigError
 from ..exporting import format_eps
-from ..nn import routes_of
+from ..nn import check_model_route
 from .autoattack_runner import VERSIONS, run_autoattack
 from .cw import CWPGD
 
@@ -102,17 +102,6 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = Non
     if num_classes is not None and (y.min().item() < 0 or y.max().item() >= num_classes):
         raise ConfigError(f"labels must be in [0, {num_classes - 1}] for this model's {num_classes} outputs, "
                           f"got values in [{y.min().item()}, {y.max().item()}]")
-
-
-def _check_route(model: nn.Module, route: str | None) -> tuple[str, ...]:
-    routes = routes_of(model)
-    if routes and route is None:
-        raise RouteError(f"this model has routes {list(routes)}; choose the one to evaluate, e.g. route={routes[-1]!r}")
-    if not routes and route is not None:
-        raise RouteError(f"this model has no routed layers; evaluate it with route=None (got {route!r})")
-    if route is not None and route not in routes:
-        raise RouteError(f"unknown route {route!r}; this model's routes are {list(routes)}")
-    return routes
 
 
 def _frozen(model: nn.Module, route: str | None, device: torch.device) -> nn.Module:
@@ -199,7 +188,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     check_attack(attack, version)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    routes = _check_route(model, route)
+    routes = check_model_route(model, route, "evaluate")
     device = torch.device(device) if device is not None else model_device(model)
     check_inputs(x, y)
     frozen = _frozen(model, route, device)

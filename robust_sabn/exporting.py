@@ -23,10 +23,10 @@ from torch import nn
 
 from . import __version__
 from .convert import fold_route, fold_spec
-from .errors import ConfigError, RouteError
+from .errors import ConfigError
 from .io import atomic_write_text, load_weights, save_checkpoint
 from .model_files import arch_file, build, check_spec, spec_from_arch, write_arch_file
-from .nn import routes_of
+from .nn import check_model_route
 
 THREAT_MODELS = ("Linf", "L2")
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -169,13 +169,7 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
     from . import robustbench_bridge
 
     check_export_name(name, dataset, threat_model)
-    routes = routes_of(model)
-    if routes and route is None:
-        raise RouteError(f"this model has routes {list(routes)}; pass the route to export, e.g. route={routes[-1]!r}")
-    if route is not None and not routes:
-        raise RouteError(f"this model has no routed layers; export it with route=None (got {route!r})")
-    if route is not None and route not in routes:
-        raise RouteError(f"unknown route {route!r}; this model's routes are {list(routes)}")
+    check_model_route(model, route, "export")
     weights = Path(model_dir) / dataset / threat_model / f"{name}.pt"
     if weights.exists() and not overwrite:
         raise ConfigError(f"{weights} exists; pass overwrite=True (--overwrite) to replace it")

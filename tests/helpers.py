@@ -25,6 +25,39 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def assert_split_equals_separate(model: nn.Module, x_clean: torch.Tensor, x_adv: torch.Tensor,
+                                 y: torch.Tensor) -> nn.Module:
+    """One ``split_routes`` forward/backward of ``model`` equals per-route forwards of a copy (outputs, input and
+    parameter gradients, running statistics); returns the copy."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from robust_sabn import split_routes, use_route
+
+    separate = copy.deepcopy(model)
+    n = len(x_clean)
+    joined = torch.cat([x_clean, x_adv]).requires_grad_()
+    with split_routes(model, clean=n, adv=len(x_adv)):
+        out = model(joined)
+    F.cross_entropy(out, y, reduction="sum").backward()
+
+    xc, xa = x_clean.clone().requires_grad_(), x_adv.clone().requires_grad_()
+    with use_route(separate, "clean"):
+        out_c = separate(xc)
+    with use_route(separate, "adv"):
+        out_a = separate(xa)
+    (F.cross_entropy(out_c, y[:n], reduction="sum") + F.cross_entropy(out_a, y[n:], reduction="sum")).backward()
+
+    assert max_diff(out, torch.cat([out_c, out_a])) < 1e-10
+    assert max_diff(joined.grad, torch.cat([xc.grad, xa.grad])) < 1e-10
+    for (name, p), q in zip(model.named_parameters(), separate.parameters()):
+        assert max_diff(p.grad, q.grad) < 1e-9, name
+    for (name, b), c in zip(model.state_dict().items(), separate.state_dict().values()):
+        assert torch.allclose(b, c, atol=1e-12), name
+    return separate
+
+
 def write_run_dir(root: Path, eps: float = 8 / 255, n_test: int = 6) -> Path:
     """``root/run``: a run folder as the training loop writes it (``last.pt`` with a tiny SaBN resnet_small,
     its model_spec and config) for fake CIFAR-10 files in ``root/data``."""

@@ -247,7 +247,7 @@ def test_bad_images_and_labels_are_refused(change, error, match):
     ({"eps": -0.1}, ConfigError, "between 0 and 1"),
     ({"eps": float("nan")}, ConfigError, "finite"),
     ({"route": "adversarial"}, RouteError, "unknown route"),
-    ({"route": None}, RouteError, "choose the one to evaluate"),
+    ({"route": None}, RouteError, "pass the route to evaluate"),
     ({"attack": "fgsm"}, ConfigError, "unknown attack"),
     ({"attack": "autoattack", "version": "fast"}, ConfigError, "unknown AutoAttack version"),
     ({"attack": "autoattack", "version": "custom"}, ConfigError, "needs attacks"),

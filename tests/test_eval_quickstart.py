@@ -1,5 +1,4 @@
 """The quickstart's evaluation steps: AutoAttack rows for both protocols, export and reload through RobustBench."""
-import pytest
 
 import robust_sabn.eval.quickstart_steps as steps
 from robust_sabn.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, run_quickstart

@@ -51,7 +51,7 @@ class _Exploit:
 
 def test_a_malicious_pickle_is_refused_and_nothing_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name, payload in (("zip.pt", None), ("raw.pt", pickle.dumps(_Exploit()))):
+    for name, payload in (("zip.pt", None), ("raw.pt", pickle.dumps(_Exploit(), protocol=2))):
         path = tmp_path / name
         if payload is None:
             torch.save({"state_dict": _Exploit()}, path)

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robust_sabn import (
@@ -8,7 +7,7 @@ from robust_sabn import (
 )
 from robust_sabn.nn import layer_metrics, routed_layers
 
-from helpers import max_diff
+from helpers import assert_split_equals_separate, max_diff
 
 
 def test_sandwich_computes_the_paper_formula():
@@ -103,29 +102,8 @@ def test_split_routes_equals_separate_forwards(norm):
         for layer in routed_layers(model):
             for p in layer.parameters():
                 p.add_(0.1 * torch.randn_like(p))
-    separate = create_model("resnet_small", width=8, norm=norm).double().train()
-    separate.load_state_dict(model.state_dict())
     x_clean, x_adv = torch.rand(5, 3, 16, 16, dtype=torch.double), torch.rand(3, 3, 16, 16, dtype=torch.double)
-    y = torch.randint(0, 10, (8,))
-
-    joined = torch.cat([x_clean, x_adv]).requires_grad_()
-    with split_routes(model, clean=5, adv=3):
-        out = model(joined)
-    F.cross_entropy(out, y, reduction="sum").backward()
-
-    xc, xa = x_clean.clone().requires_grad_(), x_adv.clone().requires_grad_()
-    with use_route(separate, "clean"):
-        out_c = separate(xc)
-    with use_route(separate, "adv"):
-        out_a = separate(xa)
-    (F.cross_entropy(out_c, y[:5], reduction="sum") + F.cross_entropy(out_a, y[5:], reduction="sum")).backward()
-
-    assert max_diff(out, torch.cat([out_c, out_a])) < 1e-10
-    assert max_diff(joined.grad, torch.cat([xc.grad, xa.grad])) < 1e-10
-    for (name, p), q in zip(model.named_parameters(), separate.parameters()):
-        assert max_diff(p.grad, q.grad) < 1e-9, name
-    for (name, b), c in zip(model.state_dict().items(), separate.state_dict().values()):
-        assert torch.allclose(b, c, atol=1e-12), name
+    assert_split_equals_separate(model, x_clean, x_adv, torch.randint(0, 10, (8,)))
 
 
 def test_split_with_an_empty_chunk_runs_only_the_other_route():

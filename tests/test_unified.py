@@ -10,14 +10,14 @@ from torch import nn
 from datasets import write_fashion_mnist
 from robust_sabn import (
     CalibratedBatchNorm2d, ConfigError, UnifiedBatchNorm2d, convert_norms, create_model, fold_route, fold_spec,
-    split_routes, use_route,
+    use_route,
 )
 from robust_sabn.cli import main
 from robust_sabn.models import build_model
 from robust_sabn.nn import layer_metrics, routed_layers
 from robust_sabn.nn.unified import feature_condensation
 
-from helpers import max_diff, randomize_bn_state
+from helpers import assert_split_equals_separate, max_diff, randomize_bn_state
 
 INF = float("inf")
 
@@ -198,29 +198,9 @@ def test_gradients_reach_affine_and_calibration():
 def test_split_routes_equals_separate_forwards_including_skips():
     torch.manual_seed(0)
     model = perturb_calibration(create_model("resnet_small", width=8, norm="ubn").double().train(), 0.1)
-    separate = copy.deepcopy(model)
     x_clean = torch.rand(5, 3, 16, 16, dtype=torch.double)
     x_adv = torch.rand(1, 3, 16, 16, dtype=torch.double).repeat(3, 1, 1, 1)  # condensed: adv stats skip
-    y = torch.randint(0, 10, (8,))
-
-    joined = torch.cat([x_clean, x_adv]).requires_grad_()
-    with split_routes(model, clean=5, adv=3):
-        out = model(joined)
-    F.cross_entropy(out, y, reduction="sum").backward()
-
-    xc, xa = x_clean.clone().requires_grad_(), x_adv.clone().requires_grad_()
-    with use_route(separate, "clean"):
-        out_c = separate(xc)
-    with use_route(separate, "adv"):
-        out_a = separate(xa)
-    (F.cross_entropy(out_c, y[:5], reduction="sum") + F.cross_entropy(out_a, y[5:], reduction="sum")).backward()
-
-    assert max_diff(out, torch.cat([out_c, out_a])) < 1e-10
-    assert max_diff(joined.grad, torch.cat([xc.grad, xa.grad])) < 1e-10
-    for (name, p), q in zip(model.named_parameters(), separate.parameters()):
-        assert max_diff(p.grad, q.grad) < 1e-9, name
-    for (name, b), c in zip(model.state_dict().items(), separate.state_dict().values()):
-        assert torch.allclose(b, c, atol=1e-12), name
+    separate = assert_split_equals_separate(model, x_clean, x_adv, torch.randint(0, 10, (8,)))
     split_metrics, separate_metrics = layer_metrics(model), layer_metrics(separate)
     assert split_metrics == pytest.approx(separate_metrics)
     assert split_metrics["ubn_skip_rate_adv"] == 1 and split_metrics["ubn_skip_rate_clean"] == 0

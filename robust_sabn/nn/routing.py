@@ -141,6 +141,19 @@ def routes_of(model: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_model_route(model: nn.Module, route: str | None, verb: str = "use") -> tuple[str, ...]:
+    """``model``'s routes, after checking that ``route`` names one of them (``None`` only for a model without
+    routed layers); ``verb`` ("evaluate", "export") words the error."""
+    routes = routes_of(model)
+    if routes and route is None:
+        raise RouteError(f"this model has routes {list(routes)}; pass the route to {verb}, e.g. route={routes[-1]!r}")
+    if not routes and route is not None:
+        raise RouteError(f"this model has no routed layers; {verb} it with route=None (got {route!r})")
+    if route is not None and route not in routes:
+        raise RouteError(f"unknown route {route!r}; this model's routes are {list(routes)}")
+    return routes
+
+
 def _check_known(layers: list[RoutedNorm], routes: Sequence[str]) -> None:
     for layer in layers:
         for route in routes:
