@@ -30,7 +30,9 @@ def worker(rank: int, world_size: int, port: int, config: dict, out: str) -> Non
     try:
         trainer = Trainer(TrainConfig.from_dict(config), processes, resume=False)
         result = trainer.run()
-        torch.save({"state": trainer.model.state_dict(), "step": result.step}, os.path.join(out, f"rank{rank}.pt"))
+        released = trainer.net is trainer.model  # DDP let go of the group, so it can be torn down cleanly
+        torch.save({"state": trainer.model.state_dict(), "step": result.step, "released": released},
+                   os.path.join(out, f"rank{rank}.pt"))
     finally:
         processes.close()
 
@@ -44,6 +46,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm
     mp.spawn(worker, args=(2, free_port(), config.to_dict(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["step"] == ranks[1]["step"] == 7  # 80 images / (2 processes x 8) = 5 steps per epoch
+    assert ranks[0]["released"] and ranks[1]["released"]
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
     assert saved["world_size"] == 2 and len(saved["rng"]) == 2
     for key, value in ranks[0]["state"].items():
