@@ -64,6 +64,6 @@ def norm_factory(kind: str = "bn", routes: Sequence[str] = DEFAULT_ROUTES, **kwa
 __all__ = [
     "DEFAULT_ROUTES", "Foldable", "PLAIN_NORMS", "ROUTED_NORMS", "CalibratedBatchNorm2d", "DualBatchNorm2d",
     "RoutedNorm", "SandwichBatchNorm2d", "UnifiedBatchNorm2d", "WeightAlignConv2d", "group_norm",
-    "check_model_route", "layer_metrics", "norm_factory", "norm_kinds", "routed_layers", "routed_norm_class", "routes_of", "set_route",
-    "split_routes", "use_route",
+    "check_model_route", "layer_metrics", "norm_factory", "norm_kinds", "routed_layers", "routed_norm_class",
+    "routes_of", "set_route", "split_routes", "use_route",
 ]
