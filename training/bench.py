@@ -53,8 +53,9 @@ def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]
     """Train several runs one epoch each in turn, so that load drifting on the machine slows all of them alike.
     Each run keeps its own random generators: it computes exactly what it computes alone."""
     processes = start_processes(next(iter(configs.values())).device)
+    trainers: dict[str, Trainer] = {}
     try:
-        trainers, states = {}, {}
+        states = {}
         for label, config in configs.items():
             trainers[label] = Trainer(config, processes, resume=False)
             states[label] = rng_state()
@@ -70,6 +71,8 @@ def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]
             results[label] = trainer.finish_run()
         return results
     finally:
+        for trainer in trainers.values():
+            trainer.release()
         processes.close()
 
 

@@ -55,11 +55,11 @@ class Processes:
                 buffer.div_(self.world_size)
 
     def close(self) -> None:
-        """Leave the process group together and free what still holds it now: a gloo group destroyed while its
-        peer is busy, or released late during interpreter shutdown, can abort the process at exit."""
+        """Leave the process group, first freeing the garbage that still holds it. Whatever wraps a model in DDP
+        must have let go of the wrapper by now (``Trainer.release``): a gloo group that is only released during
+        interpreter shutdown can abort the process at exit."""
         if self.distributed and dist.is_initialized():
-            gc.collect()
-            dist.barrier()
+            gc.collect()  # e.g. DDP objects pinned in reference cycles by frames of torch's lazy imports
             dist.destroy_process_group()
 
 

@@ -109,18 +109,19 @@ class Trainer:
         else:
             seed_everything(config.seed + processes.rank)  # each process draws its own attack starts
         self.first_step = self.step
-        # DDP wraps the model for the training forward; attacks and validation use self.model itself.
-        self.net: nn.Module = self.model
-        if processes.distributed:
-            # Objectives that train one route (madry, fast) leave the other route's own parameters unused.
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                               else None, find_unused_parameters=bool(routes_of(self.model)))
         self.log: MetricsLog | None = None
         if processes.is_main:
             if checkpoint is None:
                 prepare_new_run_dir(self.run_dir)
             self.log = MetricsLog(self.run_dir / METRICS, keep_until_step=self.step)
             atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
+        # Last, so that a constructor that fails holds no wrapper (see release). DDP wraps the model for the
+        # training forward; attacks and validation use self.model itself.
+        self.net: nn.Module = self.model
+        if processes.distributed:
+            # Objectives that train one route (madry, fast) leave the other route's own parameters unused.
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                               else None, find_unused_parameters=bool(routes_of(self.model)))
 
     def _check_device(self) -> None:
         config, device = self.config, self.device
@@ -176,9 +177,17 @@ class Trainer:
         return self.epoch >= self.config.epochs or self.budget_spent()
 
     def run(self) -> TrainResult:
-        while not self.done():
-            self.run_epoch()
-        return self.finish_run()
+        try:
+            while not self.done():
+                self.run_epoch()
+            return self.finish_run()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let go of the DDP wrapper, and with it of the process group, however the run ended: a gloo group that
+        is only released during interpreter shutdown can abort the process at exit."""
+        self.net = self.model
 
     def run_epoch(self) -> None:
         """Train to the end of the current epoch (or the step budget); validate and save at the epoch's end."""
@@ -189,7 +198,6 @@ class Trainer:
     def finish_run(self) -> TrainResult:
         if self.batch > 0 and self.step > self.first_step:  # cut inside an epoch: validate, save where it stopped
             self.finish("stop")
-        self.net = self.model  # drop DDP's hold on the process group, so that it can be torn down at once
         records = self.log.records if self.log is not None else []
         return TrainResult(self.run_dir, self.epoch, self.step, dict(self.best), list(records))
 
