@@ -30,10 +30,10 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, lay
 
 
 @pytest.mark.parametrize("case", ["synthetic", "checkpoint"])
-def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, request, case):
+def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, tmp_path, case):
     model = ["--width", "4", "--image-size", "8", "--eps", "8/255"]
     if case == "checkpoint":
-        model = ["--checkpoint", str(write_run_dir(request.getfixturevalue("tmp_path"), eps=2 / 255, n_test=8))]
+        model = ["--checkpoint", str(write_run_dir(tmp_path, eps=2 / 255, n_test=8))]
     argv = ["bench", "eval", *model, "--n-examples", "8", "--batch-size", "8", "--version", "custom",
             "--aa-attacks", "apgd-ce", "--repeats", "1"]
     assert main(argv) == 0
