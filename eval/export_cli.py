@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
         fill_card(card, report)
         json_path, _ = write_report(report, weights.with_name(f"{args.name}.eval"))
         rows += [["evaluation report", json_path],
-                 ["clean / AutoAttack accuracy (%)", f"{100 * report['clean_acc']:.2f} / {100 * report['robust_acc']:.2f}"
-                  f" ({report['n']} images, {args.version}, {setup['norm']} eps {format_eps(setup['eps'], setup['norm'])})"]]
+                 ["clean / AutoAttack accuracy (%)",
+                  f"{100 * report['clean_acc']:.2f} / {100 * report['robust_acc']:.2f} ({report['n']} images, "
+                  f"{args.version}, {setup['norm']} eps {format_eps(setup['eps'], setup['norm'])})"]]
         rows += [["AutoAttack flag", flag] for flag in report["flags"]]
     print(f"exported {loaded.path} (route {route or '-'}) as {args.name}\n")
     print(markdown_table(["", ""], rows))
@@ -56,7 +57,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "and model_info/<dataset>/<threat>/<name>.json (card; accuracies with --eval). After "
                     "`import robust_sabn`, robustbench.utils.load_model(name, model_dir, dataset, threat_model) "
                     "loads it offline.")
-    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder (best.pt, else last.pt) or checkpoint")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="run folder (best.pt, else last.pt) or checkpoint")
     p.add_argument("--name", required=True, help="RobustBench-style name, e.g. Name2026Title (must be new)")
     p.add_argument("--route", help="route to fold (default adv for routed models)")
     p.add_argument("--model-dir", default="models", help="RobustBench's model_dir (default ./models)")
@@ -69,7 +71,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export of the same name")
     p.add_argument("--eval", action="store_true", help="run AutoAttack on the exported model and fill the card")
     p.add_argument("--n-examples", type=int, default=1000, help="--eval: first N test images (default 1000)")
-    p.add_argument("--version", default="standard", choices=("standard", "plus", "rand"), help="--eval: AutoAttack version")
+    p.add_argument("--version", default="standard", choices=("standard", "plus", "rand"),
+                   help="--eval: AutoAttack version")
     p.add_argument("--data-dir", help="--eval: dataset folder")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)

@@ -4,8 +4,15 @@ from .convert import convert_convs, convert_norms, fold_route, fold_spec
 from .errors import CheckpointError, ConfigError, RouteError, UserError
 from .models import create_model, list_models, register_model
 from .nn import (
-    CalibratedBatchNorm2d, DualBatchNorm2d, SandwichBatchNorm2d, UnifiedBatchNorm2d, WeightAlignConv2d, routes_of,
-    set_route, split_routes, use_route,
+    CalibratedBatchNorm2d,
+    DualBatchNorm2d,
+    SandwichBatchNorm2d,
+    UnifiedBatchNorm2d,
+    WeightAlignConv2d,
+    routes_of,
+    set_route,
+    split_routes,
+    use_route,
 )
 
 __version__ = "0.1.0"

@@ -72,7 +72,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "was not loaded; re-save it as a state dict of tensors"
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"{path} is corrupt or truncated ({type(err).__name__}); re-save or re-download it") from err
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({type(err).__name__}); re-save or re-download it") from err
 
 
 def extract_state_dict(checkpoint: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -2,18 +2,14 @@ import pytest
 import torch
 
 
-def pytest_addoption(parser):
-    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
-
-
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
+    """Tests marked ``cuda`` run only where a CUDA device exists."""
+    if torch.cuda.is_available():
         return
-    selected = [item for item in items if "slow" not in item.keywords]
-    deselected = [item for item in items if "slow" in item.keywords]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = selected
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

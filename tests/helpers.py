@@ -2,9 +2,8 @@
 from pathlib import Path
 
 import torch
+from fake_data import write_cifar10
 from torch import nn
-
-from datasets import write_cifar10
 
 
 def randomize_bn_state(model: nn.Module) -> nn.Module:

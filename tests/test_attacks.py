@@ -7,12 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
+from fake_data import pattern_task
 
 from robust_sabn import ConfigError, RouteError, create_model, fold_route, set_route, split_routes, use_route
 from robust_sabn.attacks import FGSM, PGD, TradesPGD
 from robust_sabn.nn import routed_layers
-
-from datasets import pattern_task
 
 NUM_CLASSES = 4
 
@@ -182,7 +181,8 @@ def test_pgd_l2_and_fgsm_agree_with_torchattacks(trained, data):
 def test_torchattacks_attacks_run_on_a_routed_model_with_a_fixed_route(trained, data):
     x, y = data
     model = set_route(copy.deepcopy(trained), "adv")
-    for attack in (torchattacks.APGD(model, eps=0.1, steps=10, seed=0), torchattacks.MIFGSM(model, eps=0.1, alpha=0.025)):
+    attacks = (torchattacks.APGD(model, eps=0.1, steps=10, seed=0), torchattacks.MIFGSM(model, eps=0.1, alpha=0.025))
+    for attack in attacks:
         adv = attack(x, y)
         assert accuracy(model, adv, y) <= 0.2, type(attack).__name__
     assert all(layer.route == "adv" for layer in routed_layers(model))

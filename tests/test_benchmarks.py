@@ -1,11 +1,10 @@
 """``robust-sabn bench norms`` and ``bench eval`` with tiny settings: every row present, ratios computed, and the
 AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live in README.md, not in tests)."""
 import pytest
-
 from helpers import write_run_dir
+
 from robust_sabn.cli import main
 from robust_sabn.eval.bench_norms import NORM_VARIANTS
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,6 +28,7 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, lay
     assert ("channels_last" in out) == (layout == "--channels-last")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["synthetic", "checkpoint"])
 def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, tmp_path, case):
     model = ["--width", "4", "--image-size", "8", "--eps", "8/255"]

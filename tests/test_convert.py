@@ -3,14 +3,19 @@ import copy
 import pytest
 import torch
 import torchvision
+from helpers import max_diff, randomize_bn_state
 from torch import nn
 
 from robust_sabn import (
-    ConfigError, SandwichBatchNorm2d, convert_norms, create_model, fold_route, list_models, use_route,
+    ConfigError,
+    SandwichBatchNorm2d,
+    convert_norms,
+    create_model,
+    fold_route,
+    list_models,
+    use_route,
 )
 from robust_sabn.nn import RoutedNorm, routed_layers
-
-from helpers import max_diff, randomize_bn_state
 
 ROUTES = ("clean", "adv", "extra")
 SMALL_INPUT = {"wide_resnet28_10": 8, "wide_resnet34_10": 8}

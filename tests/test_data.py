@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_data import write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder, write_svhn
 
 from robust_sabn.errors import ConfigError
 from robust_sabn.training.data import (
@@ -16,7 +17,6 @@ from robust_sabn.training.data import (
     num_batches,
     random_crop_flip,
 )
-from datasets import write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder, write_svhn
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 WRITERS = {

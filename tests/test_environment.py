@@ -12,6 +12,7 @@ from robust_sabn.doctor import changed_files, check_robustbench, run_checks
 from robust_sabn.io import save_checkpoint
 
 
+@pytest.mark.slow
 def test_robustbench_and_autoattack_import_in_a_fresh_interpreter():
     code = "import robustbench.eval, robustbench.utils, autoattack, autoattack.state; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -67,6 +68,7 @@ def test_robustbench_load_model_reads_a_folded_zoo_model_from_its_layout(tmp_pat
     assert not loaded.training
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["doctor", "--bogus"], ["no-such-command"]])
 def test_cli_usage_errors_exit_two(argv):
     result = subprocess.run([sys.executable, "-m", "robust_sabn", *argv], capture_output=True, text=True)

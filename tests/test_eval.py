@@ -16,7 +16,6 @@ from robust_sabn.attacks import PGD
 from robust_sabn.errors import ConfigError, RouteError
 from robust_sabn.eval import autoattack_backend, eps_sweep, evaluate, plot_sweep, to_markdown, write_report
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -76,6 +75,7 @@ def robust_acc_direct(model, x, y, attacks, seed=0, eps=8 / 255, restarts=1):
     return (y_adv == y).float().mean().item()
 
 
+@pytest.mark.slow
 def test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model():
     model = routed_model()
     x, y = images_labelled_by(model)
@@ -143,7 +143,7 @@ def test_pgd_attacks_only_correct_points_and_matches_pgd_on_them():
     assert report["clean_acc"] == 11 / 16 and report["robust_acc"] == robust / 16 < 11 / 16
 
 
-@pytest.mark.parametrize("attack", ["pgd-20", "cw", "apgd-ce"])
+@pytest.mark.parametrize("attack", ["pgd-20", "cw", pytest.param("apgd-ce", marks=pytest.mark.slow)])
 def test_attacks_lower_accuracy_and_eps_zero_changes_nothing(attack):
     model = routed_model()
     x, y = images_labelled_by(model)
@@ -152,6 +152,7 @@ def test_attacks_lower_accuracy_and_eps_zero_changes_nothing(attack):
     assert evaluate(model, x, y, 0.0, attack=attack, route="adv", progress=False)["robust_acc"] == 0.75
 
 
+@pytest.mark.slow
 def test_model_rng_and_modes_are_left_as_found_and_results_repeat():
     model = routed_model().train()
     x, y = images_labelled_by(model)
@@ -183,6 +184,7 @@ class ZeroGradient(nn.Module):
         return self.linear((x * 4).round().flatten(1))
 
 
+@pytest.mark.slow
 def test_gradient_masking_flags_reach_the_report_and_markdown(tmp_path):
     torch.manual_seed(0)
     model = ZeroGradient().eval()

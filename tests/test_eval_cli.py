@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_data import write_cifar100
+from helpers import write_run_dir
 
 from robust_sabn.cli import main
-
-from datasets import write_cifar100
-from helpers import write_run_dir
 
 
 @pytest.fixture
@@ -51,6 +50,7 @@ def test_export_then_eval_the_exported_file_and_a_state_dict_with_module_callabl
     assert json.loads((tmp_path / "r.json").read_text())["source"] == "state dict"
 
 
+@pytest.mark.slow
 def test_export_eval_fills_the_card_with_standard_autoattack(run_dir, tmp_path):
     models = tmp_path / "models"
     threads = torch.get_num_threads()

@@ -1,11 +1,12 @@
 """The quickstart's evaluation steps: AutoAttack rows for both protocols, export and reload through RobustBench."""
+import pytest
+from fake_data import write_fashion_mnist
 
 import robust_sabn.eval.quickstart_steps as steps
 from robust_sabn.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, run_quickstart
 
-from datasets import write_fashion_mnist
 
-
+@pytest.mark.slow
 def test_quickstart_runs_autoattack_exports_and_reloads(tmp_path, monkeypatch):
     monkeypatch.setattr(steps, "AA_IMAGES", 6)
     write_fashion_mnist(tmp_path / "data", n_train=48, n_test=12)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import max_diff, randomize_bn_state
 
 import robust_sabn
 from robust_sabn import convert_norms, create_model, fold_route, use_route
@@ -16,13 +17,11 @@ from robust_sabn.errors import CheckpointError, ConfigError, RouteError
 from robust_sabn.exporting import card_path, fill_card, format_eps
 from robust_sabn.model_files import load_trained_model
 
-from helpers import max_diff, randomize_bn_state
-
 
 def sabn_model():
     model = randomize_bn_state(create_model("resnet_small", width=4, norm="sandwich"))
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 
@@ -132,6 +131,7 @@ def test_exported_files_rebuild_without_robustbench(tmp_path):
     assert max_diff(loaded.model(x), fold_route(model, "adv")(x)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_plain_robustbench_code_finds_exports_lazily_in_a_fresh_interpreter(tmp_path):
     """`import robust_sabn` does not import RobustBench; ./models, $ROBUST_SABN_MODEL_DIR and any model_dir passed
     to load_model are all found."""
@@ -161,6 +161,7 @@ def test_plain_robustbench_code_finds_exports_lazily_in_a_fresh_interpreter(tmp_
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_robustbench_benchmark_runs_on_an_exported_model(tmp_path, monkeypatch):
     import robustbench.eval
 

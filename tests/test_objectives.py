@@ -6,13 +6,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fake_data import pattern_task
 
 from robust_sabn import ConfigError, create_model, use_route
 from robust_sabn.attacks import PGD
 from robust_sabn.nn import routed_layers
 from robust_sabn.training.objectives import OBJECTIVES, StepOutput, build_objective
-
-from datasets import pattern_task
 
 EPS, STEP, STEPS = 0.05, 0.02, 3
 

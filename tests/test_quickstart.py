@@ -1,10 +1,9 @@
 """The quickstart's logic with tiny settings (the real run takes minutes)."""
 import pytest
+from fake_data import write_fashion_mnist
 
-from datasets import write_fashion_mnist
 from robust_sabn.cli import main
 from robust_sabn.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, report, run_quickstart
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,12 +16,18 @@ def test_quickstart_config_is_the_small_fashion_mnist_recipe():
     assert quickstart_config(epochs=1, out_dir="x").epochs == 1
 
 
+@pytest.mark.slow
 def test_quickstart_trains_evaluates_and_keeps_its_run_folder(tmp_path):
     write_fashion_mnist(tmp_path / "data", n_train=72, n_test=24)
     config = quickstart_config(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), epochs=1,
                                train_size=48, val_size=16, batch_size=16, width=4, progress=False, device="cpu")
     calls = []
-    steps = [*QUICKSTART_STEPS[:2], ("extra", lambda qs: calls.append(qs.model) or qs.add_row("extra", "adv", 0.5, None))]
+
+    def extra(qs):
+        calls.append(qs.model)
+        qs.add_row("extra", "adv", 0.5, None)
+
+    steps = [*QUICKSTART_STEPS[:2], ("extra", extra)]
     qs = run_quickstart(config, test_size=20, pgd_steps=2, steps=steps)
     assert calls == [qs.model] and not qs.model.training
     evaluations = [row[:2] for row in qs.rows]

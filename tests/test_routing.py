@@ -1,13 +1,19 @@
 import pytest
 import torch
+from helpers import assert_split_equals_separate, max_diff
 from torch import nn
 
 from robust_sabn import (
-    DualBatchNorm2d, RouteError, SandwichBatchNorm2d, create_model, routes_of, set_route, split_routes, use_route,
+    DualBatchNorm2d,
+    RouteError,
+    SandwichBatchNorm2d,
+    create_model,
+    routes_of,
+    set_route,
+    split_routes,
+    use_route,
 )
 from robust_sabn.nn import layer_metrics, routed_layers
-
-from helpers import assert_split_equals_separate, max_diff
 
 
 def test_sandwich_computes_the_paper_formula():

@@ -3,22 +3,24 @@ import dataclasses
 
 import pytest
 import torch
+from fake_data import write_fashion_mnist
 
-from datasets import write_fashion_mnist
 from robust_sabn.cli import main
 from robust_sabn.io import load_checkpoint
 from robust_sabn.training import TrainConfig, train
 from robust_sabn.training.bench import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_bench_train_prints_one_row_per_variant(tmp_path, capsys, monkeypatch):
     write_fashion_mnist(tmp_path / "data", n_train=64, n_test=12)
-    monkeypatch.setitem(TRAIN_BENCH_VARIANTS, "extra row", {"norm": "sandwich", "lr": 0.05})  # rows come from the registry
+    # rows come from the registry
+    monkeypatch.setitem(TRAIN_BENCH_VARIANTS, "extra row", {"norm": "sandwich", "lr": 0.05})
     argv = ["bench", "train", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--train-size", "32",
-            "--batch-size", "16", "--val-size", "16", "--width", "4", "--steps", "1", "--test-size", "12", "--pgd-steps", "2",
+            "--batch-size", "16", "--val-size", "16", "--width", "4", "--steps", "1", "--test-size", "12",
+            "--pgd-steps", "2",
             "--device", "cpu", "--out-dir", str(tmp_path / "bench"), "--no-progress"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -32,6 +34,7 @@ def test_bench_train_prints_one_row_per_variant(tmp_path, capsys, monkeypatch):
         assert (tmp_path / "bench" / label / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_interleaved_runs_compute_what_they_compute_alone(tmp_path):
     write_fashion_mnist(tmp_path / "data", n_train=64, n_test=8)
     base = TrainConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data"), arch="resnet_small", width=4,

@@ -4,8 +4,8 @@ import os
 
 import pytest
 import yaml
+from fake_data import write_cifar10
 
-from datasets import write_cifar10
 from robust_sabn.cli import build_parser, main
 from robust_sabn.errors import ConfigError
 from robust_sabn.training.cli import config_from_args
@@ -61,7 +61,8 @@ def test_json_file_and_python(tmp_path):
 def test_recipes_resolve_to_the_documented_settings():
     assert set(recipe_names()) >= {"sabn-paper-cifar10", "madry-cifar10", "fashion-mnist-small"}
     paper = TrainConfig.from_file("sabn-paper-cifar10")
-    assert (paper.arch, paper.norm, paper.objective, paper.bn_mode) == ("preact_resnet18", "sandwich", "hybrid", "train")
+    expected = ("preact_resnet18", "sandwich", "hybrid", "train")
+    assert (paper.arch, paper.norm, paper.objective, paper.bn_mode) == expected
     assert (paper.eps, paper.step_size, paper.steps) == (8 / 255, 2 / 255, 7)
     assert (paper.lr, paper.momentum, paper.weight_decay, paper.batch_size) == (0.1, 0.9, 5e-4, 128)
     assert (paper.epochs, paper.milestones, paper.lr_gamma, paper.warmup_steps) == (200, [50, 150], 0.1, 200)
@@ -132,7 +133,8 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(flags, match, cifar
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     (tmp_path / "empty").mkdir()
-    places = {"missing": str(tmp_path / "nowhere"), "unwritable": str(blocker / "run"), "empty": str(tmp_path / "empty")}
+    places = {"missing": str(tmp_path / "nowhere"), "unwritable": str(blocker / "run"),
+              "empty": str(tmp_path / "empty")}
     flags = [f.format(**places) for f in flags]
     out_dir = tmp_path / "run"
     base = ["train", "--dataset", "cifar10", "--data-dir", str(cifar_dir), "--arch", "resnet_small", "--width", "4",

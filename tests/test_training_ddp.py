@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from fake_data import write_fashion_mnist
 
-from datasets import write_fashion_mnist
 from robust_sabn.io import load_checkpoint
 from robust_sabn.training.config import TrainConfig
 from robust_sabn.training.distributed import start_processes
@@ -37,6 +37,7 @@ def worker(rank: int, world_size: int, port: int, config: dict, out: str) -> Non
         processes.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective, norm", [("hybrid", "sandwich"), ("madry", "dual"), ("trades", "bn")])
 def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm):
     write_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)

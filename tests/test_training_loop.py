@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 import yaml
+from fake_data import write_cifar10, write_fashion_mnist
 from torch import nn
 
-from datasets import write_cifar10, write_fashion_mnist
 from robust_sabn import use_route
 from robust_sabn.cli import main
 from robust_sabn.errors import ConfigError
@@ -21,7 +21,6 @@ from robust_sabn.training.evaluate import accuracy, pgd_attack
 from robust_sabn.training.loop import TrainingDiverged, train
 from robust_sabn.training.optim import lr_factor
 from robust_sabn.training.run_dir import model_from_checkpoint, resume_config
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,6 +59,7 @@ def assert_same_state(a, b):
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
 
 
+@pytest.mark.slow
 def test_short_cifar_run_writes_the_whole_run_folder(tmp_path):
     write_cifar10(tmp_path / "data", n_train=60, n_test=10)
     config = TrainConfig(dataset="cifar10", data_dir=str(tmp_path / "data"), arch="resnet_small", width=4,
@@ -91,6 +91,7 @@ def test_short_cifar_run_writes_the_whole_run_folder(tmp_path):
         assert model(torch.rand(4, 3, 32, 32)).shape == (4, 10)
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(fmnist, tmp_path):
     config = tiny(fmnist, tmp_path / "run", max_steps=2)
     train(config)
@@ -101,9 +102,11 @@ def test_existing_run_is_not_overwritten(fmnist, tmp_path):
 def test_lr_schedule_warmup_and_milestones():
     f = dict(steps_per_epoch=10, milestones=[2, 3], gamma=0.1, warmup_steps=4)
     assert [lr_factor(s, **f) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_factor(19, **f) == 1.0 and lr_factor(20, **f) == pytest.approx(0.1) and lr_factor(30, **f) == pytest.approx(0.01)
+    assert lr_factor(19, **f) == 1.0
+    assert lr_factor(20, **f) == pytest.approx(0.1) and lr_factor(30, **f) == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_max_steps_cuts_the_run_without_changing_the_schedule(fmnist, tmp_path):
     full = train(tiny(fmnist, tmp_path / "full", save_every=1, log_every=1))
     cut = train(tiny(fmnist, tmp_path / "cut", max_steps=7, log_every=1))
@@ -117,6 +120,7 @@ def test_max_steps_cuts_the_run_without_changing_the_schedule(fmnist, tmp_path):
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_for_bit(fmnist, tmp_path, monkeypatch):
     """12 steps in one go == 6 steps, then resumed to 12 == killed after the mid-epoch checkpoint at step 8."""
     train(tiny(fmnist, tmp_path / "a", max_steps=12))
@@ -147,6 +151,7 @@ def test_resume_continues_bit_for_bit(fmnist, tmp_path, monkeypatch):
     assert without_times([r for r in records(tmp_path / "c") if r["kind"] != "stop"]) == without_times(steps_a)
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_change_what_the_run_computes(fmnist, tmp_path):
     train(tiny(fmnist, tmp_path / "run", max_steps=2))
     with pytest.raises(ConfigError, match="eps"):
@@ -154,6 +159,7 @@ def test_resume_refuses_to_change_what_the_run_computes(fmnist, tmp_path):
     assert resume_config(tmp_path / "run", eps=0.1, max_steps=4).max_steps == 4  # same value: allowed
 
 
+@pytest.mark.slow
 def test_best_checkpoint_holds_the_best_robust_validation_accuracy(fmnist, tmp_path):
     config = tiny(fmnist, tmp_path / "run", epochs=4, lr=0.2, channels_last=False)
     result = train(config)
@@ -168,6 +174,7 @@ def test_best_checkpoint_holds_the_best_robust_validation_accuracy(fmnist, tmp_p
     assert accuracy(model, val, route="adv", attack=attack, batch_size=32, seed=0) == best["val_robust_acc"]
 
 
+@pytest.mark.slow
 def test_nan_loss_is_one_clear_error(fmnist, tmp_path, capsys):
     with pytest.raises(TrainingDiverged, match="lower --lr"):
         train(tiny(fmnist, tmp_path / "run", lr=1e30, warmup_steps=0))
@@ -187,6 +194,7 @@ class ProbeConv(nn.Conv2d):
         return {"probe": float(self.out_channels)}
 
 
+@pytest.mark.slow
 def test_layer_metrics_are_logged_and_plotted(fmnist, tmp_path, monkeypatch):
     monkeypatch.setitem(CONV_LAYERS, "probe", ProbeConv)
     result = train(tiny(fmnist, tmp_path / "run", conv="probe", epochs=1))
@@ -196,6 +204,7 @@ def test_layer_metrics_are_logged_and_plotted(fmnist, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_sync_bn_conversion_keeps_routed_layers_working(fmnist, tmp_path):
     result = train(tiny(fmnist, tmp_path / "run", sync_bn=True, max_steps=3))
     assert result.step == 3
@@ -203,6 +212,7 @@ def test_sync_bn_conversion_keeps_routed_layers_working(fmnist, tmp_path):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective, norm", [("madry", "dual"), ("trades", "bn"), ("fast", "sandwich")])
 def test_every_objective_trains(fmnist, tmp_path, objective, norm):
     config = tiny(fmnist, tmp_path / "run", objective=objective, norm=norm, max_steps=2)
@@ -212,6 +222,7 @@ def test_every_objective_trains(fmnist, tmp_path, objective, norm):
     assert not torch.equal(after["linear.weight"], before.state_dict()["linear.weight"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_deterministic_mode_is_restored(fmnist, tmp_path):
     runs = {name: tiny(fmnist, tmp_path / name, max_steps=3, seed=seed, deterministic=name == "b")
             for name, seed in (("a", 1), ("b", 1), ("c", 2))}

@@ -5,19 +5,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from fake_data import write_fashion_mnist
+from helpers import assert_split_equals_separate, max_diff, randomize_bn_state
 from torch import nn
 
-from datasets import write_fashion_mnist
 from robust_sabn import (
-    CalibratedBatchNorm2d, ConfigError, UnifiedBatchNorm2d, convert_norms, create_model, fold_route, fold_spec,
+    CalibratedBatchNorm2d,
+    ConfigError,
+    UnifiedBatchNorm2d,
+    convert_norms,
+    create_model,
+    fold_route,
+    fold_spec,
     use_route,
 )
 from robust_sabn.cli import main
 from robust_sabn.models import build_model
 from robust_sabn.nn import layer_metrics, routed_layers
 from robust_sabn.nn.unified import feature_condensation
-
-from helpers import assert_split_equals_separate, max_diff, randomize_bn_state
 
 INF = float("inf")
 
@@ -270,6 +275,7 @@ def test_bad_condensation_features_is_a_config_error():
         UnifiedBatchNorm2d(4, features="pixels")
 
 
+@pytest.mark.slow
 def test_train_command_logs_condensation_and_skips_per_epoch(tmp_path):
     write_fashion_mnist(tmp_path / "data", n_train=64, n_test=8)
     run = tmp_path / "run"

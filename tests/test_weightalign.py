@@ -4,19 +4,25 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fake_data import write_fashion_mnist
+from helpers import max_diff
 from torch import nn
 
-from datasets import write_fashion_mnist
 from robust_sabn import (
-    ConfigError, WeightAlignConv2d, convert_convs, create_model, fold_route, fold_spec, list_models, use_route,
+    ConfigError,
+    WeightAlignConv2d,
+    convert_convs,
+    create_model,
+    fold_route,
+    fold_spec,
+    list_models,
+    use_route,
 )
 from robust_sabn.cli import main
 from robust_sabn.io import extract_state_dict, load_checkpoint, load_weights
 from robust_sabn.models import build_model
 from robust_sabn.nn import routed_layers
 from robust_sabn.nn.groupnorm import default_num_groups, group_norm
-
-from helpers import max_diff
 
 
 def random_gains(layer: WeightAlignConv2d) -> WeightAlignConv2d:
@@ -159,6 +165,7 @@ def test_group_norm_chooses_groups_from_the_width():
     *[pytest.param(n, c, marks=pytest.mark.slow) for n in ("ubn", "sandwich", "dual", "bn")
       for c in ("standard", "weightalign") if (n, c) != ("sandwich", "weightalign")],
 ])
+@pytest.mark.slow
 def test_train_command_runs_every_norm_with_every_conv_and_exports_plain(norm, conv, tmp_path):
     write_fashion_mnist(tmp_path / "data", n_train=48, n_test=8)
     run = tmp_path / "run"

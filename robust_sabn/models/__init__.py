@@ -4,4 +4,5 @@ from .layers import CONV_LAYERS, Normalize
 from .registry import create_model, list_models, register_model
 from .spec import build_model, import_callable
 
-__all__ = ["CONV_LAYERS", "Normalize", "build_model", "create_model", "import_callable", "list_models", "register_model"]
+__all__ = ["CONV_LAYERS", "Normalize", "build_model", "create_model", "import_callable", "list_models",
+           "register_model"]

@@ -23,7 +23,8 @@ def build_model(spec: Mapping) -> nn.Module:
         return create_model(spec["arch"], **kwargs)
     if "callable" in spec:
         return import_callable(spec["callable"])(**kwargs)
-    raise ConfigError(f"an architecture spec needs 'arch' (a zoo name) or 'callable' ('module:function'), got {dict(spec)}")
+    raise ConfigError(
+        f"an architecture spec needs 'arch' (a zoo name) or 'callable' ('module:function'), got {dict(spec)}")
 
 
 def import_callable(target: str):

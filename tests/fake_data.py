@@ -114,7 +114,8 @@ def write_imagefolder(root: str | Path, n_train: int = 24, n_test: int = 8, num_
         for c in range(num_classes):
             (Path(root) / folder / f"class{c:02d}").mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(images, labels)):
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(Path(root) / folder / f"class{int(label):02d}" / f"{i:05d}.png")
+            path = Path(root) / folder / f"class{int(label):02d}" / f"{i:05d}.png"
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
         order = sorted(range(n), key=lambda i: (int(labels[i]), i))
         written[split] = (images[order], labels[order])
     return written
