@@ -209,7 +209,29 @@ def test_a_locked_run_folder_is_one_line_naming_the_holder(tmp_path, fmnist, cap
     finally:
         lock.release()
     assert f"is in use by another training run (pid {os.getpid()} on " in one_line_error(capsys)
-    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert list(run.iterdir()) == []  # released: the lock file is gone, and the folder is free again
+    RunDirLock(run).release()
+
+
+def test_a_lock_whose_file_was_replaced_while_locking_takes_the_new_file(tmp_path, monkeypatch):
+    """The holder removes .lock on release; a process that opened the old file just before must not count it."""
+    import fcntl
+
+    import robust_sabn.training.run_dir as run_dir
+
+    real_flock, calls = fcntl.flock, []
+
+    def flock_then_release_elsewhere(fd, operation):
+        real_flock(fd, operation)
+        calls.append(fd)
+        if len(calls) == 1:  # between our open and our lock, the old holder released: its file is gone
+            (tmp_path / ".lock").unlink()
+            (tmp_path / ".lock").write_text("pid 1 on elsewhere\n")
+
+    monkeypatch.setattr(run_dir.fcntl, "flock", flock_then_release_elsewhere)
+    lock = run_dir.RunDirLock(tmp_path)
+    assert len(calls) == 2 and (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+    lock.release()
 
 
 def test_a_folder_with_files_of_an_earlier_run_but_no_last_pt_is_not_overwritten(tmp_path, fmnist, capsys):

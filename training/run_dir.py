@@ -6,7 +6,7 @@ of tensors and plain values (loadable with ``weights_only=True``): ``model``, ``
 ``epoch`` (completed epochs), ``batch`` (batches done in the current epoch), ``step`` (optimizer steps),
 ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (one entry per process), ``meters``, ``best``, ``elapsed``.
 
-One process at a time trains in a run folder: it holds a lock on ``<run>/.lock``, a file naming that process.
+One process at a time trains in a run folder: while it runs, it holds a lock on ``<run>/.lock``, a file naming it.
 """
 from __future__ import annotations
 
@@ -45,28 +45,45 @@ def default_run_dir(config: TrainConfig) -> str:
 
 
 class RunDirLock:
-    """This process's exclusive use of a run folder: an advisory lock (``flock``) on ``<run>/.lock``, which names
-    the holder. The system drops the lock when the process ends, however it ends; the file stays."""
+    """This process's exclusive use of a run folder: an advisory lock (``flock``) on ``<run>/.lock``, a file naming
+    the holder, removed on release. The system drops the lock when the process ends, however it ends."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.fd: int | None = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.read(self.fd, 200).decode(errors="replace").strip() or "a process that just started"
-            self.release()
-            if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):  # a file system without locks
-                warnings.warn(f"cannot lock {run_dir} ({err.strerror}); make sure no other run uses it", stacklevel=2)
-                return
-            raise ConfigError(f"{run_dir} is in use by another training run ({holder}); wait for it to end, "
-                              "or choose another --out-dir") from None
+        self.path = run_dir / LOCK
+        self.fd: int | None = None
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "a process that just started"
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):  # a file system without locks
+                    warnings.warn(f"cannot lock {run_dir} ({err.strerror}); make sure no other run uses it",
+                                  stacklevel=2)
+                    return
+                raise ConfigError(f"{run_dir} is in use by another training run ({holder}); wait for it to end, "
+                                  "or choose another --out-dir") from None
+            if _is_file_at(fd, self.path):
+                self.fd = fd
+            else:  # its holder removed the file while we locked it: lock the one at the path now
+                os.close(fd)
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
 
     def release(self) -> None:
         if self.fd is not None:
+            self.path.unlink(missing_ok=True)
             os.close(self.fd)
             self.fd = None
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def claim_run_dir(run_dir: Path, resume: bool) -> RunDirLock:
