@@ -40,11 +40,16 @@ def flag_help() -> dict[str, str]:
     return helps
 
 
+def flag_name(field_name: str) -> str:
+    """The flag of a config field: ``--step-size`` for ``step_size``."""
+    return "--" + field_name.replace("_", "-")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, all defaulting to "not given" so that only given flags override."""
     helps = {name: text.replace("%", "%%") for name, text in flag_help().items()}  # argparse formats help with %
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name)
         kind = str(f.type)
         if f.name == "amp":
             parser.add_argument(flag, nargs="?", const="bf16", default=argparse.SUPPRESS, help=helps[f.name])
