@@ -15,14 +15,11 @@ loss with kappa 50, K = 20 by default).
 from __future__ import annotations
 
 import platform
-import random
 import re
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,11 +28,12 @@ from .. import __version__
 from ..attacks import PGD
 from ..attacks.base import check_eps
 from ..convert import fold_route
+from ..devices import model_device
 from ..errors import ConfigError
 from ..exporting import format_eps
 from ..nn import check_model_route
+from ..rng import check_seed, preserved_rng
 from ..training.config import parse_number
-from ..training.rng import check_seed
 from .autoattack_runner import VERSIONS, run_autoattack
 from .cw import CWPGD
 
@@ -43,19 +41,6 @@ ATTACKS = ("autoattack", "apgd-ce", "pgd-20", "cw")
 NORMS = ("Linf", "L2")
 SINGLE, ORACLE = "single route", "oracle routing"
 _PGD_NAME = re.compile(r"(pgd|cw)(?:-(\d+))?")
-
-
-@contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Restore the global RNG states (torch CPU and CUDA, Python, NumPy) on exit: AutoAttack reseeds torch."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def describe_attack(attack: str, version: str = "standard", aa_attacks: Sequence[str] | None = None,
@@ -193,12 +178,6 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.T
         return (result.robust & correct, result.flags, result.per_attack(int(correct.sum())), result.seconds,
                 result.backend)
     return _pgd_robust(model, x, y, correct, attack, eps, norm, batch_size, device, progress), [], {}, {}, None
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters (or buffers) live; the CPU for a model without any."""
-    tensor = next(iter(list(model.parameters()) + list(model.buffers())), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str, norm: str = "Linf",
