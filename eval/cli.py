@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..io import atomic_write_text, check_writable
+from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..model_files import LoadedModel, load_trained_model
 from ..nn import routes_of
 from .tables import markdown_table
@@ -107,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
         reports = eps_sweep(loaded.model.to(device), x, y, sweep, attack=attack, **common)
         rows = [[r["eps_str"], f"{100 * r['clean_acc']:.2f}", f"{100 * r['robust_acc']:.2f}"] for r in reports]
         table = markdown_table(["eps", "clean acc (%)", f"{reports[0]['attack_description']} robust acc (%)"], rows)
-        atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(reports, indent=2) + "\n")
-        atomic_write_text(stem.with_name(stem.name + ".md"), table + "\n")
-        png = plot_sweep(reports, stem.with_name(stem.name + ".png"), title=f"{loaded.path.name}, {len(y)} images")
+        with all_or_nothing():
+            atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(reports, indent=2) + "\n")
+            atomic_write_text(stem.with_name(stem.name + ".md"), table + "\n")
+            png = plot_sweep(reports, stem.with_name(stem.name + ".png"), title=f"{loaded.path.name}, {len(y)} images")
         print(table)
         print(f"wrote {stem}.json, .md and {png}")
         return 0

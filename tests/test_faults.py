@@ -80,6 +80,17 @@ def test_a_full_disk_inside_a_group_writes_none_of_its_files(tmp_path, monkeypat
     assert (tmp_path / "a.txt").read_text() == "new a" and leftovers(tmp_path) == []
 
 
+def test_an_evaluation_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from robust_sabn.eval.report import write_report
+
+    report = evaluate(create_model("resnet_small", width=4).eval(), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), 0,
+                      attack="pgd-1", progress=False)
+    fill_disk(monkeypatch, fails=lambda target: target.endswith(".md"))
+    with pytest.raises(DiskFullError, match=r"report\.md"):
+        write_report(report, tmp_path / "report")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_training_on_a_full_disk_is_one_line_exit_2_and_no_temporary_file(tmp_path, monkeypatch, fmnist, capsys):
     fill_disk(monkeypatch)
     assert main(["train", *TINY, *fmnist, "--out-dir", str(tmp_path / "run")]) == 2
