@@ -25,6 +25,9 @@ class DiskFullError(UserError):
                          "free; free some space (or choose a folder on another disk) and run again")
         self.path, self.needed, self.free = path, needed, free
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.needed, self.free)
+
 
 def _size(count: int) -> str:
     """``1536`` -> ``"1.5 KB"``."""

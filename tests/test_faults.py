@@ -4,6 +4,7 @@ from the CLI (exit 2) or one UserError from the API, and leaves no partial file 
 import gzip
 import json
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -62,6 +63,7 @@ def test_a_full_disk_is_one_error_naming_the_file_and_the_space_and_keeps_the_ol
     monkeypatch.undo()
     needed = len(open(save_checkpoint(payload, tmp_path / "measure.pt"), "rb").read())
     assert error.value.needed == needed and error.value.path == path  # the exact size of the whole file
+    assert str(pickle.loads(pickle.dumps(error.value))) == str(error.value)  # crosses process boundaries
     assert load_checkpoint(path) == {"step": 1}
     assert leftovers(tmp_path) == []
 

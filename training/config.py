@@ -43,7 +43,7 @@ def _parse(value: Any, name: str) -> int | float | Fraction:
 
 
 def _from_text(text: str, name: str) -> int | float | Fraction:
-    # Integers exactly; Fraction last, as it would expand "1e-999999" digit by digit.
+    """An integer exactly, else a float, else a fraction (last: it would expand "1e-999999" digit by digit)."""
     for convert in (int, float, Fraction):
         try:
             return convert(text)
