@@ -3,7 +3,16 @@ import torch
 from helpers import max_diff
 from torch import nn
 
-from robust_sabn import ConfigError, RouteError, create_model, fold_route, fold_spec, mix_routes, use_route
+from robust_sabn import (
+    ConfigError,
+    DualBatchNorm2d,
+    RouteError,
+    create_model,
+    fold_route,
+    fold_spec,
+    mix_routes,
+    use_route,
+)
 from robust_sabn.mixing import mixture_weights, parse_tradeoffs
 from robust_sabn.models.spec import build_model
 from robust_sabn.nn import RoutedNorm, WeightAlignConv2d, routed_layers
@@ -177,6 +186,13 @@ def test_weights_within_tolerance_of_one_are_accepted_and_normalized():
     nearly = mix_routes(model, {"clean": 0.5, "adv": 0.5 + 5e-7})
     assert max_diff(nearly(x), mix_routes(model, {"clean": 0.5, "adv": 0.5})(x)) <= 1e-5
     assert torch.equal(mix_routes(model, {"adv": 1 - 5e-7})(x), fold_route(model, "adv")(x))
+
+
+def test_routes_of_one_layer_with_different_settings_are_refused():
+    layer = randomize_norms(DualBatchNorm2d(3)).eval()
+    layer.bns["adv"].eps = 1e-3
+    with pytest.raises(ConfigError, match="differ in eps, affine or running statistics"):
+        mix_routes(nn.Sequential(layer), {"clean": 0.5, "adv": 0.5})
 
 
 def test_a_model_without_routed_layers_has_nothing_to_mix():
