@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
+from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..model_files import LoadedModel, load_trained_model
 from ..nn import routes_of
 from .tables import markdown_table
@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     sweep = parse_eps_list(args.eps_sweep) if args.eps_sweep else None
     attack = args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack")
     device = resolve_device(args.device)
+    version = args.version if attack == "autoattack" else None
+    eps_name = "sweep" if sweep else format_eps(setup["eps"], setup["norm"])
+    stem = report_stem(loaded, args.out, attack, version, route, setup["norm"], eps_name)
+    for suffix in (".json", ".md", ".png") if sweep else (".json", ".md"):
+        check_writable(stem.with_name(stem.name + suffix))  # before the attack, not after it
     x, y = test_images(setup["dataset"], setup["data_dir"], args.n_examples)
     common = dict(norm=setup["norm"], route=route, seed=args.seed, batch_size=args.batch_size,
                   clean_route=args.clean_route, device=device)
@@ -100,20 +105,18 @@ def run(args: argparse.Namespace) -> int:
 
     if sweep is not None:
         reports = eps_sweep(loaded.model.to(device), x, y, sweep, attack=attack, **common)
-        stem = report_stem(loaded, args.out, attack, None, route, setup["norm"], "sweep")
         rows = [[r["eps_str"], f"{100 * r['clean_acc']:.2f}", f"{100 * r['robust_acc']:.2f}"] for r in reports]
         table = markdown_table(["eps", "clean acc (%)", f"{reports[0]['attack_description']} robust acc (%)"], rows)
-        atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(reports, indent=2) + "\n")
-        atomic_write_text(stem.with_name(stem.name + ".md"), table + "\n")
-        png = plot_sweep(reports, stem.with_name(stem.name + ".png"), title=f"{loaded.path.name}, {len(y)} images")
+        with all_or_nothing():
+            atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(reports, indent=2) + "\n")
+            atomic_write_text(stem.with_name(stem.name + ".md"), table + "\n")
+            png = plot_sweep(reports, stem.with_name(stem.name + ".png"), title=f"{loaded.path.name}, {len(y)} images")
         print(table)
         print(f"wrote {stem}.json, .md and {png}")
         return 0
 
     report = evaluate(loaded.model.to(device), x, y, setup["eps"], attack=attack, version=args.version, **common)
     report.update(checkpoint=str(loaded.path), source=loaded.source, dataset=setup["dataset"])
-    stem = report_stem(loaded, args.out, attack, report["version"], route, setup["norm"],
-                       format_eps(setup["eps"], setup["norm"]))
     json_path, md_path = write_report(report, stem)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")

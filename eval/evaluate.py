@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -33,7 +32,8 @@ from ..devices import model_device
 from ..errors import ConfigError
 from ..exporting import format_eps
 from ..nn import check_model_route
-from ..rng import preserved_rng
+from ..rng import check_seed, preserved_rng
+from ..training.config import parse_number
 from .autoattack_runner import VERSIONS, run_autoattack
 from .cw import CWPGD
 
@@ -76,9 +76,10 @@ def check_attack(attack: str, version: str) -> None:
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> None:
     """Images: float N x C x H x W in [0, 1]; labels: N integers in [0, num_classes)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4 or len(x) == 0:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4 or x.numel() == 0:
         raise ConfigError("images must be a non-empty float tensor N x C x H x W")
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+    if (not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex
+            or y.dtype == torch.bool):
         raise ConfigError("labels must be a 1-D integer tensor")
     if len(y) != len(x):
         raise ConfigError(f"got {len(x)} images but {len(y)} labels")
@@ -89,6 +90,44 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = Non
     if num_classes is not None and (y.min().item() < 0 or y.max().item() >= num_classes):
         raise ConfigError(f"labels must be in [0, {num_classes - 1}] for this model's {num_classes} outputs, "
                           f"got values in [{y.min().item()}, {y.max().item()}]")
+
+
+def check_model_inputs(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
+    """Run ``model`` on one image and refuse images that it runs only by accident: another number of channels than
+    its first convolution takes (a per-channel normalization broadcasts gray images to three channels), or images
+    smaller than a downsampling layer's stride (global pooling takes any size). Returns the number of classes."""
+    seen: list[tuple[nn.Module, torch.Size]] = []
+    handles = [layer.register_forward_pre_hook(lambda layer, args: seen.append((layer, args[0].shape)))
+               for layer in model.modules() if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
+    error = None
+    try:
+        with torch.no_grad():
+            out = model(x[:1].to(device))
+    except RuntimeError as err:
+        error = err
+    finally:
+        for handle in handles:
+            handle.remove()
+    fix = "evaluate it on images like those it was trained on"
+    convs = [layer for layer, _ in seen if isinstance(layer, nn.Conv2d)]
+    if convs and convs[0].in_channels != x.shape[1]:
+        raise ConfigError(f"the model takes images with {convs[0].in_channels} channels, not {x.shape[1]}; {fix}")
+    if error is not None:
+        raise ConfigError(f"the model does not accept images of shape {tuple(x.shape[1:])} "
+                          f"({str(error).splitlines()[0]}); {fix}") from None
+    for layer, shape in seen:
+        stride = layer.stride if isinstance(layer.stride, tuple) else (layer.stride, layer.stride)
+        if shape[-2] < stride[0] or shape[-1] < stride[1]:
+            raise ConfigError(f"images of {x.shape[-2]}x{x.shape[-1]} pixels are too small for the model (a layer "
+                              f"downsampling by {stride[0]} gets {shape[-2]}x{shape[-1]} pixels); {fix}")
+    if out.dim() != 2:
+        raise ConfigError(f"the model returns outputs of shape {tuple(out.shape)}, not images x classes")
+    return out.shape[1]
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The floating-point type of the model's parameters (images are converted to it)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
 
 
 def _frozen(model: nn.Module, route: str | None, device: torch.device) -> nn.Module:
@@ -141,12 +180,13 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.T
     return _pgd_robust(model, x, y, correct, attack, eps, norm, batch_size, device, progress), [], {}, {}, None
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str, norm: str = "Linf",
              attack: str = "autoattack", version: str = "standard", route: str | None = None, seed: int = 0,
              batch_size: int = 256, *, clean_route: str | None = "clean", aa_attacks: Sequence[str] | None = None,
              aa_restarts: int | None = None, device: torch.device | str | None = None,
              progress: bool = True) -> dict[str, Any]:
-    """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``.
+    """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``, at radius ``eps`` (a
+    number, or a fraction such as ``"8/255"``).
 
     The model is folded on ``route`` (required for routed models, None for plain ones) and evaluated in eval
     mode; ``model`` itself is not changed, and the caller's RNG states are restored afterwards. ``seed`` fixes
@@ -162,10 +202,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     start = time.perf_counter()
     if norm not in NORMS:
         raise ConfigError(f"unknown threat model {norm!r}; choose one of {list(NORMS)}")
-    eps = float(eps)
-    if not np.isfinite(eps):
-        raise ConfigError(f"eps must be a finite number, got {eps}")
+    eps = parse_number(eps, "eps")
     check_eps(eps, norm)
+    check_seed(seed)
     check_attack(attack, version)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -173,14 +212,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     device = torch.device(device) if device is not None else model_device(model)
     check_inputs(x, y)
     frozen = _frozen(model, route, device)
-    try:
-        with torch.no_grad():
-            num_classes = frozen(x[:1].to(device)).shape[1]
-    except RuntimeError as err:
-        raise ConfigError(f"the model does not accept images of shape {tuple(x.shape[1:])} "
-                          f"({str(err).splitlines()[0]}); evaluate it on the dataset it was trained for") from None
-    check_inputs(x, y, num_classes)
-    x, y = x.detach().cpu(), y.detach().cpu().long()
+    x, y = x.detach().cpu().to(_dtype(frozen)), y.detach().cpu().long()
+    check_inputs(x, y, check_model_inputs(frozen, x, device))
 
     with preserved_rng():
         torch.manual_seed(seed)

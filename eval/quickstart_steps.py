@@ -49,7 +49,8 @@ def export_and_reload(qs: Quickstart) -> None:
     """Fold the adv route, export it, load it back with ``robustbench.utils.load_model`` and compare logits.
 
     RobustBench 1.1.1 loads only cifar10/cifar100/imagenet models, so this Fashion-MNIST model is filed in the
-    cifar10 slot of a scratch model_dir inside the run folder: it shows the round trip, not a leaderboard entry.
+    cifar10 slot of a scratch model_dir inside the run folder (``allow_dataset_mismatch``; the card names
+    Fashion-MNIST): it shows the round trip, not a leaderboard entry.
     """
     import_robustbench()
     from robustbench.utils import load_model
@@ -57,7 +58,8 @@ def export_and_reload(qs: Quickstart) -> None:
     config = qs.config
     model_dir = qs.run_dir / "robustbench" / "models"
     path = export(qs.model, EXPORT_NAME, route="adv", model_dir=model_dir, dataset="cifar10",
-                  threat_model=config.attack_norm, eps=config.eps, overwrite=True)
+                  threat_model=config.attack_norm, eps=config.eps, overwrite=True, trained_on=config.dataset,
+                  allow_dataset_mismatch=True)
     loaded = load_model(EXPORT_NAME, model_dir=model_dir, dataset="cifar10", threat_model=config.attack_norm)
     loaded = loaded.to(qs.device)
     x, y = _images(qs, len(qs.test))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text
+from ..io import all_or_nothing, atomic_write_text
 from .tables import markdown_table
 
 PROTOCOL_NOTES = {
@@ -41,9 +41,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(report: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``<path>.json`` and ``<path>.md`` (``path`` without suffix); returns both paths."""
+    """Write ``<path>.json`` and ``<path>.md`` (``path`` without suffix), both or neither; returns both paths."""
     path = Path(path)
     json_path, md_path = path.with_name(path.name + ".json"), path.with_name(path.name + ".md")
-    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(md_path, to_markdown(report))
+    with all_or_nothing():
+        atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(md_path, to_markdown(report))
     return json_path, md_path

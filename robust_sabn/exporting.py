@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .convert import fold_route, fold_spec
 from .errors import ConfigError
-from .io import atomic_write_text, load_weights, save_checkpoint
+from .io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint
 from .model_files import arch_file, write_arch_file
 from .models.spec import build_model, check_spec, spec_from_arch
 from .nn import check_model_route
@@ -49,6 +49,12 @@ def format_eps(eps: float, norm: str = "Linf") -> str:
 def info_dir_for(model_dir: str | os.PathLike) -> Path:
     """Where cards go by default: ``model_info`` beside ``model_dir`` (RobustBench's repository layout)."""
     return Path(model_dir).parent / "model_info"
+
+
+def weights_path(name: str, model_dir: str | os.PathLike = "models", dataset: str = "cifar10",
+                 threat_model: str = "Linf") -> Path:
+    """Where RobustBench's ``load_model`` looks for the weights of ``name``."""
+    return Path(model_dir) / dataset / threat_model / f"{name}.pt"
 
 
 def card_path(name: str, model_dir: str | os.PathLike = "models", dataset: str = "cifar10",
@@ -158,7 +164,8 @@ def card_results(report: Mapping[str, Any]) -> dict[str, Any]:
 def export(model: nn.Module, name: str, route: str | None = None, model_dir: str | os.PathLike = "models",
            dataset: str = "cifar10", threat_model: str = "Linf", arch: str | Mapping | None = None, *,
            arch_kwargs: Mapping[str, Any] | None = None, eps: float = 8 / 255,
-           info_dir: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+           info_dir: str | os.PathLike | None = None, overwrite: bool = False, trained_on: str | None = None,
+           allow_dataset_mismatch: bool = False) -> Path:
     """Fold ``route`` of ``model`` and write it in RobustBench's layout; returns the checkpoint path.
 
     ``route`` is required for a model with routed layers and must be None otherwise. ``arch`` (a zoo name,
@@ -167,12 +174,25 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
     for); ``robust-sabn export --eval`` fills its accuracies. After export,
     ``robustbench.utils.load_model(name, model_dir, dataset, threat_model)`` returns the folded model.
     A name RobustBench already uses for ``dataset``/``threat_model`` is refused.
+
+    ``trained_on`` names the dataset the model was trained on (default: ``dataset``). A model is filed under another
+    dataset only with ``allow_dataset_mismatch=True`` (a demonstration: RobustBench would feed it that dataset's
+    images); its card and architecture file name the dataset it was trained on. The three files are written all
+    or nothing, after every check.
     """
     from . import robustbench_bridge
 
     check_export_name(name, dataset, threat_model)
+    trained_on = trained_on or dataset
+    if trained_on != dataset and not allow_dataset_mismatch:
+        raise ConfigError(f"the model was trained on {trained_on} but would be filed as a {dataset} model, which "
+                          f"RobustBench evaluates on {dataset} images; export it with dataset {trained_on!r} "
+                          "(--dataset), or allow the mismatch for a demonstration (--allow-dataset-mismatch)")
     check_model_route(model, route, "export")
-    weights = Path(model_dir) / dataset / threat_model / f"{name}.pt"
+    weights = weights_path(name, model_dir, dataset, threat_model)
+    card = card_path(name, model_dir, dataset, threat_model, info_dir)
+    for path in (weights, arch_file(weights), card):
+        check_writable(path)
     if weights.exists() and not overwrite:
         raise ConfigError(f"{weights} exists; pass overwrite=True (--overwrite) to replace it")
     robustbench_bridge.check_name_free(name, dataset, threat_model)
@@ -181,15 +201,17 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
     spec = exported_spec(model, arch, arch_kwargs)
     state_dict = {k: v.detach().clone().contiguous() for k, v in folded.state_dict().items()}
     _check_keys(state_dict)
-    _check_rebuilds(spec, folded, dataset)
+    _check_rebuilds(spec, folded, trained_on)
 
-    save_checkpoint(state_dict, weights)
-    write_arch_file(arch_file(weights), spec, name=name, dataset=dataset, threat_model=threat_model, route=route,
-                    source_spec=getattr(model, "model_spec", None), robust_sabn=__version__)
     architecture = spec.get("arch") or spec["callable"]
     if route is not None:
         architecture = f"{architecture} ({route} route folded)"
-    write_card(card_path(name, model_dir, dataset, threat_model, info_dir), name=name, dataset=dataset,
-               threat_model=threat_model, eps=eps, architecture=architecture)
+    with all_or_nothing():
+        save_checkpoint(state_dict, weights)
+        write_arch_file(arch_file(weights), spec, name=name, dataset=dataset, trained_on=trained_on,
+                        threat_model=threat_model, route=route, source_spec=getattr(model, "model_spec", None),
+                        robust_sabn=__version__)
+        write_card(card, name=name, dataset=trained_on, threat_model=threat_model, eps=eps,
+                   architecture=architecture)
     robustbench_bridge.remember(model_dir)
     return weights

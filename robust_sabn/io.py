@@ -1,40 +1,163 @@
 """Checkpoint I/O: atomic writes, weights-only reads, and one clear error for every way a file can be wrong."""
 from __future__ import annotations
 
-import io
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, DiskFullError
+
+TEMP_SUFFIX = ".tmp"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+class _CountingFile:
+    """The temporary file being written, counting the bytes it is given. Once the disk is full it only counts, so
+    that the error can say how much space the whole file needs."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.size = 0
+        self.full: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        size = memoryview(data).nbytes
+        self.size += size
+        if self.full is None:
+            try:
+                self.file.write(data)
+            except OSError as err:
+                if err.errno not in DISK_FULL:
+                    raise
+                self.full = err
+        return size
+
+    def flush(self) -> None:
+        if self.full is None:
+            self.file.flush()
+
+    def sync(self) -> None:
+        """Everything written on disk, or the disk-full error a write met."""
+        if self.full is not None:
+            raise self.full
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """Write a file through ``write(f)`` so that ``path`` holds either its old content or the complete new one.
 
-    The data goes to a temporary file in the same folder, is flushed to disk, then renamed over ``path``.
+    The data goes to a temporary file ``.<name>.<random>.tmp`` in the same folder, is flushed to disk, then renamed
+    over ``path`` (inside :func:`all_or_nothing`, when the block ends); on any error the temporary file is removed.
+    The file gets the usual permissions (0666 less the umask). A full disk is a :class:`DiskFullError` naming the
+    file and the space it needs.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    staged = (_write_temp(path, write), path)
+    group = _GROUP.get()
+    if group is None:
+        _rename([staged])
+    else:
+        group.append(staged)
     return path
+
+
+_GROUP: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("robust_sabn_atomic_group", default=None)
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Make the atomic writes inside the block one change: each file is written to its temporary file as usual,
+    and only when the block ends without an error are they all renamed into place; else they are all removed.
+    Reads inside the block see the old files."""
+    if _GROUP.get() is not None:  # nested: part of the enclosing change
+        yield
+        return
+    staged: list[tuple[Path, Path]] = []
+    token = _GROUP.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _GROUP.reset(token)
+    _rename(staged)
+
+
+def _write_temp(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write ``path``'s temporary file to disk; remove it on any error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    file = _CountingFile(os.fdopen(fd, "wb"))
+    try:
+        with file.file:
+            write(file)
+            file.sync()
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise DiskFullError(path, file.size, shutil.disk_usage(path.parent).free) from None
+        raise
+    return Path(tmp)
+
+
+def _rename(staged: list[tuple[Path, Path]]) -> None:
+    """Rename temporary files over their targets, in order; those an error leaves behind are removed."""
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    for folder in dict.fromkeys(path.parent for _, path in staged):
+        _fsync_dir(folder)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a file that could not be written: its path is a folder, runs through a file, or
+    ends in a folder (or the nearest existing one) that is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder; give a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {path}: {folder} is a file, not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: the folder {folder} is not writable; choose another path")
+    return path
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_temp_files(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`atomic_write` calls to ``folder/<name>`` left behind
+    (call it only where no other process is writing those files). Returns what was deleted."""
+    folder = Path(folder)
+    stale = [p for name in names for p in folder.glob(f".{name}.*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -9,6 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
+SEEDS = 2**32  # seeds are 0 .. 2**32 - 1, as NumPy's
+
+
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEEDS:
+        raise ConfigError(f"seed must be an integer from 0 to {SEEDS - 1}, got {seed!r}")
+    return seed
+
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), Python's ``random`` and NumPy's global generator."""

@@ -69,3 +69,26 @@ def write_run_dir(root: Path, eps: float = 8 / 255, n_test: int = 6) -> Path:
     checkpoint = {"model": model.state_dict(), "model_spec": model.model_spec, "config": config, "epoch": 1, "step": 2}
     save_checkpoint(checkpoint, root / "run" / "last.pt")
     return root / "run"
+
+
+def fill_disk(monkeypatch, fails=lambda target: True) -> None:
+    """Make the atomic writes of the files for which ``fails(target name)`` holds meet a full disk: their temporary
+    file is created as usual, but its descriptor points at /dev/full, where every write fails with ENOSPC."""
+    import os
+    import tempfile
+
+    if not os.path.exists("/dev/full"):
+        import pytest
+
+        pytest.skip("needs /dev/full")
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, prefix="", **kwargs):
+        fd, name = real_mkstemp(*args, prefix=prefix, **kwargs)
+        if fails(prefix[1:-1]):  # atomic_write's prefix is ".<target name>."
+            full = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full, fd)
+            os.close(full)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)

@@ -1,4 +1,6 @@
 """The quickstart's evaluation steps: AutoAttack rows for both protocols, export and reload through RobustBench."""
+import json
+
 import pytest
 from fake_data import write_fashion_mnist
 
@@ -21,5 +23,7 @@ def test_quickstart_runs_autoattack_exports_and_reloads(tmp_path, monkeypatch):
     assert [row[-1] for row in qs.rows] == [6, 6, 12]
     assert (tmp_path / "run" / "eval" / "quickstart-autoattack.json").is_file()
     assert (tmp_path / "run" / "robustbench" / "models" / "cifar10" / "Linf" / "QuickstartSabn2026.pt").is_file()
+    card = tmp_path / "run" / "robustbench" / "model_info" / "cifar10" / "Linf" / "QuickstartSabn2026.json"
+    assert json.loads(card.read_text())["dataset"] == "fashion-mnist"  # filed under cifar10, named truthfully
     difference = next(note for note in qs.notes if "max |logit difference|" in note)
     assert float(difference.split("routed model ")[1].split(";")[0]) <= 1e-5

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..rng import check_seed
 
 ATTACK_NORMS = ("Linf", "L2")
 BN_MODES = ("eval", "train")
@@ -24,15 +25,31 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def parse_number(value: Any, name: str = "value") -> float:
-    """A float from a number or a string such as ``"8/255"`` or ``"0.1"``."""
+    """A finite float from a number or a string such as ``"8/255"``, ``"0.1"`` or ``"1e-3"``."""
+    try:
+        return float(_parse(value, name))
+    except OverflowError:
+        raise ConfigError(f"{name} is too large, got {value!r}") from None
+
+
+def _parse(value: Any, name: str) -> int | float | Fraction:
+    """A number from a number or its spelling, exactly when it is an integer or a fraction; finite only."""
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(Fraction(str(value).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{name} must be a number or a fraction like 8/255, got {value!r}") from None
+    number = value if isinstance(value, (int, float)) else _from_text(str(value).strip(), name)
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number within float range, got {value!r}")
+    return number
+
+
+def _from_text(text: str, name: str) -> int | float | Fraction:
+    """An integer exactly, else a float, else a fraction (last: it would expand "1e-999999" digit by digit)."""
+    for convert in (int, float, Fraction):
+        try:
+            return convert(text)
+        except (ValueError, ZeroDivisionError):
+            continue
+    raise ConfigError(f"{name} must be a number or a fraction like 8/255, got {text!r}")
 
 
 def setting(default: Any, help: str) -> Any:
@@ -125,9 +142,10 @@ class TrainConfig:
         for name in ("lr", "momentum", "weight_decay", "lr_gamma", "beta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("save_every", "warmup_steps", "num_workers", "seed"):
+        for name in ("save_every", "warmup_steps", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        check_seed(self.seed)
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
             raise ConfigError(f"milestones must be increasing epoch numbers >= 1, got {self.milestones}")
 
@@ -185,8 +203,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
 
 
 def _to_int(name: str, value: Any) -> int:
-    number = parse_number(value, name)
-    if not number.is_integer():
+    number = _parse(value, name)
+    if int(number) != number:
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     return int(number)
 

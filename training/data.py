@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[Tensor, Tensor]:
             entry = _NumpyOnlyUnpickler(f, encoding="latin1").load()
         images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OSError) as error:
         raise ConfigError(f"cannot read CIFAR batch {path}: {error}; delete the folder and fetch it again "
                           "(--download)") from None
     if len(images) != len(labels):
@@ -169,10 +170,12 @@ def _read_svhn(path: Path) -> ImageTensors:
     try:
         mat = scipy.io.loadmat(str(path))
         images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1))).to(torch.uint8)
-        labels = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1)) % 10  # label 10 is the digit 0
-    except (ValueError, KeyError, OSError, NotImplementedError) as error:
+        labels = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1))
+        if len(labels) and not 1 <= int(labels.min()) <= int(labels.max()) <= 10:
+            raise ValueError(f"labels must be 1 to 10, found {int(labels.min())} to {int(labels.max())}")
+    except (ValueError, KeyError, OSError, NotImplementedError, scipy.io.matlab.MatReadError) as error:
         raise ConfigError(f"cannot read SVHN file {path}: {error}; delete it and fetch it again (--download)") from None
-    return ImageTensors(images, labels)
+    return ImageTensors(images, labels % 10)  # label 10 is the digit 0
 
 
 def _read_idx(path: Path) -> Tensor:
@@ -189,7 +192,7 @@ def _read_idx(path: Path) -> Tensor:
         body = data[4 + 4 * ndim:]
         if len(body) != int(np.prod(shape)):
             raise ValueError(f"expected {int(np.prod(shape))} bytes of data for shape {shape}, found {len(body)}")
-    except (OSError, EOFError, ValueError) as error:
+    except (OSError, EOFError, ValueError, zlib.error) as error:
         raise ConfigError(f"cannot read idx file {path}: {error}; replace it with an intact copy") from None
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
@@ -350,6 +353,17 @@ def _subset(dataset: Dataset, indices: Tensor) -> Dataset:
     return dataset.subset(indices) if isinstance(dataset, ImageTensors) else Subset(dataset, indices.tolist())
 
 
+def _check_images(name: str, split: str, data: ImageTensors, num_classes: int, shape: tuple[int, ...]) -> None:
+    """Refuse, at load time, images of another shape or labels outside the classes (they would fail mid-run)."""
+    if data.images.shape[1:] != shape:
+        raise ConfigError(f"the {name} {split} images are {'x'.join(map(str, data.images.shape[1:]))}, not "
+                          f"{'x'.join(map(str, shape))}; replace the files with intact copies")
+    low, high = (int(data.labels.min()), int(data.labels.max())) if len(data.labels) else (0, 0)
+    if not 0 <= low <= high < num_classes:
+        raise ConfigError(f"the {name} {split} labels run from {low} to {high}, but {name} has classes 0 to "
+                          f"{num_classes - 1}; replace the files with intact copies")
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = False,
                  val_size: int | None = None, seed: int = 0, image_size: int | None = None) -> DataSplits:
     """Read dataset ``name`` (one of :data:`DATASETS`) and hold out a validation split of its training set.
@@ -374,6 +388,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
             train, test = _load_fashion_mnist(data_dir, download)
         facts = _FACTS[name]
     num_classes, in_channels, size, mean, std, augment = facts
+    for split, images in (("training", train), ("test", test)):
+        if isinstance(images, ImageTensors):
+            _check_images(name, split, images, num_classes, (in_channels, size, size))
     train_idx, val_idx = split_indices(len(train), default_val_size(len(train)) if val_size is None else val_size, seed)
     return DataSplits(name, _subset(train, train_idx), _subset(train, val_idx), test, num_classes, in_channels,
                       size, mean, std, augment)

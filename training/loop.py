@@ -28,7 +28,7 @@ from .evaluate import accuracy, pgd_attack
 from .metrics import Meter, MetricsLog
 from .objectives import build_objective
 from .optim import build_optimizer, build_scheduler
-from .run_dir import BEST, CONFIG, CURVES, LAST, METRICS, default_run_dir, load_last, prepare_new_run_dir
+from .run_dir import BEST, CONFIG, CURVES, LAST, METRICS, RunDirLock, claim_run_dir, default_run_dir, load_last
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -110,11 +110,15 @@ class Trainer:
             seed_everything(config.seed + processes.rank)  # each process draws its own attack starts
         self.first_step = self.step
         self.log: MetricsLog | None = None
-        if processes.is_main:
-            if checkpoint is None:
-                prepare_new_run_dir(self.run_dir)
-            self.log = MetricsLog(self.run_dir / METRICS, keep_until_step=self.step)
-            atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
+        self.lock: RunDirLock | None = None
+        if processes.is_main:  # the first process owns the run folder
+            self.lock = claim_run_dir(self.run_dir, resume=checkpoint is not None)
+            try:
+                self.log = MetricsLog(self.run_dir / METRICS, keep_until_step=self.step)
+                atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
+            except BaseException:
+                self.lock.release()
+                raise
         # Last, so that a constructor that fails holds no wrapper (see release). DDP wraps the model for the
         # training forward; attacks and validation use self.model itself.
         self.net: nn.Module = self.model
@@ -185,9 +189,11 @@ class Trainer:
             self.release()
 
     def release(self) -> None:
-        """Let go of the DDP wrapper, and with it of the process group, however the run ended: a gloo group that
-        is only released during interpreter shutdown can abort the process at exit."""
+        """Let go of the run folder's lock and of the DDP wrapper, and with it of the process group, however the run
+        ended: a gloo group that is only released during interpreter shutdown can abort the process at exit."""
         self.net = self.model
+        if self.lock is not None:
+            self.lock.release()
 
     def run_epoch(self) -> None:
         """Train to the end of the current epoch (or the step budget); validate and save at the epoch's end."""

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..io import atomic_write_text
 
 
@@ -39,12 +40,30 @@ class MetricsLog:
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
         if keep_until_step is not None and self.path.is_file():
-            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.records = [r for r in lines if r.get("step", 0) <= keep_until_step]
+            self.records = [r for r in read_records(self.path) if r.get("step", 0) <= keep_until_step]
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append({k: _plain(v) for k, v in record.items()})
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A torn last line, as a crash in the middle of writing it leaves, is
+    dropped; any other line that is not a record is an error naming it."""
+    lines = [(number, line) for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+             if line.strip()]
+    records = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), (int, float)):
+            if number == lines[-1][0]:
+                break
+            raise UserError(f"{path} line {number} is not a metrics record; repair or delete that line, then resume")
+        records.append(record)
+    return records
 
 
 def _plain(value: Any) -> Any:

@@ -5,19 +5,31 @@ epoch, and every ``--save-every`` steps) and ``best.pt`` (best robust validation
 of tensors and plain values (loadable with ``weights_only=True``): ``model``, ``model_spec``, ``config``,
 ``epoch`` (completed epochs), ``batch`` (batches done in the current epoch), ``step`` (optimizer steps),
 ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (one entry per process), ``meters``, ``best``, ``elapsed``.
+
+One process at a time trains in a run folder: while it runs, it holds a lock on ``<run>/.lock``, a file naming it.
 """
 from __future__ import annotations
 
-import tempfile
+import errno
+import fcntl
+import os
+import socket
 import time
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
-from ..io import load_checkpoint
+from ..io import load_checkpoint, remove_temp_files
 from .config import TrainConfig
 
 LAST, BEST, CONFIG, METRICS, CURVES = "last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png"
+RUN_FILES = (LAST, BEST, CONFIG, METRICS, CURVES)
+LOCK = ".lock"
+# What a training checkpoint holds (see the module docstring); the trainer restores each of them.
+CHECKPOINT_KEYS = ("model", "model_spec", "config", "epoch", "batch", "step", "optimizer", "scheduler", "scaler",
+                   "rng", "meters", "best", "elapsed", "epoch_seconds")
 
 # Settings a resumed run may change: they decide how far and where it runs, not what it computes.
 RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "num_workers", "progress", "data_dir")
@@ -28,18 +40,70 @@ def default_run_dir(config: TrainConfig) -> str:
     return str(Path("runs") / f"{config.dataset}-{config.arch}-{config.norm}-{config.objective}-{stamp}")
 
 
-def prepare_new_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir`` for a new run; refuse one that holds a run, or one that cannot be written."""
-    if (run_dir / LAST).exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                          "or choose another --out-dir")
+class RunDirLock:
+    """This process's exclusive use of a run folder: an advisory lock (``flock``) on ``<run>/.lock``, a file naming
+    the holder, removed on release. The system drops the lock when the process ends, however it ends."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self.fd: int | None = None
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "a process that just started"
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):  # a file system without locks
+                    warnings.warn(f"cannot lock {run_dir} ({err.strerror}); make sure no other run uses it",
+                                  stacklevel=2)
+                    return
+                raise ConfigError(f"{run_dir} is in use by another training run ({holder}); wait for it to end, "
+                                  "or choose another --out-dir") from None
+            if _is_file_at(fd, self.path):
+                self.fd = fd
+            else:  # its holder removed the file while we locked it: lock the one at the path now
+                os.close(fd)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def claim_run_dir(run_dir: Path, resume: bool) -> RunDirLock:
+    """Create ``run_dir`` if needed and lock it for this process. A new run refuses a folder holding files of an
+    earlier one; a new or resumed run deletes the temporary files that interrupted saves left there."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
+        lock = RunDirLock(run_dir)
     except OSError as err:
         raise ConfigError(f"cannot write to the output folder {run_dir} ({err.strerror or err}); "
                           "choose a writable --out-dir") from None
+    try:
+        found = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if not resume and LAST in found:
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                              "or choose another --out-dir")
+        if not resume and found:
+            raise ConfigError(f"{run_dir} holds files of an earlier run ({', '.join(found)}) but no {LAST} to "
+                              "resume from; choose another --out-dir, or delete them to start again there")
+        remove_temp_files(run_dir, RUN_FILES)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def load_last(run_dir: str | Path) -> dict[str, Any]:
@@ -49,8 +113,13 @@ def load_last(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume: {run_dir} is not a folder (pass the run folder given as --out-dir)")
     if not (run_dir / LAST).is_file():
         raise CheckpointError(f"cannot resume: {run_dir} holds no {LAST} (the run stopped before its first "
-                              "checkpoint); start it again without --resume")
-    return load_checkpoint(run_dir / LAST)
+                              "checkpoint); start again in another --out-dir, or delete the folder first")
+    checkpoint = load_checkpoint(run_dir / LAST)
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, Mapping) or key not in checkpoint]
+    if missing or not isinstance(checkpoint["config"], Mapping):
+        raise CheckpointError(f"cannot resume: {run_dir / LAST} is not a training checkpoint of robust-sabn "
+                              f"(it lacks {', '.join(missing) or 'a config'}); start a new run in another --out-dir")
+    return dict(checkpoint)
 
 
 def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:

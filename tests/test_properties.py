@@ -1,0 +1,131 @@
+"""Property-based tests of the input checks: whatever a user types or passes, the answer is a value of the right
+kind or one ConfigError, never another exception."""
+import dataclasses
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from robust_sabn import create_model
+from robust_sabn.errors import ConfigError
+from robust_sabn.eval.cli import parse_eps_list
+from robust_sabn.eval.evaluate import check_inputs, check_model_inputs
+from robust_sabn.training.config import TrainConfig, _coerce, parse_number
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+checks = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+number_words = st.sampled_from(["1e999", "-1e400", "1e-999999999", "inf", "-inf", "nan", "1/0", "8/255", "0x10",
+                                "1_000", " 7 ", "2.5", "1" * 5000, "1" * 5000 + "/3", "3/" + "1" * 400, "", "--1"])
+any_text = st.one_of(st.text(max_size=30), number_words,
+                     st.builds(lambda a, b: f"{a}/{b}", st.integers(), st.integers()),
+                     st.builds(lambda m, e: f"{m}e{e}", st.integers(-99, 99), st.integers(-2000, 2000)))
+any_value = st.one_of(any_text, st.integers(min_value=-2**80, max_value=2**80), st.floats(), st.booleans(),
+                      st.none(), st.lists(st.integers(-3, 300), max_size=3), st.lists(st.text(max_size=3), max_size=2))
+
+
+@checks
+@given(any_text)
+def test_parse_number_is_a_finite_float_or_one_config_error(text):
+    try:
+        value = parse_number(text, "x")
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err).startswith("x ")
+    else:
+        assert isinstance(value, float) and math.isfinite(value)
+
+
+@checks
+@given(st.integers(-2**60, 2**60), st.integers(1, 2**60))
+def test_fractions_parse_to_their_value(numerator, denominator):
+    assert parse_number(f"{numerator}/{denominator}") == float(Fraction(numerator, denominator))
+    assert parse_number(str(numerator)) == float(numerator) == parse_number(numerator)
+
+
+@checks
+@given(st.integers(-2**200, 2**200))
+def test_integer_settings_are_exact(n):
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "max_steps")
+    assert _coerce(field, str(n)) == n and _coerce(field, n) == n
+
+
+@checks
+@given(st.sampled_from([f.name for f in dataclasses.fields(TrainConfig)]), any_value)
+def test_any_value_for_any_setting_builds_a_config_or_is_one_config_error(name, value):
+    try:
+        config = TrainConfig(**{name: value})
+    except ConfigError as err:
+        assert "\n" not in str(err)
+        return
+    kind = str(next(f.type for f in dataclasses.fields(TrainConfig) if f.name == name))
+    got = getattr(config, name)
+    if got is None:
+        assert "None" in kind
+    elif kind.startswith("float"):
+        assert isinstance(got, float) and math.isfinite(got)
+    elif kind.startswith("int"):
+        assert isinstance(got, int) and not isinstance(got, bool)
+    elif kind.startswith("list"):
+        assert all(isinstance(m, int) for m in got)
+    assert config.seed < 2**32
+
+
+@checks
+@given(any_text)
+def test_eps_lists_are_finite_floats_or_one_config_error(text):
+    try:
+        values = parse_eps_list(text)
+    except ConfigError:
+        return
+    assert all(isinstance(v, float) and math.isfinite(v) for v in values)
+
+
+dtypes = st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int64,
+                          torch.bool, torch.complex64])
+special = st.sampled_from([0.0, 1.0, 0.5, -1e-6, 1.000001, float("nan"), float("inf"), -float("inf"), 255.0])
+
+
+@st.composite
+def tensors(draw, max_dims=5):
+    shape = draw(st.lists(st.integers(0, 3), max_size=max_dims))
+    x = torch.rand(shape, dtype=torch.float64)
+    if x.numel() and draw(st.booleans()):
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(special)
+    dtype = draw(dtypes)
+    return x.to(dtype) if dtype.is_floating_point or dtype.is_complex else (x * 12 - 1).to(dtype)
+
+
+@checks
+@given(tensors(), tensors(max_dims=2), st.one_of(st.none(), st.integers(1, 12)))
+def test_check_inputs_accepts_only_what_evaluate_can_take(x, y, num_classes):
+    try:
+        check_inputs(x, y, num_classes)
+    except ConfigError as err:
+        assert "\n" not in str(err)
+        return
+    assert x.is_floating_point() and x.dim() == 4 and x.numel() > 0 and len(y) == len(x) and y.dim() == 1
+    assert 0 <= x.min().item() and x.max().item() <= 1 and not y.dtype.is_floating_point
+    if num_classes is not None:
+        assert 0 <= y.min().item() and y.max().item() < num_classes
+
+
+@pytest.fixture(scope="module")
+def gray_model():
+    return create_model("resnet_small", width=4, in_channels=1, num_classes=3).eval()
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 40))
+def test_a_model_takes_images_with_its_channels_and_at_least_its_downsampling(gray_model, channels, height, width):
+    """resnet_small has two stride-2 stages: a side of s pixels reaches the second one as ceil(s / 2) pixels,
+    which must be at least 2, so sides of 3 pixels or more are taken."""
+    x = torch.rand(2, channels, height, width)
+    try:
+        classes = check_model_inputs(gray_model, x, torch.device("cpu"))
+    except ConfigError as err:
+        assert channels != 1 or min(height, width) < 3, err
+        return
+    assert classes == 3 and channels == 1 and min(height, width) >= 3
