@@ -1,7 +1,7 @@
 """robust-sabn: dual-path Sandwich Batch Normalization for adversarial training, AutoAttack evaluation,
 and export to RobustBench."""
 from .convert import convert_convs, convert_norms, fold_route, fold_spec
-from .errors import CheckpointError, ConfigError, RouteError, UserError
+from .errors import CheckpointError, ConfigError, DiskFullError, RouteError, UserError
 from .mixing import mix_routes
 from .models import create_model, list_models, register_model
 from .nn import (
@@ -27,7 +27,7 @@ _compat.install()  # `import autoattack` finds upstream's if installed, else rob
 _robustbench_bridge.install()  # lazy: exported models are registered when RobustBench gets imported
 
 __all__ = [
-    "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DualBatchNorm2d", "RouteError",
+    "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DiskFullError", "DualBatchNorm2d", "RouteError",
     "SandwichBatchNorm2d", "UnifiedBatchNorm2d", "UserError", "WeightAlignConv2d",
     "convert_convs", "convert_norms", "create_model", "export", "fold_route", "fold_spec", "list_models",
     "mix_routes", "register_model", "register_robustbench", "routes_of", "set_route", "split_routes", "use_route",
