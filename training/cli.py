@@ -55,7 +55,8 @@ def flag_help() -> dict[str, str]:
         "seed": "seed of everything random",
         "device": f"one of: {', '.join(DEVICES)}",
         "amp": f"mixed precision on CUDA, one of: {', '.join(AMP_MODES)} (--amp alone: bf16)",
-        "channels_last": "channels-last memory format (default: on for CPU, where it is faster; on CUDA with --amp)",
+        "channels_last": "channels-last memory format (default: on CUDA with --amp; on CPU, where it is faster, "
+                         "unless oneDNN mishandles the model there: see docs/memory-format.md)",
         "deterministic": "deterministic algorithms only (torch.use_deterministic_algorithms)",
         "sync_bn": "synchronize batch statistics across processes (SyncBatchNorm; CUDA)",
         "save_every": "also write last.pt every N optimizer steps (0: once per epoch)",

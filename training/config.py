@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "off"
-    channels_last: bool | None = None  # None -> on for CPU (faster there), off for CUDA without --amp
+    channels_last: bool | None = None  # None -> robust_sabn.memory_format decides (CPU: on unless unsafe)
     deterministic: bool = False
     sync_bn: bool = False
     save_every: int = 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, UserError
 from ..io import atomic_write_text, load_weights, save_checkpoint
+from ..memory_format import choose_memory_format
 from ..models import create_model
 from ..nn import layer_metrics, routes_of
 from .config import TrainConfig
@@ -130,9 +132,6 @@ class Trainer:
         if config.sync_bn and self.processes.distributed and device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPU); "
                               "drop --sync-bn for CPU processes")
-        self.channels_last = config.channels_last
-        if self.channels_last is None:
-            self.channels_last = device.type == "cpu" or config.amp != "off"
 
     def _build_model(self) -> nn.Module:
         config, splits = self.config, self.splits
@@ -149,9 +148,11 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model.model_spec = spec
         model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
+        memory_format = choose_memory_format(model, self.device, config.channels_last, amp=config.amp != "off")
+        if memory_format.note and self.processes.is_main:
+            print(f"robust-sabn: training in NCHW, not channels_last: {memory_format.note}", file=sys.stderr)
+        self.channels_last = memory_format.channels_last
+        return model.to(memory_format=memory_format.memory_format)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         load_weights(self.model, checkpoint["model"], source=str(self.run_dir / LAST))
