@@ -70,8 +70,11 @@ class RoutedAttack(Attack):
     route's running statistics are updated by the attack's forwards, as in the official SaBN code.
     Afterwards every module's train/eval flag and the route choice are restored exactly, even on error.
     Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only: no parameter ``.grad`` is
-    touched and autograd skips the weight-gradient kernels.
+    touched and autograd skips the weight-gradient kernels. Under float16 autocast (``--amp fp16``) the ascent
+    directions stay those of float32: see :meth:`input_gradient`.
     """
+
+    float16_ok = True  # its loss keeps float32's ascent directions under float16 autocast (see _precision)
 
     def __init__(self, name: str, model: nn.Module, route: str | None = None, bn_mode: str = "eval") -> None:
         super().__init__(name, model)
@@ -84,8 +87,17 @@ class RoutedAttack(Attack):
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
         route = use_route(self.model, self.route) if self.route is not None else nullcontext()
-        with restore_modes(self.model), route, torch.enable_grad():
+        with restore_modes(self.model), route, torch.enable_grad(), self._precision(inputs.device.type):
             return super().__call__(inputs, labels, *args, **kwargs)
+
+    def _precision(self, device_type: str):
+        """Leave float16 autocast for float32 where float16 cannot give float32's directions: with BN in train mode
+        (samples interact through the batch statistics, so :meth:`input_gradient`'s per-sample rescaling would
+        change the directions) and for losses that compare two nearby predictions (``float16_ok = False``)."""
+        if ((self.bn_mode == "train" or not self.float16_ok) and torch.is_autocast_enabled(device_type)
+                and torch.get_autocast_dtype(device_type) == torch.float16):
+            return torch.autocast(device_type, enabled=False)
+        return nullcontext()
 
     def checked_route(self, route: str | None) -> str | None:
         """``route`` if the model has it (or has no routed layers, where routes are no-ops); else RouteError."""
@@ -99,10 +111,21 @@ class RoutedAttack(Attack):
         return -F.cross_entropy(logits, target) if target is not None else F.cross_entropy(logits, labels)
 
     def input_gradient(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        """Gradient of :meth:`loss` w.r.t. ``images`` alone."""
+        """Gradient of :meth:`loss` (computed in float32) w.r.t. ``images`` alone.
+
+        float16 logits (autocast) keep nothing below 6e-8, so the tiny gradients of confidently classified
+        samples would underflow to zero and PGD would leave them where they started. There the backward pass
+        starts from each sample's logit gradient scaled to unit norm: every sample's input gradient is only
+        rescaled, and its direction (all an attack step uses) is that of float32, up to rounding.
+        """
         images = images.detach().requires_grad_(True)
-        loss = self.loss(self.get_logits(images), labels, target)
-        return torch.autograd.grad(loss, images)[0]
+        logits = self.get_logits(images)
+        if logits.dtype != torch.float16:
+            return torch.autograd.grad(self.loss(logits.float(), labels, target), images)[0]
+        leaf = logits.detach().float().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.loss(leaf, labels, target), leaf)
+        grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
+        return torch.autograd.grad(logits, images, grad_outputs=grad.to(logits.dtype))[0]
 
     def targets(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         return self.get_target_label(images, labels) if self.targeted else None

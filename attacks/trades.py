@@ -17,7 +17,11 @@ class TradesPGD(PGD):
 
     ``reference_route`` is the route the clean prediction ``p(x)`` is taken through (``None``: the attack's
     own route); TRADES on a dual-route model takes it through the clean route and attacks the adv route.
+    Under float16 autocast it runs in float32: float16's rounding of the logits is larger than the difference
+    between the two nearby predictions the KL compares, so its gradient would point anywhere.
     """
+
+    float16_ok = False
 
     def __init__(
         self,

@@ -1,4 +1,7 @@
-"""Evaluation: the real AutoAttack and PGD/CW checks on one fixed route, reports, eps sweeps, speed benchmarks."""
+"""Installed as ``robust_sabn.eval`` (pyproject.toml's package-dir maps this folder there): evaluation.
+
+The real AutoAttack and PGD/CW checks on one fixed route, reports, eps sweeps, speed benchmarks.
+"""
 from .autoattack_runner import autoattack_backend, run_autoattack
 from .cw import CWPGD
 from .evaluate import ATTACKS, describe_attack, evaluate, preserved_rng

@@ -1,8 +1,8 @@
 """Run the real AutoAttack once and read its per-attack results, flags and progress from its log.
 
 Backend: upstream ``autoattack`` (fra31/auto-attack) when a real one is installed, else PyPI's
-``pyautoattack`` through :mod:`robust_sabn.eval.autoattack_compat` (the ``autoattack`` module robust-sabn's
-set-up installs is that adapter; it says so with ``IS_ROBUST_SABN_ADAPTER``). torchattacks' ``AutoAttack``
+``pyautoattack`` through robust-sabn's adapter, which :mod:`robust_sabn.compat` supplies as the module
+``autoattack`` (it says so with ``IS_ROBUST_SABN_ADAPTER``). torchattacks' ``AutoAttack``
 (10-iteration APGD/FAB) is never used. AutoAttack runs unmodified: one ``run_standard_evaluation`` call.
 robust-sabn only replaces its logger by a recorder that keeps the gradient-masking warnings of its checks
 (randomness, zero gradients, Square beating the white-box attacks, ...), counts the points each attack
@@ -38,15 +38,11 @@ def autoattack_backend() -> Backend:
     """Upstream ``autoattack`` if installed, else pyautoattack through robust-sabn's adapter."""
     try:
         module = importlib.import_module("autoattack")
-    except ImportError:
-        module = None
-    if module is not None and not getattr(module, "IS_ROBUST_SABN_ADAPTER", False):
-        return Backend(f"autoattack {_version('autoattack')} (upstream)", module.AutoAttack)
-    try:
-        from .autoattack_compat import AutoAttack
     except ImportError as err:
-        raise ConfigError(f"AutoAttack is not installed ({err}); run ./bin/setup or pip install pyautoattack") from None
-    return Backend(f"pyautoattack {_version('pyautoattack')}", AutoAttack)
+        raise ConfigError(f"AutoAttack is not installed ({err}); pip install pyautoattack") from None
+    if getattr(module, "IS_ROBUST_SABN_ADAPTER", False):
+        return Backend(f"pyautoattack {_version('pyautoattack')}", module.AutoAttack)
+    return Backend(f"autoattack {_version('autoattack')} (upstream)", module.AutoAttack)
 
 
 def _version(distribution: str) -> str:

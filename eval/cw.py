@@ -37,7 +37,5 @@ class CWPGD(PGD):
         self.kappa = float(kappa)
         self.supported_mode = ["default"]
 
-    def input_gradient(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        images = images.detach().requires_grad_(True)
-        loss = -cw_margin(self.get_logits(images), labels, self.kappa).sum()
-        return torch.autograd.grad(loss, images)[0]
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        return -cw_margin(logits, labels, self.kappa).sum()

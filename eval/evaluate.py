@@ -31,6 +31,7 @@ from .. import __version__
 from ..attacks import PGD
 from ..attacks.base import check_eps
 from ..convert import fold_route
+from ..devices import model_device
 from ..errors import ConfigError
 from ..exporting import format_eps
 from ..nn import check_model_route
@@ -152,12 +153,6 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.T
         return (result.robust & correct, result.flags, result.per_attack(int(correct.sum())), result.seconds,
                 result.backend)
     return _pgd_robust(model, x, y, correct, attack, eps, norm, batch_size, device, progress), [], {}, {}, None
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters (or buffers) live; the CPU for a model without any."""
-    tensor = next(iter(list(model.parameters()) + list(model.buffers())), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",

@@ -73,12 +73,12 @@ def check_robustbench() -> Check:
         from robustbench.utils import load_model  # noqa: F401
     except Exception as err:  # noqa: BLE001
         return Check("robustbench", False, f"{version} does not import: {type(err).__name__}: {err}",
-                     "run ./bin/setup (installs the `autoattack` adapter and setuptools<82)")
+                     "pip install 'setuptools<82' pyautoattack (robustbench needs pkg_resources and autoattack)")
     return Check("robustbench", True, f"{version}, files intact, imports")
 
 
 def check_autoattack() -> Check:
-    fix = "pip install pyautoattack and ./compat/autoattack (or upstream: pip install git+https://github.com/fra31/auto-attack)"
+    fix = "pip install pyautoattack (or upstream's: pip install git+https://github.com/fra31/auto-attack)"
     try:
         autoattack = importlib.import_module("autoattack")
         importlib.import_module("autoattack.state")

@@ -25,7 +25,8 @@ from . import __version__
 from .convert import fold_route, fold_spec
 from .errors import ConfigError
 from .io import atomic_write_text, load_weights, save_checkpoint
-from .model_files import arch_file, build, check_spec, spec_from_arch, write_arch_file
+from .model_files import arch_file, write_arch_file
+from .models.spec import build_model, check_spec, spec_from_arch
 from .nn import check_model_route
 
 THREAT_MODELS = ("Linf", "L2")
@@ -84,8 +85,9 @@ def exported_spec(model: nn.Module, arch: str | Mapping | None = None,
 
 
 def _check_rebuilds(spec: dict, folded: nn.Module, dataset: str) -> None:
-    """Rebuild ``spec``, load the folded weights strictly, and require identical logits on a random batch."""
-    rebuilt = build(spec)
+    """Rebuild ``spec`` (the caller's own, so its callable may run), load the folded weights strictly, and require
+    identical logits on a random batch."""
+    rebuilt = build_model(spec, trusted=spec.get("callable"))
     load_weights(rebuilt, folded.state_dict(), "the folded model")
     first_conv = next((m for m in folded.modules() if isinstance(m, nn.Conv2d)), None)
     channels = first_conv.in_channels if first_conv is not None else 3

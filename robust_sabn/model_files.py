@@ -1,7 +1,10 @@
-"""Trained models on disk: rebuild one from a run folder, a training checkpoint, an exported RobustBench file
-(a state dict with an architecture file beside it), or any state dict plus an architecture named by the caller.
+"""Trained models on disk: the one loader that rebuilds a model from a run folder, a training checkpoint, an
+exported RobustBench file (a state dict with an architecture file beside it), or any state dict plus an
+architecture named by the caller.
 
-Nothing here unpickles code: checkpoints are read with ``weights_only=True`` and architecture files are JSON.
+Nothing here runs code a file names: checkpoints are read with ``weights_only=True``, architecture files are JSON,
+and an architecture given as ``module:callable`` is imported only when the caller names it (see
+:mod:`robust_sabn.models.spec`).
 """
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError
 from .io import atomic_write_text, extract_state_dict, load_checkpoint, load_weights
-from .models import build_model
+from .models.spec import build_model, check_spec, resolve_spec
 
 ARCH_SUFFIX = ".arch.json"
 ARCH_FORMAT = "robust-sabn-arch/1"
@@ -40,30 +43,6 @@ def arch_file(weights: str | os.PathLike) -> Path:
     return weights.with_name(weights.stem + ARCH_SUFFIX)
 
 
-def spec_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> dict:
-    """An architecture spec from a zoo name (``"resnet18"``) or an importable ``"module:callable"``."""
-    if not isinstance(arch, str) or not arch:
-        raise ConfigError(f"arch must be a zoo model name or 'module:callable', got {arch!r}")
-    key = "callable" if ":" in arch else "arch"
-    return {key: arch, "kwargs": dict(kwargs or {})}
-
-
-def check_spec(spec: Any, source: str = "architecture spec") -> dict:
-    if not isinstance(spec, Mapping) or ("arch" in spec) == ("callable" in spec):
-        raise ConfigError(f"{source} needs exactly one of 'arch' (a zoo name) or 'callable' ('module:function')")
-    if not isinstance(spec.get("kwargs", {}), Mapping):
-        raise ConfigError(f"{source}: 'kwargs' must be a mapping of keyword arguments")
-    return {k: (dict(v) if k == "kwargs" else v) for k, v in spec.items()}
-
-
-def build(spec: Mapping) -> nn.Module:
-    """``build_model(spec)``, with wrong keyword arguments reported as a :class:`ConfigError`."""
-    try:
-        return build_model(spec)
-    except TypeError as err:
-        raise ConfigError(f"cannot build the architecture {dict(spec)} ({err}); fix its arguments") from None
-
-
 def write_arch_file(path: str | os.PathLike, spec: Mapping, **info: Any) -> Path:
     """Write an architecture file (JSON): the spec plus descriptive fields such as the folded route."""
     record = {"format": ARCH_FORMAT, "spec": check_spec(spec), **info}
@@ -81,10 +60,7 @@ def read_arch_file(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a valid architecture file ({err}); re-export the model") from None
     if not isinstance(record, dict) or record.get("format") != ARCH_FORMAT:
         raise CheckpointError(f"{path} is not a robust-sabn architecture file (expected format {ARCH_FORMAT!r})")
-    try:
-        record["spec"] = check_spec(record.get("spec"), str(path))
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
+    record["spec"] = check_spec(record.get("spec"), str(path), CheckpointError)
     return record
 
 
@@ -103,26 +79,25 @@ def resolve_weights(target: str | os.PathLike) -> Path:
 
 
 def load_trained_model(target: str | os.PathLike, arch: str | None = None,
-                       arch_kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
+                       arch_kwargs: Mapping[str, Any] | None = None, hint: str = "") -> LoadedModel:
     """Rebuild the model stored at ``target`` (on the CPU, in eval mode).
 
-    The architecture comes from, in order: ``arch``/``arch_kwargs`` when given; the ``model_spec`` inside a
-    training checkpoint; the ``<name>.arch.json`` file beside an exported ``<name>.pt``. Weights load strictly.
+    The architecture comes from, in order: ``arch``/``arch_kwargs`` when given (a zoo name or an importable
+    ``"module:callable"``); the ``model_spec`` inside a training checkpoint; the ``<name>.arch.json`` beside an
+    exported ``<name>.pt``. A file may only name zoo architectures: one naming a callable loads when ``arch`` names
+    that same callable (``hint`` extends the refusal). Weights load strictly.
     """
     path = resolve_weights(target)
     checkpoint = load_checkpoint(path)
     state_dict = extract_state_dict(checkpoint, str(path))
     config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
-    if arch is not None:
-        spec, source = spec_from_arch(arch, arch_kwargs), "state dict"
-    elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model_spec"), Mapping):
-        spec, source = check_spec(checkpoint["model_spec"], f"{path} model_spec"), "training checkpoint"
+    if isinstance(checkpoint, Mapping) and "model_spec" in checkpoint:
+        file_spec, source, kind = checkpoint["model_spec"], f"{path} (model_spec)", "training checkpoint"
     elif arch_file(path).is_file():
-        spec, source = read_arch_file(arch_file(path))["spec"], "exported model"
+        file_spec, source, kind = read_arch_file(arch_file(path))["spec"], str(arch_file(path)), "exported model"
     else:
-        raise CheckpointError(
-            f"{path} holds weights but no architecture: pass --model (a zoo name or 'module:callable', "
-            f"with --model-kwargs) or put {arch_file(path).name} beside it")
-    model = build(spec)
+        file_spec, source, kind = None, str(path), "state dict"
+    spec, trusted = resolve_spec(file_spec, source, arch, arch_kwargs, hint)
+    model = build_model(spec, trusted)
     load_weights(model, state_dict, str(path))
-    return LoadedModel(model.eval(), path, spec, source, dict(config) if isinstance(config, Mapping) else {})
+    return LoadedModel(model.eval(), path, spec, kind, dict(config) if isinstance(config, Mapping) else {})

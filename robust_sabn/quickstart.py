@@ -17,13 +17,14 @@ from torch.utils.data import Dataset
 
 from .eval.quickstart_steps import STEPS as EVAL_STEPS
 from .eval.tables import markdown_table
+from .model_files import load_trained_model
 from .nn import routes_of
 from .training.config import TrainConfig
 from .training.data import load_dataset
 from .training.distributed import resolve_device
 from .training.evaluate import accuracy, pgd_attack
 from .training.loop import fixed_subset, train
-from .training.run_dir import BEST, default_run_dir, model_from_checkpoint
+from .training.run_dir import BEST, default_run_dir
 
 RECIPE = "fashion-mnist-small"
 # Sized for about five minutes on two quiet CPU cores: four passes over 25,000 images with PGD-5 training attacks
@@ -60,7 +61,7 @@ class Quickstart:
 def train_model(qs: Quickstart) -> None:
     """Train (the run folder is kept) and load the checkpoint with the best robust validation accuracy."""
     result = train(qs.config)
-    qs.model = model_from_checkpoint(result.run_dir / BEST, qs.device)
+    qs.model = load_trained_model(result.run_dir / BEST).model.to(qs.device)
     qs.notes.append(f"run folder: {result.run_dir} (best.pt from epoch {result.best['epoch']}, "
                     f"{result.step} steps)")
 

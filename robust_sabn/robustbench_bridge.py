@@ -2,7 +2,10 @@
 
 RobustBench has no registration API: ``load_model`` looks names up in ``robustbench.model_zoo.model_dicts``.
 This module adds one entry per exported model (its constructor rebuilds the architecture from the
-``<name>.arch.json`` beside the weights), never replacing RobustBench's own names.
+``<name>.arch.json`` beside the weights), never replacing RobustBench's own names. An architecture file may name
+only a zoo architecture: one that names a Python callable is loaded only after the caller names that callable
+(``register_robustbench(model_dir, arch="package.module:builder")``); otherwise ``load_model`` stops with a
+one-line error saying so, and nothing named by the file is imported.
 
 It stays lazy: ``import robust_sabn`` only installs an import hook. When ``robustbench.model_zoo`` is first
 imported, the models under ``$ROBUST_SABN_MODEL_DIR`` (``os.pathsep``-separated folders; default
@@ -25,7 +28,8 @@ from types import ModuleType
 from torch import nn
 
 from .errors import ConfigError
-from .model_files import ARCH_SUFFIX, build, read_arch_file
+from .model_files import ARCH_SUFFIX, read_arch_file
+from .models.spec import build_model, resolve_spec
 
 ENV_MODEL_DIR = "ROBUST_SABN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "models"
@@ -34,6 +38,7 @@ LOCAL_ID = "robust-sabn-local-export"
 
 _extra_dirs: list[Path] = []
 _ours: dict[tuple[str, str, str], Path] = {}  # (dataset, threat model, name) -> architecture file
+_trusted: dict[Path, str] = {}  # architecture file -> the callable a caller named for it
 
 
 def model_dirs() -> list[Path]:
@@ -56,13 +61,20 @@ def remember(model_dir: str | os.PathLike) -> None:
         _register_folder(folder)
 
 
-def register_robustbench(model_dir: str | os.PathLike | None = None) -> list[str]:
+def register_robustbench(model_dir: str | os.PathLike | None = None, arch: str | None = None) -> list[str]:
     """Register every exported model under ``model_dir`` (default: the folders of :func:`model_dirs`) in
-    RobustBench's model dictionary, and remember the folder. Imports RobustBench. Returns the names."""
+    RobustBench's model dictionary, and remember the folder. Imports RobustBench. Returns the names.
+
+    ``arch``: a ``"package.module:builder"`` you trust; exports in ``model_dir`` whose architecture file names
+    exactly this callable are built with it (without ``arch``, loading such an export is refused)."""
     import_robustbench()
     if model_dir is None:
         return [name for folder in model_dirs() for name in _register_folder(folder)]
     remember(model_dir)
+    if arch is not None:
+        for arch_path in Path(model_dir).glob(f"*/*/*{ARCH_SUFFIX}"):
+            if read_arch_file(arch_path)["spec"].get("callable") == arch:
+                _trusted[arch_path.resolve()] = arch
     return _register_folder(Path(model_dir))
 
 
@@ -110,7 +122,11 @@ def _entries(dataset: str, threat_model: str) -> dict | None:
 
 def build_exported(arch_path: str | os.PathLike) -> nn.Module:
     """The constructor behind every registered entry: the architecture from its JSON file, untrained."""
-    return build(read_arch_file(arch_path)["spec"])
+    arch_path = Path(arch_path)
+    hint = f", or call robust_sabn.register_robustbench({str(arch_path.parent.parent.parent)!r}, arch=...) first"
+    spec, trusted = resolve_spec(read_arch_file(arch_path)["spec"], str(arch_path),
+                                 _trusted.get(arch_path.resolve()), hint=hint)
+    return build_model(spec, trusted)
 
 
 def _register(dataset: str, threat_model: str, name: str, arch_path: Path) -> bool:

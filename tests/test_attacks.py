@@ -270,3 +270,46 @@ def test_routed_model_without_route_names_the_fix(trained, data):
     x, y = data
     with pytest.raises(RouteError, match="use_route"):
         PGD(trained)(x, y)
+
+
+def confident_net():
+    """A small conv net that puts every input in class 3 with a huge margin: float32 input gradients ~1e-22."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    with torch.no_grad():
+        net[-1].bias[3] = 40.0
+    return net.eval()
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "targeted"])
+def test_float16_autocast_keeps_the_float32_ascent_directions(loss):
+    """Under fp16 autocast the input gradients of confident samples underflowed to exactly zero (sign 0: PGD did
+    not move them); now each sample's gradient has float32's direction, up to rounding."""
+    net = confident_net()
+    x = torch.rand(16, 3, 12, 12)
+    adversary = PGD(net, eps=8 / 255)
+    y, target = torch.full((16,), 3), torch.full((16,), 5) if loss == "targeted" else None
+    with torch.no_grad():
+        assert (net(x).argmax(1) == 3).all()
+    reference = adversary.input_gradient(x, y, target).flatten(1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = adversary.input_gradient(x, y, target).flatten(1)
+    assert (half != 0).float().mean() > 0.99
+    reference, half = (F.normalize(g.double(), dim=1, eps=0.0) for g in (reference, half))  # norms are ~1e-22
+    assert (half * reference).sum(1).min() > 0.95
+
+
+@pytest.mark.parametrize("make", [lambda net: PGD(net, eps=8 / 255, steps=2, bn_mode="train"),
+                                  lambda net: TradesPGD(net, eps=8 / 255, steps=2)], ids=["bn-train", "trades"])
+def test_float16_autocast_attacks_in_float32_where_float16_cannot_keep_the_directions(make):
+    """BN in train mode couples the samples through the batch statistics, and TRADES' KL compares two predictions
+    closer than float16's rounding: these attacks leave fp16 autocast and give float32's adversarials."""
+    net = confident_net()
+    x, y = torch.rand(16, 3, 12, 12), torch.full((16,), 3)
+    torch.manual_seed(1)
+    reference = make(net)(x, y)
+    with torch.autocast("cpu", dtype=torch.float16):
+        torch.manual_seed(1)
+        assert torch.equal(make(net)(x, y), reference)

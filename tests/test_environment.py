@@ -14,9 +14,24 @@ from robust_sabn.io import save_checkpoint
 
 @pytest.mark.slow
 def test_robustbench_and_autoattack_import_in_a_fresh_interpreter():
-    code = "import robustbench.eval, robustbench.utils, autoattack, autoattack.state; print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    """`import robust_sabn` supplies `autoattack` (the adapter), so RobustBench imports; robust_sabn loads no
+    RobustBench itself."""
+    code = ("import sys, robust_sabn; assert 'robustbench' not in sys.modules; "
+            "import robustbench.eval, robustbench.utils, autoattack, autoattack.state; "
+            "assert autoattack.IS_ROBUST_SABN_ADAPTER; print('ok')")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_an_installed_upstream_autoattack_wins_over_the_adapter(tmp_path, monkeypatch):
+    (tmp_path / "autoattack").mkdir()
+    (tmp_path / "autoattack" / "__init__.py").write_text("UPSTREAM = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "autoattack", raising=False)
+    import autoattack
+
+    assert getattr(autoattack, "UPSTREAM", False) and not hasattr(autoattack, "IS_ROBUST_SABN_ADAPTER")
+    del sys.modules["autoattack"]  # monkeypatch puts back whatever was imported before
 
 
 def test_doctor_passes_here_and_exits_zero(capsys):

@@ -57,6 +57,9 @@ def test_converted_torchvision_resnet18_loads_through_robustbench(tmp_path):
                 p.add_(0.2 * torch.randn_like(p))
     robust_sabn.export(model, "TorchvisionSabn2026", route="clean", model_dir=tmp_path / "models",
                        arch="torchvision.models:resnet18", arch_kwargs={"num_classes": 10})
+    with pytest.raises(CheckpointError, match="register_robustbench"):  # the file alone may not name code to run
+        rb_load("TorchvisionSabn2026", tmp_path / "models")
+    robust_sabn.register_robustbench(tmp_path / "models", arch="torchvision.models:resnet18")
     loaded = rb_load("TorchvisionSabn2026", tmp_path / "models")
     assert type(loaded) is torchvision.models.ResNet
     x = torch.rand(2, 3, 32, 32)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from robust_sabn import ConfigError, create_model, list_models, use_route
+from robust_sabn import CheckpointError, ConfigError, create_model, list_models, use_route
 
 EXPECTED = {"preact_resnet18", "resnet18", "resnet34", "resnet50", "resnet_small", "wide_resnet28_10",
             "wide_resnet34_10"}
@@ -69,9 +69,11 @@ def test_model_spec_rebuilds_the_same_architecture():
     clone = build_model(model.model_spec)
     clone.load_state_dict(model.state_dict())
     assert clone.model_spec == model.model_spec
-    plain = build_model({"callable": "torchvision.models:resnet18", "kwargs": {"num_classes": 3}})
-    assert plain.fc.out_features == 3
+    resnet = {"callable": "torchvision.models:resnet18", "kwargs": {"num_classes": 3}}
+    assert build_model(resnet, trusted="torchvision.models:resnet18").fc.out_features == 3
+    with pytest.raises(CheckpointError, match="never runs code because a file names it"):
+        build_model(resnet)  # a callable runs only when the caller names it
     with pytest.raises(ConfigError, match="cannot import"):
-        build_model({"callable": "no_such_module:f"})
-    with pytest.raises(ConfigError, match="needs 'arch'"):
+        build_model({"callable": "no_such_module:f"}, trusted="no_such_module:f")
+    with pytest.raises(ConfigError, match="needs exactly one of 'arch'"):
         build_model({"kwargs": {}})

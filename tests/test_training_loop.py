@@ -13,6 +13,7 @@ from robust_sabn import use_route
 from robust_sabn.cli import main
 from robust_sabn.errors import ConfigError
 from robust_sabn.io import extract_state_dict, load_checkpoint, load_weights
+from robust_sabn.model_files import load_trained_model
 from robust_sabn.models import CONV_LAYERS, build_model
 from robust_sabn.training import loop
 from robust_sabn.training.config import TrainConfig
@@ -20,7 +21,7 @@ from robust_sabn.training.data import load_dataset
 from robust_sabn.training.evaluate import accuracy, pgd_attack
 from robust_sabn.training.loop import TrainingDiverged, train
 from robust_sabn.training.optim import lr_factor
-from robust_sabn.training.run_dir import model_from_checkpoint, resume_config
+from robust_sabn.training.run_dir import resume_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -169,7 +170,7 @@ def test_best_checkpoint_holds_the_best_robust_validation_accuracy(fmnist, tmp_p
     assert result.best == {"val_robust_acc": best["val_robust_acc"], "epoch": best["epoch"], "step": best["step"]}
     checkpoint = load_checkpoint(tmp_path / "run" / "best.pt")
     assert (checkpoint["epoch"], checkpoint["step"]) == (best["epoch"], best["step"])
-    model = model_from_checkpoint(tmp_path / "run" / "best.pt")
+    model = load_trained_model(tmp_path / "run" / "best.pt").model
     val = load_dataset("fashion-mnist", fmnist, val_size=32, seed=0).val
     attack = pgd_attack(model, eps=0.1, steps=2, route="adv")
     assert accuracy(model, val, route="adv", attack=attack, batch_size=32, seed=0) == best["val_robust_acc"]
@@ -209,7 +210,7 @@ def test_layer_metrics_are_logged_and_plotted(fmnist, tmp_path, monkeypatch):
 def test_sync_bn_conversion_keeps_routed_layers_working(fmnist, tmp_path):
     result = train(tiny(fmnist, tmp_path / "run", sync_bn=True, max_steps=3))
     assert result.step == 3
-    model = model_from_checkpoint(tmp_path / "run" / "last.pt")  # SyncBatchNorm stats load into plain BN
+    model = load_trained_model(tmp_path / "run" / "last.pt").model  # SyncBatchNorm stats load into plain BN
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 

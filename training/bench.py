@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..eval.tables import markdown_table
+from ..model_files import load_trained_model
 from ..nn import routes_of
 from .config import TrainConfig
 from .data import load_dataset
@@ -21,7 +22,7 @@ from .distributed import resolve_device, start_processes
 from .evaluate import accuracy, pgd_attack
 from .loop import Trainer, TrainResult, fixed_subset
 from .rng import rng_state, set_rng_state
-from .run_dir import BEST, model_from_checkpoint
+from .run_dir import BEST
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {
@@ -39,7 +40,7 @@ HEADERS = ("variant", "single route: clean", "single route: PGD", "oracle: clean
 def score(config: TrainConfig, checkpoint: Path, test, pgd_steps: int) -> dict[str, float]:
     """Test accuracies of a checkpoint: clean and PGD through the adv route, clean through the clean route."""
     device = resolve_device(config.device)
-    model = model_from_checkpoint(checkpoint, device)
+    model = load_trained_model(checkpoint).model.to(device)
     kwargs = {"device": device, "seed": config.seed, "batch_size": 2 * config.batch_size}
     attack = pgd_attack(model, eps=config.eps, steps=pgd_steps, route="adv", norm=config.attack_norm)
     result = {"clean": accuracy(model, test, route="adv", **kwargs),

@@ -22,55 +22,34 @@ EXAMPLES = """examples:
 """
 
 
+def flag_choices() -> dict[str, list[str] | tuple[str, ...]]:
+    """The allowed values of the config fields that name something, read from the registries."""
+    return {"dataset": DATASETS, "arch": list_models(), "norm": norm_kinds(), "conv": CONV_LAYERS,
+            "objective": OBJECTIVES, "attack_norm": ATTACK_NORMS, "bn_mode": BN_MODES, "device": DEVICES,
+            "amp": AMP_MODES}
+
+
 def flag_help() -> dict[str, str]:
-    """Help per config field; the lists of choices are read from the registries when the parser is built."""
-    return {
-        "dataset": f"one of: {', '.join(DATASETS)}",
-        "data_dir": "folder holding the dataset (default: the dataset's usual place)",
-        "download": "download the dataset if missing (needs internet)",
-        "val_size": "validation images held out of the training set (default: min(1000, 10%%))",
-        "train_size": "train on a fixed random subset of this many images",
-        "arch": f"one of: {', '.join(list_models())}",
-        "norm": f"normalization layer, one of: {', '.join(norm_kinds())}",
-        "conv": f"convolution layer, one of: {', '.join(CONV_LAYERS)}",
-        "width": "base width of resnet_small",
-        "objective": f"one of: {', '.join(OBJECTIVES)}",
-        "eps": "attack radius; fractions allowed (8/255)",
-        "step_size": "training attack step (default eps/4; 1.25*eps for fast)",
-        "steps": "training attack steps",
-        "attack_norm": f"one of: {', '.join(ATTACK_NORMS)}",
-        "beta": "TRADES trade-off",
-        "bn_mode": f"BN mode while crafting training attacks, one of: {', '.join(BN_MODES)}",
-        "val_steps": "PGD steps of the per-epoch validation attack (adv route, eval mode)",
-        "epochs": "epochs; fixes the length of the learning-rate schedule",
-        "max_steps": "stop after this many optimizer steps in total (never changes the schedule)",
-        "batch_size": "batch size per process",
-        "lr": "base learning rate of SGD",
-        "momentum": "SGD momentum",
-        "weight_decay": "SGD weight decay",
-        "milestones": "epochs at which the learning rate is multiplied by --lr-gamma (e.g. 50 150)",
-        "lr_gamma": "learning-rate decay factor at each milestone",
-        "warmup_steps": "linear learning-rate warm-up over this many steps",
-        "out_dir": "run folder (default: runs/<dataset>-<arch>-<norm>-<objective>-<time>)",
-        "seed": "seed of everything random",
-        "device": f"one of: {', '.join(DEVICES)}",
-        "amp": f"mixed precision on CUDA, one of: {', '.join(AMP_MODES)} (--amp alone: bf16)",
-        "channels_last": "channels-last memory format (default: on CUDA with --amp; on CPU, where it is faster, "
-                         "unless oneDNN mishandles the model there: see docs/memory-format.md)",
-        "deterministic": "deterministic algorithms only (torch.use_deterministic_algorithms)",
-        "sync_bn": "synchronize batch statistics across processes (SyncBatchNorm; CUDA)",
-        "save_every": "also write last.pt every N optimizer steps (0: once per epoch)",
-        "log_every": "write a metrics.jsonl line every N optimizer steps",
-        "num_workers": "data-loading worker processes",
-        "progress": "show tqdm progress bars",
-    }
+    """Help per config field: the field's ``help`` metadata, then its choices where it has a fixed set."""
+    choices = flag_choices()
+    helps = {}
+    for f in dataclasses.fields(TrainConfig):
+        helps[f.name] = f.metadata["help"]
+        if f.name in choices:
+            helps[f.name] += f", one of: {', '.join(choices[f.name])}"
+    return helps
+
+
+def flag_name(field_name: str) -> str:
+    """The flag of a config field: ``--step-size`` for ``step_size``."""
+    return "--" + field_name.replace("_", "-")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, all defaulting to "not given" so that only given flags override."""
-    helps = flag_help()
+    helps = {name: text.replace("%", "%%") for name, text in flag_help().items()}  # argparse formats help with %
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name)
         kind = str(f.type)
         if f.name == "amp":
             parser.add_argument(flag, nargs="?", const="bf16", default=argparse.SUPPRESS, help=helps[f.name])

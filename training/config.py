@@ -35,52 +35,63 @@ def parse_number(value: Any, name: str = "value") -> float:
         raise ConfigError(f"{name} must be a number or a fraction like 8/255, got {value!r}") from None
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field and the help text of its flag (``robust-sabn train --help`` and docs/training.md show it)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; written to ``<run>/config.yaml`` and into every checkpoint."""
 
     # data
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    download: bool = False
-    val_size: int | None = None  # held out of the training set; None -> min(1000, 10%)
-    train_size: int | None = None  # train on a fixed random subset of this many images
+    dataset: str = setting("cifar10", "training dataset")
+    data_dir: str | None = setting(None, "folder holding the dataset (default: the dataset's usual place)")
+    download: bool = setting(False, "download the dataset if missing (needs internet)")
+    val_size: int | None = setting(None, "validation images held out of the training set (default: min(1000, 10%))")
+    train_size: int | None = setting(None, "train on a fixed random subset of this many images")
     # model
-    arch: str = "preact_resnet18"
-    norm: str = "sandwich"
-    conv: str = "standard"
-    width: int | None = None  # resnet_small's base width
+    arch: str = setting("preact_resnet18", "architecture from the model zoo")
+    norm: str = setting("sandwich", "normalization layer")
+    conv: str = setting("standard", "convolution layer")
+    width: int | None = setting(None, "base width of resnet_small")
     # objective and its training attack
-    objective: str = "hybrid"
-    eps: float = 8 / 255
-    step_size: float | None = None  # None -> eps / 4 (PGD), 1.25 * eps (fast)
-    steps: int = 7
-    attack_norm: str = "Linf"
-    beta: float = 6.0  # trades
-    bn_mode: str = "eval"  # BN mode while crafting training attacks ("train" as the official SaBN code)
-    val_steps: int = 10  # PGD steps of the validation attack (step 2.5 * eps / val_steps, eval mode, adv route)
+    objective: str = setting("hybrid", "training objective")
+    eps: float = setting(8 / 255, "attack radius; fractions allowed (8/255)")
+    step_size: float | None = setting(None, "training attack step (default eps/4; 1.25*eps for fast)")
+    steps: int = setting(7, "training attack steps")
+    attack_norm: str = setting("Linf", "threat model of the training attack")
+    beta: float = setting(6.0, "TRADES trade-off")
+    bn_mode: str = setting("eval", "BN mode while crafting training attacks (train: as the official SaBN code)")
+    val_steps: int = setting(
+        10, "PGD steps of the per-epoch validation attack (step 2.5*eps/val_steps, adv route, eval mode)")
     # optimization
-    epochs: int = 200
-    max_steps: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: list[int] = field(default_factory=lambda: [100, 150])
-    lr_gamma: float = 0.1
-    warmup_steps: int = 0
+    epochs: int = setting(200, "epochs; fixes the length of the learning-rate schedule")
+    max_steps: int | None = setting(None, "stop after this many optimizer steps in total (never changes the schedule)")
+    batch_size: int = setting(128, "batch size per process")
+    lr: float = setting(0.1, "base learning rate of SGD")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "SGD weight decay")
+    milestones: list[int] = setting(
+        [100, 150], "epochs at which the learning rate is multiplied by --lr-gamma (e.g. 50 150)")
+    lr_gamma: float = setting(0.1, "learning-rate decay factor at each milestone")
+    warmup_steps: int = setting(0, "linear learning-rate warm-up over this many steps")
     # run
-    out_dir: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "off"
-    channels_last: bool | None = None  # None -> robust_sabn.memory_format decides (CPU: on unless unsafe)
-    deterministic: bool = False
-    sync_bn: bool = False
-    save_every: int = 0
-    log_every: int = 50
-    num_workers: int = 0
-    progress: bool = True
+    out_dir: str | None = setting(None, "run folder (default: runs/<dataset>-<arch>-<norm>-<objective>-<time>)")
+    seed: int = setting(0, "seed of everything random")
+    device: str = setting("auto", "where to train (auto: the process's GPU if CUDA is available, else the CPU)")
+    amp: str = setting("off", "mixed precision on CUDA (--amp alone: bf16)")
+    channels_last: bool | None = setting(
+        None, "channels-last memory format (default: on CUDA with --amp; on CPU, where it is faster, unless oneDNN "
+              "mishandles the model there: see docs/memory-format.md)")
+    deterministic: bool = setting(False, "deterministic algorithms only (torch.use_deterministic_algorithms)")
+    sync_bn: bool = setting(False, "synchronize batch statistics across processes (SyncBatchNorm; CUDA)")
+    save_every: int = setting(0, "also write last.pt every N optimizer steps (0: once per epoch)")
+    log_every: int = setting(50, "write a metrics.jsonl line every N optimizer steps")
+    num_workers: int = setting(0, "data-loading worker processes")
+    progress: bool = setting(True, "show tqdm progress bars")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

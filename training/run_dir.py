@@ -13,12 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from ..errors import CheckpointError, ConfigError
-from ..io import extract_state_dict, load_checkpoint, load_weights
-from ..models import build_model
+from ..io import load_checkpoint
 from .config import TrainConfig
 
 LAST, BEST, CONFIG, METRICS, CURVES = "last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png"
@@ -68,13 +64,3 @@ def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"--resume continues a run with its own config; {', '.join(changed)} cannot change "
                           f"(only {', '.join(RESUME_OVERRIDES)} can); start a new run to change them")
     return config
-
-
-def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The model a training checkpoint holds, rebuilt from its ``model_spec``, in eval mode on ``device``."""
-    checkpoint = load_checkpoint(path)
-    if "model_spec" not in checkpoint:
-        raise CheckpointError(f"{path} has no model_spec; it was not written by robust-sabn train")
-    model = build_model(checkpoint["model_spec"])
-    load_weights(model, extract_state_dict(checkpoint, str(path)), source=str(path))
-    return model.to(device).eval()

@@ -9,7 +9,7 @@ The paper's method section could not be read, so this module implements a docume
   steps), the mean pairwise cosine of per-sample feature maps centered by the batch's channel means is
   0.11-0.35 on ordinary batches, 0.49-0.65 on batches of one class and ~1.0 on batches of (noisy) copies of
   one image: so centered maps are the default features and ``tau = 0.8`` skips only strongly condensed
-  batches. Uncentered per-sample channel means (REFERENCE.md's reading, ``features="channel_mean"``) read
+  batches. Uncentered per-sample channel means (another reading of the paper, ``features="channel_mean"``) read
   0.44-0.94 on ordinary batches, and on one-channel images the first norm after the stem reads 1.0 on every
   batch (its channel means are all proportional to one vector), so no ``tau < 1`` would let it ever update.
 - Stage 2, unified calibration: a per-sample centering calibration before, and a gated scaling calibration
@@ -187,7 +187,7 @@ class UnifiedBatchNorm2d(RoutedNorm):
     **Stage 1** (always on; ``tau=inf`` disables skipping). In train mode every batch (every route's chunk
     under ``split_routes``) of at least 2 samples gets its *feature condensation* measured on the layer input,
     without gradient: the mean pairwise cosine similarity of the samples' features (:func:`feature_condensation`;
-    ``features="map"``, channel-centered feature maps, by default, ``"channel_mean"`` for REFERENCE.md's reading;
+    ``features="map"``, channel-centered feature maps, by default, ``"channel_mean"`` for uncentered channel means;
     which one the paper uses is unverified, see the module docstring for why "map" is the default).
     When it exceeds ``tau`` the route's running mean, variance and batch count are left exactly as they were.
     Batches of one sample are not measured and update the statistics as in BN. The batch itself is still

@@ -4,8 +4,8 @@ Each output filter ``W_i`` (its ``N = in_channels / groups * kh * kw`` fan-in we
 ``W_hat_i = gamma_i * c * (W_i - mean(W_i)) / (sqrt(N) * sqrt(var(W_i) + eps))``: zero mean and standard
 deviation ``gamma_i * c / sqrt(N)`` (up to ``eps``), the scale that keeps activations' variance through a
 ReLU network (He et al.). No sample statistics are involved, so the output of one sample never depends on the
-batch. The constants ``c = sqrt(2)`` (ReLU gain) and ``eps`` follow REFERENCE.md's reading of the paper and
-are unverified; both are constructor arguments. A close relative is Scaled Weight Standardization (NF-Nets).
+batch. The constants ``c = sqrt(2)`` (the ReLU gain of He et al. 2015) and ``eps`` are our reading of the
+paper and unverified; both are constructor arguments. A close relative is Scaled Weight Standardization (NF-Nets).
 """
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
-"""Upstream AutoAttack's API (fra31/auto-attack) on top of PyPI's ``pyautoattack``.
+"""The module ``autoattack`` (upstream fra31/auto-attack's API) on top of PyPI's ``pyautoattack``.
 
 RobustBench and most published evaluation scripts call ``autoattack.AutoAttack(model, norm=..., eps=...,
 version=..., device=..., log_path=...)`` and ``run_standard_evaluation(x, y, bs=...)``. PyPI ships the same
 attacks as ``pyautoattack`` with keyword-only arguments and a different return value. This class accepts the
 upstream call and runs pyautoattack's code unchanged, so results are pyautoattack's own.
+
+This package is imported under the name ``autoattack``, and only when no real ``autoattack`` is installed: see
+:mod:`robust_sabn.compat`. It is a leaf: pyautoattack plus :mod:`robust_sabn.devices`.
 """
 from __future__ import annotations
 
@@ -13,8 +16,14 @@ from pathlib import Path
 
 import torch
 from pyautoattack import AutoAttack as _PyAutoAttack
+from pyautoattack import checks  # noqa: F401  (upstream's module layout, which RobustBench imports from)
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: F401
+from pyautoattack.fab_pt import FABAttack_PT  # noqa: F401
+from pyautoattack.square import SquareAttack  # noqa: F401
 
-from .evaluate import model_device
+from robust_sabn.devices import model_device
+
+IS_ROBUST_SABN_ADAPTER = True
 
 LOGGER_NAME = "auto-attack"
 

@@ -1,1 +1,0 @@
-from pyautoattack.state import EvaluationState  # noqa: F401

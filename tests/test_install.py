@@ -1,0 +1,43 @@
+"""robust-sabn installs like any plugin: the wheel alone, into a fresh virtual environment, without bin/setup."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*argv, cwd=None):
+    result = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (argv, result.stdout[-2000:], result.stderr[-3000:])
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_in_a_fresh_venv_exports_and_loads_through_robustbench(tmp_path):
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", ROOT)
+    wheel = next((tmp_path / "dist").glob("robust_sabn-*.whl"))
+    run(sys.executable, "-m", "venv", tmp_path / "venv")
+    python = tmp_path / "venv" / "bin" / "python"
+    run(python, "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt", wheel)
+    doctor = subprocess.run([tmp_path / "venv" / "bin" / "robust-sabn", "doctor"], capture_output=True, text=True)
+    for line in doctor.stdout.splitlines():  # every fix the doctor names is a command a pip user can run
+        if line.startswith("FAIL"):
+            fix = line.split("-> fix: ", 1)[1]
+            assert fix.startswith("pip install "), line
+            run(python, "-m", *fix.split()[:2], *[a.strip("'") for a in fix.split()[2:]])
+    run(tmp_path / "venv" / "bin" / "robust-sabn", "doctor")
+    script = textwrap.dedent("""
+        import torch, robust_sabn
+        from robustbench.utils import load_model
+        model = robust_sabn.create_model("resnet_small", width=4, norm="sandwich").eval()
+        robust_sabn.export(model, "FreshVenv2026", route="adv", model_dir="models")
+        loaded = load_model("FreshVenv2026", model_dir="models", dataset="cifar10", threat_model="Linf")
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad(), robust_sabn.use_route(model, "adv"):
+            assert (loaded(x) - model(x)).abs().max() <= 1e-5
+        print("ok")
+    """)
+    assert run(python, "-W", "ignore", "-c", script, cwd=tmp_path).strip() == "ok"
