@@ -26,8 +26,10 @@ def channels_last_hazards(model: nn.Module) -> list[str]:
 
 
 class MemoryFormat(NamedTuple):
+    """The choice of :func:`choose_memory_format`."""
+
     channels_last: bool
-    note: str = ""  # why channels_last, the default here, is not used
+    note: str = ""  # why not channels_last, where it would have been the default
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,11 +147,11 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model.model_spec = spec
         model.to(self.device)
-        memory_format = choose_memory_format(model, self.device, config.channels_last, amp=config.amp != "off")
-        if memory_format.note and self.processes.is_main:
-            print(f"robust-sabn: training in NCHW, not channels_last: {memory_format.note}", file=sys.stderr)
-        self.channels_last = memory_format.channels_last
-        return model.to(memory_format=memory_format.memory_format)
+        choice = choose_memory_format(model, self.device, config.channels_last, amp=config.amp != "off")
+        if choice.note and self.processes.is_main:
+            tqdm.write(f"training in NCHW, not channels_last: {choice.note}")
+        self.memory_format = choice.memory_format  # of the model and of every training batch
+        return model.to(memory_format=self.memory_format)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         load_weights(self.model, checkpoint["model"], source=str(self.run_dir / LAST))
@@ -233,8 +232,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimizer step; returns the batch's loss and accuracies (summed over processes)."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self.memory_format)
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.objective(self.net, x, y)
