@@ -4,11 +4,11 @@ The real AutoAttack and PGD/CW checks on one fixed route, reports, eps sweeps, s
 """
 from .autoattack_runner import autoattack_backend, run_autoattack
 from .cw import CWPGD
-from .evaluate import ATTACKS, describe_attack, evaluate, preserved_rng
+from .evaluate import ATTACKS, describe_attack, evaluate
 from .report import to_markdown, write_report
 from .sweep import eps_sweep, plot_sweep
 
 __all__ = [
     "ATTACKS", "CWPGD", "autoattack_backend", "describe_attack", "eps_sweep", "evaluate", "plot_sweep",
-    "preserved_rng", "run_autoattack", "to_markdown", "write_report",
+    "run_autoattack", "to_markdown", "write_report",
 ]

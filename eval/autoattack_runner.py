@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..devices import model_device
 from ..errors import ConfigError
 
 VERSIONS = ("standard", "plus", "rand", "custom")
@@ -124,6 +125,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                    progress: bool = True, restarts: int | None = None) -> AutoAttackResult:
     """AutoAttack ``version`` (``attacks`` for "custom") on a deterministic ``model`` in eval mode.
 
+    ``device`` defaults to the model's (the images may live anywhere, e.g. a CUDA model and CPU test images).
     ``restarts`` overrides APGD's restarts (robust-sabn's "apgd-ce" check runs it with 1, as the standard
     version does). Returns which points stay robust, per-attack robust accuracy and the flags AutoAttack raised.
     """
@@ -137,7 +139,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         raise ConfigError(f"APGD restarts must be a positive integer, got {restarts!r}")
     backend = autoattack_backend()
     log = AttackLog(progress)
-    device = device if device is not None else x.device
+    device = device if device is not None else model_device(model)
     adversary = backend.AutoAttack(model, norm=norm, eps=eps, seed=seed, verbose=False, version=version,
                                    attacks_to_run=list(attacks) if version == "custom" else [], device=device)
     adversary.verbose = True  # per-batch lines go to the recorder, not to stdout

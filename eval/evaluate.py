@@ -15,11 +15,9 @@ loss with kappa 50, K = 20 by default).
 from __future__ import annotations
 
 import platform
-import random
 import re
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +33,7 @@ from ..devices import model_device
 from ..errors import ConfigError
 from ..exporting import format_eps
 from ..nn import check_model_route
+from ..rng import preserved_rng
 from .autoattack_runner import VERSIONS, run_autoattack
 from .cw import CWPGD
 
@@ -42,19 +41,6 @@ ATTACKS = ("autoattack", "apgd-ce", "pgd-20", "cw")
 NORMS = ("Linf", "L2")
 SINGLE, ORACLE = "single route", "oracle routing"
 _PGD_NAME = re.compile(r"(pgd|cw)(?:-(\d+))?")
-
-
-@contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Restore the global RNG states (torch CPU and CUDA, Python, NumPy) on exit: AutoAttack reseeds torch."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def describe_attack(attack: str, version: str = "standard", aa_attacks: Sequence[str] | None = None,

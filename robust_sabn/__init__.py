@@ -2,6 +2,7 @@
 and export to RobustBench."""
 from .convert import convert_convs, convert_norms, fold_route, fold_spec
 from .errors import CheckpointError, ConfigError, RouteError, UserError
+from .mixing import mix_routes
 from .models import create_model, list_models, register_model
 from .nn import (
     CalibratedBatchNorm2d,
@@ -29,5 +30,5 @@ __all__ = [
     "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DualBatchNorm2d", "RouteError",
     "SandwichBatchNorm2d", "UnifiedBatchNorm2d", "UserError", "WeightAlignConv2d",
     "convert_convs", "convert_norms", "create_model", "export", "fold_route", "fold_spec", "list_models",
-    "register_model", "register_robustbench", "routes_of", "set_route", "split_routes", "use_route",
+    "mix_routes", "register_model", "register_robustbench", "routes_of", "set_route", "split_routes", "use_route",
 ]

@@ -217,6 +217,26 @@ def test_crop_flip_is_a_shifted_possibly_flipped_copy():
     assert torch.equal(out, again)
 
 
+def crops_one_by_one(x, generator, padding, flip):
+    """The per-image loop the batched crop replaced, drawing the same random numbers in the same order."""
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).tolist()
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    if flip:
+        flipped = (torch.rand(b, generator=generator) < 0.5).nonzero().squeeze(1)
+        out[flipped] = out[flipped].flip(3)
+    return out
+
+
+@pytest.mark.parametrize("padding, flip, shape", [(4, True, (33, 3, 32, 32)), (2, False, (9, 1, 28, 28)),
+                                                  (3, True, (5, 2, 7, 9))])
+def test_batched_crop_equals_the_per_image_loop_for_the_same_generator(padding, flip, shape):
+    x = torch.rand(shape)
+    batched = random_crop_flip(x, torch.Generator().manual_seed(5), padding, flip)
+    assert torch.equal(batched, crops_one_by_one(x, torch.Generator().manual_seed(5), padding, flip))
+
+
 @pytest.mark.parametrize("name,flips", [("cifar10", True), ("svhn", False), ("fashion-mnist", False)])
 def test_standard_augmentation_per_dataset(tmp_path, name, flips):
     WRITERS[name](tmp_path)

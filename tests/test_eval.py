@@ -271,3 +271,22 @@ def test_a_route_on_a_plain_model_is_refused():
     x, y = images_labelled_by(model, route=None)
     with pytest.raises(RouteError, match="no routed layers"):
         evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
+
+
+def test_run_autoattack_runs_on_the_models_device_not_the_images(monkeypatch):
+    """A CUDA model with CPU test images (the usual case) must be attacked on the model's device."""
+    from robust_sabn.eval import autoattack_runner
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, model, **kwargs):
+            seen["device"] = kwargs["device"]
+            raise KeyboardInterrupt  # stop before attacking
+
+    monkeypatch.setattr(autoattack_runner, "model_device", lambda model: torch.device("cuda", 0))
+    monkeypatch.setattr(autoattack_runner, "autoattack_backend", lambda: autoattack_runner.Backend("fake", Recorder))
+    with pytest.raises(KeyboardInterrupt):
+        autoattack_runner.run_autoattack(routed_model(), torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long),
+                                         eps=8 / 255)
+    assert seen["device"] == torch.device("cuda", 0)

@@ -16,12 +16,12 @@ from ..errors import ConfigError
 from ..eval.tables import markdown_table
 from ..model_files import load_trained_model
 from ..nn import routes_of
+from ..rng import rng_state, set_rng_state
 from .config import TrainConfig
 from .data import load_dataset
 from .distributed import resolve_device, start_processes
 from .evaluate import accuracy, pgd_attack
 from .loop import Trainer, TrainResult, fixed_subset
-from .rng import rng_state, set_rng_state
 from .run_dir import BEST
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
@@ -59,16 +59,16 @@ def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]
         states = {}
         for label, config in configs.items():
             trainers[label] = Trainer(config, processes, resume=False)
-            states[label] = rng_state()
+            states[label] = rng_state(processes.device)
         while not all(t.done() for t in trainers.values()):
             for label, trainer in trainers.items():
                 if not trainer.done():
-                    set_rng_state(states[label])
+                    set_rng_state(states[label], processes.device)
                     trainer.run_epoch()
-                    states[label] = rng_state()
+                    states[label] = rng_state(processes.device)
         results = {}
         for label, trainer in trainers.items():
-            set_rng_state(states[label])
+            set_rng_state(states[label], processes.device)
             results[label] = trainer.finish_run()
         return results
     finally:

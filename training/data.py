@@ -99,15 +99,18 @@ class DataSplits:
 # ----------------------------------------------------------------------------------------- augmentation
 def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int, flip: bool) -> Tensor:
     """Per-image random crop of the zero-padded batch back to its size, then (if ``flip``) a horizontal flip
-    with probability 1/2; every random draw comes from ``generator`` (on the CPU), in a fixed order."""
-    b, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).tolist()
-    padded = F.pad(x, (padding,) * 4)
-    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    with probability 1/2; every random draw comes from ``generator`` (on the CPU), in a fixed order (offsets,
+    then flips). The whole batch is one gather: no per-image loop, no per-image kernel launch on a GPU."""
+    b, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).to(x.device)
+    rows = offsets[:, :1] + torch.arange(h, device=x.device)  # b x h: the padded rows each image keeps
+    cols = offsets[:, 1:] + torch.arange(w, device=x.device)
     if flip:
-        flipped = (torch.rand(b, generator=generator) < 0.5).nonzero().squeeze(1).to(x.device)
-        out[flipped] = out[flipped].flip(3)
-    return out
+        flipped = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    width = w + 2 * padding
+    index = (rows[:, :, None] * width + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return F.pad(x, (padding,) * 4).flatten(2).gather(2, index).view(b, c, h, w)
 
 
 class CropFlip:

@@ -20,6 +20,7 @@ from ..io import atomic_write_text, load_weights, save_checkpoint
 from ..memory_format import choose_memory_format
 from ..models import create_model
 from ..nn import layer_metrics, routes_of
+from ..rng import rng_state, seed_everything, set_rng_state
 from .config import TrainConfig
 from .curves import plot_curves
 from .data import batch_iterator, load_dataset, num_batches
@@ -28,7 +29,6 @@ from .evaluate import accuracy, pgd_attack
 from .metrics import Meter, MetricsLog
 from .objectives import build_objective
 from .optim import build_optimizer, build_scheduler
-from .rng import rng_state, seed_everything, set_rng_state
 from .run_dir import BEST, CONFIG, CURVES, LAST, METRICS, default_run_dir, load_last, prepare_new_run_dir
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -165,7 +165,7 @@ class Trainer:
         self.window_meter = Meter(checkpoint["meters"]["window"])
         states = checkpoint["rng"]
         if len(states) == self.processes.world_size:
-            set_rng_state(states[self.processes.rank])
+            set_rng_state(states[self.processes.rank], self.device)
         else:  # another number of processes: the run continues, but not bit-for-bit
             seed_everything(self.config.seed + self.step + self.processes.rank)
 
@@ -313,7 +313,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Write a checkpoint (every process takes part: each contributes its RNG state; the main one writes)."""
-        states = self.processes.gather(rng_state())
+        states = self.processes.gather(rng_state(self.device))
         if not self.processes.is_main:
             return
         save_checkpoint({

@@ -1,0 +1,237 @@
+import pytest
+import torch
+from helpers import max_diff
+from torch import nn
+
+from robust_sabn import (
+    ConfigError,
+    DualBatchNorm2d,
+    RouteError,
+    create_model,
+    fold_route,
+    fold_spec,
+    mix_routes,
+    use_route,
+)
+from robust_sabn.mixing import mixture_weights, parse_tradeoffs
+from robust_sabn.models.spec import build_model
+from robust_sabn.nn import RoutedNorm, WeightAlignConv2d, routed_layers
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is as fast
+
+THREE_ROUTES = ("clean", "adv", "extra")
+CASES = {
+    "sabn": {"norm": "sandwich"},
+    "sabn_shared_stats": {"norm": "sandwich", "norm_kwargs": {"shared_stats": True}},
+    "sabn_batch_stats": {"norm": "sandwich", "norm_kwargs": {"track_running_stats": False}},
+    "auxbn": {"norm": "dual"},
+    "auxbn_affine_free": {"norm": "dual", "norm_kwargs": {"affine": False}},
+    "ubn": {"norm": "ubn", "norm_kwargs": {"calibration": False}},
+    "sabn_weightalign": {"norm": "sandwich", "conv": "weightalign"},
+}
+INTERIOR = {("clean", "adv"): {"clean": 0.3, "adv": 0.7},
+            THREE_ROUTES: {"clean": 0.2, "adv": 0.5, "extra": 0.3}}
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Random running statistics and affines in every BN and routed layer (including routed layers' own
+    parameters, e.g. SaBN's route affines), so that routes differ and equality checks mean something."""
+    for module in model.modules():
+        if not isinstance(module, (nn.BatchNorm2d, RoutedNorm)):
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            param.uniform_(0.5, 1.5) if name.endswith("weight") else param.uniform_(-0.5, 0.5)
+        if getattr(module, "running_mean", None) is not None:
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(7)
+    return model
+
+
+def routed_model(case: str, routes=("clean", "adv"), dtype=torch.float32) -> nn.Module:
+    model = create_model("resnet_small", width=4, routes=routes, **CASES[case])
+    return randomize_norms(model).to(dtype).eval()
+
+
+def mixed_by_hooks(model: nn.Module, weights: dict, x: torch.Tensor) -> torch.Tensor:
+    """The reference: ``model``'s logits with each routed layer's output replaced by ``sum_r w_r * (its route r
+    on the layer's input)``, computed by the layers' own forwards (eval mode)."""
+    def mix(layer, inputs, output):
+        return sum(w * layer.forward_route(inputs[0], route) for route, w in weights.items())
+
+    handles = [layer.register_forward_hook(mix) for layer in routed_layers(model)]
+    try:
+        with torch.no_grad(), use_route(model, next(iter(weights))):
+            return model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_weight_on_one_route_gives_exactly_fold_route(case):
+    model = routed_model(case)
+    x = torch.rand(4, 3, 16, 16)
+    for weights, route in [(mixture_weights(model, 0.0), "clean"), (mixture_weights(model, 1.0), "adv"),
+                           ({"adv": 1}, "adv"), ({"clean": 1.0, "adv": 0.0}, "clean")]:
+        mixed, folded = mix_routes(model, weights), fold_route(model, route)
+        assert not mixed.training
+        assert torch.equal(mixed(x), folded(x))
+        assert_same_state(mixed, folded)
+
+
+@pytest.mark.parametrize("routes", list(INTERIOR))
+@pytest.mark.parametrize("case", CASES)
+def test_an_interior_mixture_computes_the_mixed_normalization_of_every_layer(case, routes):
+    model = routed_model(case, routes)
+    weights = INTERIOR[routes]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mixed = mix_routes(model, weights)
+    assert not mixed.training and not routed_layers(mixed)
+    assert not any(isinstance(m, WeightAlignConv2d) for m in mixed.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is left alone
+
+    layers = dict(mixed.named_modules())
+    for name, layer in model.named_modules():
+        if isinstance(layer, RoutedNorm):
+            x = 2 * torch.randn(6, layer.num_features, 5, 5) + 1
+            with torch.no_grad():
+                reference = sum(w * layer.forward_route(x, route) for route, w in weights.items())
+                out = layers[name](x)
+            assert type(layers[name]) is nn.BatchNorm2d
+            assert max_diff(out, reference) <= 1e-6 * reference.abs().max(), name  # float32 rounding
+
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        logits = mixed(x)
+        assert max_diff(logits, mixed_by_hooks(model, weights, x)) <= 1e-5
+        for route in weights:  # the mixture is none of its routes
+            assert max_diff(logits, fold_route(model, route)(x)) > 1e-3
+
+
+@pytest.mark.parametrize("case", ["sabn", "auxbn", "auxbn_affine_free", "ubn"])
+def test_a_float64_mixture_is_exact_to_float64_rounding(case):
+    model = routed_model(case, THREE_ROUTES, torch.float64)
+    weights = INTERIOR[THREE_ROUTES]
+    x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert max_diff(mix_routes(model, weights)(x), mixed_by_hooks(model, weights, x)) <= 1e-12
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_mixture_loads_strictly_into_the_folded_spec(case):
+    model = routed_model(case, THREE_ROUTES)
+    x = torch.rand(4, 3, 16, 16)
+    for weights in ({"clean": 0.5, "extra": 0.5}, INTERIOR[THREE_ROUTES]):
+        mixed = mix_routes(model, weights)
+        rebuilt = build_model(fold_spec(model.model_spec))
+        rebuilt.load_state_dict(mixed.state_dict())
+        with torch.no_grad():
+            assert torch.equal(rebuilt.eval()(x), mixed(x))
+
+
+def test_routes_with_shared_statistics_mix_into_the_mixed_affine():
+    model = routed_model("sabn_shared_stats")
+    layer = routed_layers(model)[0]
+    mixed = mix_routes(model, {"clean": 0.25, "adv": 0.75})
+    bn = dict(mixed.named_modules())[next(n for n, m in model.named_modules() if m is layer)]
+    clean, adv = layer.route_affine("clean"), layer.route_affine("adv")
+    assert torch.allclose(bn.running_mean, layer.stats.running_mean)
+    assert torch.allclose(bn.running_var, layer.stats.running_var)
+    assert torch.allclose(bn.weight, 0.25 * clean[0] + 0.75 * adv[0], atol=1e-6)
+    assert torch.allclose(bn.bias, 0.25 * clean[1] + 0.75 * adv[1], atol=1e-6)
+
+
+def test_calibrated_ubn_folds_single_routes_but_refuses_a_mixture():
+    model = routed_model("ubn")
+    calibrated = randomize_norms(create_model("resnet_small", width=4, norm="ubn")).eval()
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(mix_routes(calibrated, {"adv": 1.0})(x), fold_route(calibrated, "adv")(x))
+    with pytest.raises(ConfigError, match="calibration gate depends on each sample") as err:
+        mix_routes(calibrated, {"clean": 0.5, "adv": 0.5})
+    assert "\n" not in str(err.value)
+    mix_routes(model, {"clean": 0.5, "adv": 0.5})  # without calibration it mixes
+
+
+@pytest.mark.parametrize("weights, error, match", [
+    ({"clean": 0.5, "adv": 0.6}, ConfigError, "add up to 1, got 1.1"),
+    ({"clean": 0.5}, ConfigError, "add up to 1"),
+    ({"clean": 1.5, "adv": -0.5}, ConfigError, "non-negative"),
+    ({"clean": 0.5, "robust": 0.5}, RouteError, r"unknown route\(s\) \['robust'\]"),
+    ({"clean": float("nan"), "adv": 1.0}, ConfigError, "finite number"),
+    ({"clean": float("inf"), "adv": 0.0}, ConfigError, "finite number"),
+    ({"clean": "0.5", "adv": 0.5}, ConfigError, "finite number"),
+    ({"clean": True}, ConfigError, "finite number"),
+    ({}, ConfigError, "non-empty mapping"),
+    ([("clean", 1.0)], ConfigError, "non-empty mapping"),
+])
+def test_bad_weights_are_one_line_errors(weights, error, match):
+    model = routed_model("sabn")
+    with pytest.raises(error, match=match) as err:
+        mix_routes(model, weights)
+    assert "\n" not in str(err.value)
+
+
+def test_weights_within_tolerance_of_one_are_accepted_and_normalized():
+    model = routed_model("sabn")
+    x = torch.rand(2, 3, 16, 16)
+    nearly = mix_routes(model, {"clean": 0.5, "adv": 0.5 + 5e-7})
+    assert max_diff(nearly(x), mix_routes(model, {"clean": 0.5, "adv": 0.5})(x)) <= 1e-5
+    assert torch.equal(mix_routes(model, {"adv": 1 - 5e-7})(x), fold_route(model, "adv")(x))
+
+
+def test_routes_of_one_layer_with_different_settings_are_refused():
+    layer = randomize_norms(DualBatchNorm2d(3)).eval()
+    layer.bns["adv"].eps = 1e-3
+    with pytest.raises(ConfigError, match="differ in eps, affine or running statistics"):
+        mix_routes(nn.Sequential(layer), {"clean": 0.5, "adv": 0.5})
+
+
+def test_a_model_without_routed_layers_has_nothing_to_mix():
+    for model in (create_model("resnet_small", width=4), create_model("resnet_small", width=4, conv="weightalign")):
+        with pytest.raises(RouteError, match="no routed layers"):
+            mix_routes(model, {"clean": 0.5, "adv": 0.5})
+
+
+def test_mixture_weights_trade_off_two_routes():
+    model = routed_model("sabn", THREE_ROUTES)
+    assert mixture_weights(model, 0.25) == {"clean": 0.75, "adv": 0.25}
+    assert mixture_weights(model, 1, clean="extra") == {"extra": 0.0, "adv": 1.0}
+    for t in (-0.1, 1.5, float("nan"), "0.5", None):
+        with pytest.raises(ConfigError, match=r"t must be a number in \[0, 1\]"):
+            mixture_weights(model, t)
+    with pytest.raises(RouteError, match=r"no route\(s\) \['robust'\]"):
+        mixture_weights(model, 0.5, adv="robust")
+
+
+def test_trade_off_grids_are_exact_decimals():
+    assert parse_tradeoffs("0:1:0.1") == [i / 10 for i in range(11)]
+    assert parse_tradeoffs("0:1:0.3") == [0.0, 0.3, 0.6, 0.9]
+    assert parse_tradeoffs("0.2:0.35:0.05") == [0.2, 0.25, 0.3, 0.35]
+    assert parse_tradeoffs("0.5") == [0.5]
+    assert parse_tradeoffs("0, 0.25,1") == [0.0, 0.25, 1.0]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("0:1", "start:stop:step"),
+    ("a:1:0.1", "'a' in the trade-offs"),
+    ("nan", "'nan' in the trade-offs"),
+    ("", "'' in the trade-offs"),
+    ("0:1:0", "positive step"),
+    ("1:0:0.1", "start <= stop"),
+    ("0:2:0.5", "stop <= 1"),
+    ("0:1:0.0001", "10001 points"),
+    ("0,1.5", r"in \[0, 1\]"),
+])
+def test_bad_trade_off_grids_are_one_line_errors(text, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        parse_tradeoffs(text)
+    assert "\n" not in str(err.value)
