@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import create_model, set_route, split_routes, use_route
+from ..memory_format import choose_memory_format
 from .tables import markdown_table
 from .timing import interleaved_medians
 
@@ -56,23 +57,24 @@ def _split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[St
 
 
 def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 64, image_size: int = 32,
-                repeats: int = 10, warmup: int = 2, seed: int = 0, channels_last: bool = True) -> str:
+                repeats: int = 10, warmup: int = 2, seed: int = 0, channels_last: bool | None = None) -> str:
     """Time every variant on one input and return a Markdown table of ratios against BN.
 
-    ``channels_last`` (the training default on the CPU) stores activations NHWC. Two extra rows compare one
-    forward over the joined batch with two separate forwards: through SaBN's routes (``split_routes``), and
-    through plain BN, where no routing is involved and the ratio shows how the hardware scales with batch size.
+    The memory format is the one training picks on the CPU (``channels_last=None``: NHWC activations unless the
+    model has convolutions that oneDNN mishandles there, see :mod:`robust_sabn.memory_format`), or the one asked
+    for. Two extra rows compare one forward over the joined batch with two separate forwards: through SaBN's routes
+    (``split_routes``), and through plain BN, where no routing is involved and the ratio shows how the hardware
+    scales with batch size.
     """
     torch.manual_seed(seed)
     arch_kwargs = {"width": width} if arch == "resnet_small" else {}
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.rand(batch_size, 3, image_size, image_size).contiguous(memory_format=memory_format)
-    y = torch.randint(0, 10, (batch_size,))
-    steps, models = {}, {}
-    for label, kwargs in NORM_VARIANTS.items():
-        model = create_model(arch, **kwargs, **arch_kwargs).train().to(memory_format=memory_format)
-        models[label] = set_route(model, "adv")
-        steps[label] = _train_step(models[label], x, y)
+    x, y = torch.rand(batch_size, 3, image_size, image_size), torch.randint(0, 10, (batch_size,))
+    models = {label: set_route(create_model(arch, **kwargs, **arch_kwargs).train(), "adv")
+              for label, kwargs in NORM_VARIANTS.items()}
+    # The variants differ in their norm and conv types, not in their convolutions' shapes: one choice for all.
+    choice = choose_memory_format(models["BN"], torch.device("cpu"), channels_last)
+    x = x.contiguous(memory_format=choice.memory_format)
+    steps = {label: _train_step(model.to(memory_format=choice.memory_format), x, y) for label, model in models.items()}
     for label in ("SaBN", "BN"):
         steps[f"{label} joined"], steps[f"{label} two"] = _split_steps(models[label], x, y)
     times = interleaved_medians(steps, repeats=repeats, warmup=warmup)
@@ -83,10 +85,12 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
                  times["SaBN joined"] / times["SaBN two"], SPLIT_TARGET])
     rows.append(["BN, no routes: one pass over 2B vs two passes over B (hardware batch scaling)",
                  1e3 * times["BN joined"], times["BN joined"] / times["BN two"], ""])
-    layout = "channels_last" if channels_last else "NCHW"
+    layout = "channels_last" if choice.channels_last else "NCHW"
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
               f"forward+backward, median of {repeats}, {torch.get_num_threads()} threads, "
               f"torch {torch.__version__}\n\n")
+    if choice.note:
+        header += f"NCHW, not channels_last: {choice.note}\n\n"
     return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)"], rows)
 
 
@@ -105,6 +109,7 @@ def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="NHWC activations, as training uses on the CPU (default: on)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC activations (default: as training on the CPU: on, unless the model has 1x1 "
+                             "strided convolutions with fewer than 16 input channels; see docs/memory-format.md)")
     parser.set_defaults(run=run)

@@ -11,6 +11,7 @@ from fake_data import pattern_task
 
 from robust_sabn import ConfigError, RouteError, create_model, fold_route, set_route, split_routes, use_route
 from robust_sabn.attacks import FGSM, PGD, TradesPGD
+from robust_sabn.memory_format import channels_last_hazards
 from robust_sabn.nn import routed_layers
 
 NUM_CLASSES = 4
@@ -137,6 +138,25 @@ def test_only_input_gradients(trained, data):
     FGSM(model, eps=0.1, route="clean", bn_mode="train")(x, y)
     assert not calls  # autograd never computed a weight gradient
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.channels_last
+def test_attacks_on_a_channels_last_model_take_no_weight_gradient_and_agree_with_nchw(trained, data):
+    """This model has a convolution whose channels_last weight gradient oneDNN gets wrong on the CPU (oneDNN issue
+    6035); attacks never ask for weight gradients, so they can attack it in channels_last."""
+    x, y = data
+    assert channels_last_hazards(trained)
+    nhwc = copy.deepcopy(trained).to(memory_format=torch.channels_last)
+    calls = []
+    for p in nhwc.parameters():
+        p.register_hook(lambda g: calls.append(1))
+    torch.manual_seed(3)
+    adv = PGD(nhwc, eps=0.1, alpha=0.025, steps=5, route="adv")(x.contiguous(memory_format=torch.channels_last), y)
+    torch.manual_seed(3)
+    reference = PGD(trained, eps=0.1, alpha=0.025, steps=5, route="adv")(x, y)
+    assert not calls
+    assert torch.allclose(adv, reference, atol=1e-6)
+    assert accuracy(trained, adv, y, route="adv") <= 0.3
 
 
 def test_works_under_no_grad(trained, data):

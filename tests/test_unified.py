@@ -40,6 +40,7 @@ def perturb_calibration(model: nn.Module, scale: float = 0.3) -> nn.Module:
     return model
 
 
+@pytest.mark.channels_last
 @pytest.mark.parametrize("features", ["map", "channel_mean"])
 def test_condensation_is_the_mean_pairwise_cosine(features):
     x = torch.randn(7, 5, 4, 3) + 0.5

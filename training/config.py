@@ -101,7 +101,8 @@ class TrainConfig:
     device: str = setting("auto", "where to train (auto: the process's GPU if CUDA is available, else the CPU)")
     amp: str = setting("off", "mixed precision on CUDA (--amp alone: bf16)")
     channels_last: bool | None = setting(
-        None, "channels-last memory format (default: on for CPU, where it is faster; on CUDA with --amp)")
+        None, "channels-last memory format (default: on CUDA with --amp; on CPU, where it is faster, unless oneDNN "
+              "mishandles the model there: see docs/memory-format.md)")
     deterministic: bool = setting(False, "deterministic algorithms only (torch.use_deterministic_algorithms)")
     sync_bn: bool = setting(False, "synchronize batch statistics across processes (SyncBatchNorm; CUDA)")
     save_every: int = setting(0, "also write last.pt every N optimizer steps (0: once per epoch)")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, UserError
 from ..io import atomic_write_text, load_weights, save_checkpoint
+from ..memory_format import choose_memory_format
 from ..models import create_model
 from ..nn import layer_metrics, routes_of
 from ..rng import rng_state, seed_everything, set_rng_state
@@ -134,9 +135,6 @@ class Trainer:
         if config.sync_bn and self.processes.distributed and device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPU); "
                               "drop --sync-bn for CPU processes")
-        self.channels_last = config.channels_last
-        if self.channels_last is None:
-            self.channels_last = device.type == "cpu" or config.amp != "off"
 
     def _build_model(self) -> nn.Module:
         config, splits = self.config, self.splits
@@ -153,9 +151,11 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model.model_spec = spec
         model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
+        choice = choose_memory_format(model, self.device, config.channels_last, amp=config.amp != "off")
+        if choice.note and self.processes.is_main:
+            tqdm.write(f"training in NCHW, not channels_last: {choice.note}")
+        self.memory_format = choice.memory_format  # of the model and of every training batch
+        return model.to(memory_format=self.memory_format)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         load_weights(self.model, checkpoint["model"], source=str(self.run_dir / LAST))
@@ -238,8 +238,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimizer step; returns the batch's loss and accuracies (summed over processes)."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self.memory_format)
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.objective(self.net, x, y)
