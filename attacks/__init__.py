@@ -2,9 +2,10 @@
 
 Route-aware adversarial attacks following torchattacks' ``Attack`` contract.
 """
-from .base import BN_MODES, NORMS, RoutedAttack, restore_modes
+from .base import RoutedAttack, restore_modes
+from .cw import CWPGD
 from .fgsm import FGSM
 from .pgd import PGD
 from .trades import TradesPGD
 
-__all__ = ["BN_MODES", "FGSM", "NORMS", "PGD", "RoutedAttack", "TradesPGD", "restore_modes"]
+__all__ = ["CWPGD", "FGSM", "PGD", "RoutedAttack", "TradesPGD", "restore_modes"]

@@ -15,11 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchattacks.attack import Attack
 
+from ..constants import ATTACK_NORMS, BN_MODES
 from ..errors import ConfigError, RouteError
 from ..nn import routes_of, use_route
-
-BN_MODES = ("eval", "train")
-NORMS = ("Linf", "L2")
 
 
 def check_eps(eps: float, norm: str = "Linf") -> float:
@@ -45,9 +43,15 @@ def check_steps(steps: int) -> int:
 
 
 def check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise ConfigError(f"unknown attack norm {norm!r}; choose one of {list(NORMS)}")
+    if norm not in ATTACK_NORMS:
+        raise ConfigError(f"unknown attack norm {norm!r}; choose one of {list(ATTACK_NORMS)}")
     return norm
+
+
+def check_bn_mode(bn_mode: str) -> str:
+    if bn_mode not in BN_MODES:
+        raise ConfigError(f"unknown bn_mode {bn_mode!r}; choose one of {list(BN_MODES)}")
+    return bn_mode
 
 
 @contextmanager
@@ -78,10 +82,8 @@ class RoutedAttack(Attack):
 
     def __init__(self, name: str, model: nn.Module, route: str | None = None, bn_mode: str = "eval") -> None:
         super().__init__(name, model)
-        if bn_mode not in BN_MODES:
-            raise ConfigError(f"unknown bn_mode {bn_mode!r}; choose one of {list(BN_MODES)}")
         self.route = self.checked_route(route)
-        self.bn_mode = bn_mode
+        self.bn_mode = check_bn_mode(bn_mode)
         train = bn_mode == "train"
         self.set_model_training_mode(model_training=train, batchnorm_training=train)
 

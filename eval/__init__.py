@@ -1,14 +1,17 @@
 """Installed as ``robust_sabn.eval`` (pyproject.toml's package-dir maps this folder there): evaluation.
 
-The real AutoAttack and PGD/CW checks on one fixed route, reports, eps sweeps, speed benchmarks.
+The real AutoAttack and PGD/CW checks on one fixed route, in fixed independently seeded batches; reports; eps
+sweeps.
 """
-from .autoattack_runner import autoattack_backend, run_autoattack
-from .cw import CWPGD
-from .evaluate import ATTACKS, describe_attack, evaluate
+from .attacks import EVAL_ATTACKS, EvalAttack, make_eval_attack
+from .autoattack import autoattack_backend, run_autoattack
+from .batches import BatchResult, robust_points
+from .evaluate import EvaluationReport, ProtocolResult, evaluate
 from .report import to_markdown, write_report
 from .sweep import eps_sweep, plot_sweep
 
 __all__ = [
-    "ATTACKS", "CWPGD", "autoattack_backend", "describe_attack", "eps_sweep", "evaluate", "plot_sweep",
-    "run_autoattack", "to_markdown", "write_report",
+    "EVAL_ATTACKS", "BatchResult", "EvalAttack", "EvaluationReport", "ProtocolResult", "autoattack_backend",
+    "eps_sweep", "evaluate", "make_eval_attack", "plot_sweep", "robust_points", "run_autoattack", "to_markdown",
+    "write_report",
 ]

@@ -7,71 +7,82 @@ Protocols (both labelled in every report):
 - "oracle routing": clean accuracy through ``clean_route``, robust accuracy through ``route``, as the SaBN
   paper reports. It assumes an oracle telling clean from adversarial inputs, so it is not a deployable model.
 
-Attacks: "autoattack" (the real AutoAttack, ``version`` standard/plus/rand/custom), "apgd-ce" (AutoAttack's
-APGD on cross-entropy, 100 iterations, 1 restart, as in the standard version), "pgd-K" (PGD on
-cross-entropy, K steps of eps/4, random start), "cw" / "cw-K" (the same PGD on the Carlini-Wagner margin
-loss with kappa 50, K = 20 by default).
+The attacks are those of :mod:`robust_sabn.eval.attacks`; the batches are :mod:`robust_sabn.eval.batches`'
+fixed, independently seeded batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
-import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import __version__
-from ..attacks import PGD
 from ..attacks.base import check_eps
+from ..constants import CLEAN_ROUTE, ORACLE_ROUTING, SINGLE_ROUTE, THREAT_MODELS
 from ..convert import fold_route
 from ..devices import model_device
 from ..errors import ConfigError
-from ..exporting import format_eps
 from ..nn import check_model_route
+from ..parsing import format_eps, parse_number
 from ..rng import check_seed, preserved_rng
-from ..training.config import parse_number
-from .autoattack_runner import VERSIONS, run_autoattack
-from .cw import CWPGD
-
-ATTACKS = ("autoattack", "apgd-ce", "pgd-20", "cw")
-NORMS = ("Linf", "L2")
-SINGLE, ORACLE = "single route", "oracle routing"
-_PGD_NAME = re.compile(r"(pgd|cw)(?:-(\d+))?")
+from .attacks import EvalAttack, make_eval_attack
+from .batches import SEEDING, BatchResult, robust_points
 
 
-def describe_attack(attack: str, version: str = "standard", aa_attacks: Sequence[str] | None = None,
-                    aa_restarts: int | None = None) -> str:
-    if attack == "autoattack":
-        if version != "custom":
-            return f"AutoAttack, {version} version"
-        restarts = f", APGD restarts {aa_restarts}" if aa_restarts is not None else ""
-        return f"AutoAttack, custom version ({', '.join(aa_attacks or ())}{restarts})"
-    if attack == "apgd-ce":
-        return "APGD-CE (AutoAttack's; 100 iterations, 1 restart)"
-    kind, steps = _parse_pgd(attack)
-    loss = "cross-entropy" if kind == "pgd" else "CW margin loss (kappa 50)"
-    return f"PGD-{steps} on the {loss}, step eps/4, random start"
+@dataclass
+class ProtocolResult:
+    """Clean and robust accuracy under one protocol, with the routes each was measured through."""
+
+    clean_route: str | None
+    adv_route: str | None
+    clean_acc: float
+    robust_acc: float
 
 
-def _parse_pgd(attack: str) -> tuple[str, int]:
-    match = _PGD_NAME.fullmatch(attack)
-    if match is None or (match[1] == "pgd" and match[2] is None):
-        raise ConfigError(f"unknown attack {attack!r}; choose one of {list(ATTACKS)} (or pgd-K, cw-K for K steps)")
-    steps = int(match[2] or 20)
-    if steps < 1:
-        raise ConfigError(f"attack {attack!r} needs at least one step")
-    return match[1], steps
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate` measured and how; :meth:`to_dict` is the JSON report."""
 
+    attack: str  # "autoattack", "apgd-ce", "pgd-20", ...
+    attack_description: str
+    version: str | None  # AutoAttack's version (attack "autoattack" only)
+    aa_attacks: list[str] | None
+    aa_restarts: int | None
+    backend: str | None  # the AutoAttack implementation that ran
+    norm: str
+    eps: float
+    eps_str: str
+    route: str | None
+    n: int
+    seed: int
+    batch_size: int
+    clean_acc: float  # single-route protocol
+    robust_acc: float
+    per_attack: dict[str, float]  # robust accuracy after each of AutoAttack's attacks (cumulative)
+    protocols: dict[str, ProtocolResult]
+    flags: list[str]  # AutoAttack's gradient-masking warnings and threat-model violations
+    warnings: list[str]
+    time: dict[str, Any]
+    environment: dict[str, Any]
+    protocol: str = SINGLE_ROUTE
+    seeding: str = SEEDING
+    checkpoint: str | None = None  # where the model came from (set by the command line)
+    source: str | None = None
+    dataset: str | None = None
 
-def check_attack(attack: str, version: str) -> None:
-    if attack not in ("autoattack", "apgd-ce"):
-        _parse_pgd(attack)
-    if version not in VERSIONS:
-        raise ConfigError(f"unknown AutoAttack version {version!r}; choose one of {list(VERSIONS)}")
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
+        protocols = {name: ProtocolResult(**p) for name, p in values["protocols"].items()}
+        return cls(**{**values, "protocols": protocols})
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> None:
@@ -129,142 +140,103 @@ def _dtype(model: nn.Module) -> torch.dtype:
     """The floating-point type of the model's parameters (images are converted to it)."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
 
-
-def _frozen(model: nn.Module, route: str | None, device: torch.device) -> nn.Module:
+def freeze(model: nn.Module, route: str | None, device: torch.device) -> nn.Module:
     """A deterministic copy: routed layers folded on ``route``, eval mode, no parameter gradients."""
-    folded = fold_route(model, route).to(device).eval()
-    return folded.requires_grad_(False)
+    return fold_route(model, route).to(device).eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device, desc: str = "clean",
-            progress: bool = True) -> torch.Tensor:
-    """Predicted classes of ``x`` (on the CPU), batch by batch."""
-    starts = range(0, len(x), batch_size)
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-           for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress)]
-    return torch.cat(out)
-
-
-def _pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, attack: str, eps: float,
-                norm: str, batch_size: int, device: torch.device, progress: bool) -> torch.Tensor:
-    """Robust points under PGD/CW: like AutoAttack, only the correctly classified points are attacked (the others
-    count as broken), in batches of ``batch_size`` of them."""
-    kind, steps = _parse_pgd(attack)
-    cls = PGD if kind == "pgd" else CWPGD
-    adversary = cls(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True, norm=norm)
-    robust = torch.zeros_like(correct)
-    (todo,) = correct.nonzero(as_tuple=True)
-    for index in tqdm(todo.split(batch_size), desc=attack.upper(), unit="batch", leave=False,
-                      disable=not progress):
-        xb, yb = x[index].to(device), y[index].to(device)
-        with torch.no_grad():
-            robust[index] = (model(adversary(xb, yb)).argmax(1) == yb).cpu()
-    return robust
-
-
-def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, eps: float, norm: str,
-            attack: str, version: str, aa_attacks: Sequence[str] | None, aa_restarts: int | None, seed: int,
-            batch_size: int,
-            device: torch.device, progress: bool) -> tuple[torch.Tensor, list, dict, dict, str | None]:
-    """Robust points, flags, per-attack accuracy and seconds, and the AutoAttack backend (None for PGD)."""
-    if eps == 0:
-        return correct.clone(), [], {}, {}, None
-    if attack in ("autoattack", "apgd-ce"):
-        single = attack == "apgd-ce"
-        result = run_autoattack(model, x, y, eps=eps, norm=norm, version="custom" if single else version, seed=seed,
-                                batch_size=batch_size, attacks=["apgd-ce"] if single else aa_attacks, device=device,
-                                progress=progress, restarts=1 if single else aa_restarts)
-        return (result.robust & correct, result.flags, result.per_attack(int(correct.sum())), result.seconds,
-                result.backend)
-    return _pgd_robust(model, x, y, correct, attack, eps, norm, batch_size, device, progress), [], {}, {}, None
+def per_attack_accuracy(attacks: Sequence[str], broken: dict[str, int], correct: int, robust: int,
+                        n: int) -> dict[str, float]:
+    """Robust accuracy after each attack (cumulative, as AutoAttack reports it) from the points each one broke;
+    empty when AutoAttack's log lines do not add up to its result."""
+    if correct - sum(broken.values()) != robust:
+        return {}
+    accuracies = {}
+    for attack in attacks:
+        correct -= broken.get(attack, 0)
+        accuracies[attack] = correct / n
+    return accuracies
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str, norm: str = "Linf",
              attack: str = "autoattack", version: str = "standard", route: str | None = None, seed: int = 0,
-             batch_size: int = 256, *, clean_route: str | None = "clean", aa_attacks: Sequence[str] | None = None,
+             batch_size: int = 256, *, clean_route: str | None = CLEAN_ROUTE, aa_attacks: Sequence[str] | None = None,
              aa_restarts: int | None = None, device: torch.device | str | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True) -> EvaluationReport:
     """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``, at radius ``eps`` (a
     number, or a fraction such as ``"8/255"``).
 
     The model is folded on ``route`` (required for routed models, None for plain ones) and evaluated in eval
-    mode; ``model`` itself is not changed, and the caller's RNG states are restored afterwards. ``seed`` fixes
-    the attack's randomness. ``aa_attacks`` lists AutoAttack's attacks for ``version="custom"``; ``aa_restarts``
-    sets APGD's restarts (AutoAttack's custom version uses 5, the standard version 1).
-
-    Returns a JSON-able report: ``clean_acc`` and ``robust_acc`` (fractions, single-route protocol),
-    ``protocol``, ``protocols`` (single route and, for routed models with ``clean_route``, oracle routing;
-    ``clean_route=None`` skips it),
-    ``attack``, ``version``, ``eps``, ``n``, ``seed``, ``per_attack`` (robust accuracy after each AutoAttack
-    attack), ``flags`` (AutoAttack's gradient-masking warnings), ``time`` and ``environment``.
+    mode; ``model`` itself is not changed, and the caller's RNG states are restored afterwards. The images are
+    attacked in fixed batches of ``batch_size``, each seeded from (``seed``, batch index). ``aa_attacks`` lists
+    AutoAttack's attacks for ``version="custom"``; ``aa_restarts`` sets APGD's restarts (AutoAttack's custom
+    version uses 5, the standard version 1). ``clean_route`` (None: skip) adds the oracle-routing protocol for a
+    routed model.
     """
     start = time.perf_counter()
-    if norm not in NORMS:
-        raise ConfigError(f"unknown threat model {norm!r}; choose one of {list(NORMS)}")
+    if norm not in THREAT_MODELS:
+        raise ConfigError(f"unknown threat model {norm!r}; choose one of {list(THREAT_MODELS)}")
     eps = parse_number(eps, "eps")
     check_eps(eps, norm)
     check_seed(seed)
-    check_attack(attack, version)
+    adversary = make_eval_attack(attack, version, aa_attacks, aa_restarts)
+    adversary.check_norm(norm)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     routes = check_model_route(model, route, "evaluate")
     device = torch.device(device) if device is not None else model_device(model)
     check_inputs(x, y)
-    frozen = _frozen(model, route, device)
+    frozen = freeze(model, route, device)
     x, y = x.detach().cpu().to(_dtype(frozen)), y.detach().cpu().long()
     check_inputs(x, y, check_model_inputs(frozen, x, device))
-
+    common = dict(eps=eps, norm=norm, seed=seed, batch_size=batch_size, device=device, progress=progress)
     with preserved_rng():
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        correct = predict(frozen, x, batch_size, device, progress=progress) == y
-        clean_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        robust, flags, per_attack, per_attack_seconds, backend = _attack(
-            frozen, x, y, correct, eps, norm, attack, version, aa_attacks, aa_restarts, seed, batch_size, device,
-            progress)
-        attack_seconds = time.perf_counter() - t0
-        oracle_clean = None
+        results = robust_points(frozen, x, y, adversary, **common)
+        oracle = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
-            clean_model = _frozen(model, clean_route, device)
-            oracle_clean = (predict(clean_model, x, batch_size, device, f"clean ({clean_route} route)",
-                                    progress) == y).float().mean().item()
+            oracle = robust_points(freeze(model, clean_route, device), x, y, None, **common)
+    return build_report(results, adversary, oracle, route=route, clean_route=clean_route, eps=eps, norm=norm,
+                        seed=seed, batch_size=batch_size, device=device, seconds=time.perf_counter() - start,
+                        version=version, aa_attacks=aa_attacks, aa_restarts=aa_restarts)
 
-    n = len(y)
-    clean_acc, robust_acc = correct.float().mean().item(), robust.float().mean().item()
-    protocols = {SINGLE: {"clean_route": route, "adv_route": route, "clean_acc": clean_acc, "robust_acc": robust_acc}}
-    if oracle_clean is not None:
-        protocols[ORACLE] = {"clean_route": clean_route, "adv_route": route, "clean_acc": oracle_clean,
-                             "robust_acc": robust_acc}
+
+def build_report(results: Sequence[BatchResult], attack: EvalAttack, oracle: Sequence[BatchResult] | None, *,
+                 route: str | None, clean_route: str | None, eps: float, norm: str, seed: int, batch_size: int,
+                 device: torch.device, seconds: float, version: str, aa_attacks: Sequence[str] | None,
+                 aa_restarts: int | None) -> EvaluationReport:
+    """The report of finished batches (in any order; a resumed or sharded run gives the same report)."""
+    results = sorted(results, key=lambda r: r.index)
+    correct = torch.cat([r.correct for r in results])
+    robust = torch.cat([r.robust for r in results])
+    n, clean_acc, robust_acc = len(correct), correct.float().mean().item(), robust.float().mean().item()
+    broken: dict[str, int] = {}
+    flags: list[str] = []
+    timing: dict[str, float] = {}
+    for result in results:
+        for name, count in result.broken.items():
+            broken[name] = broken.get(name, 0) + count
+        flags += [flag for flag in result.flags if flag not in flags]
+        for name, value in result.seconds.items():
+            timing[name] = timing.get(name, 0.0) + value
+    attacks = next((r.attacks for r in results if r.attacks), [])
+    per_attack = per_attack_accuracy(attacks, broken, int(correct.sum()), int(robust.sum()), n) if attacks else {}
+    protocols = {SINGLE_ROUTE: ProtocolResult(route, route, clean_acc, robust_acc)}
+    if oracle is not None:
+        oracle_clean = torch.cat([r.correct for r in sorted(oracle, key=lambda r: r.index)]).float().mean().item()
+        protocols[ORACLE_ROUTING] = ProtocolResult(clean_route, route, oracle_clean, robust_acc)
     warnings = list(flags)
-    if attack in ("autoattack", "apgd-ce") and eps > 0 and not per_attack:
+    if attacks and eps > 0 and not per_attack:
         warnings.append("per-attack accuracies unavailable: AutoAttack's log lines did not add up to its result")
-    return {
-        "protocol": SINGLE,
-        "route": route,
-        "attack": attack,
-        "attack_description": describe_attack(attack, version, aa_attacks, aa_restarts),
-        "version": version if attack == "autoattack" else None,
-        "aa_attacks": list(aa_attacks) if attack == "autoattack" and version == "custom" else None,
-        "aa_restarts": aa_restarts if attack == "autoattack" else None,
-        "backend": backend,
-        "norm": norm,
-        "eps": eps,
-        "eps_str": format_eps(eps, norm),
-        "n": n,
-        "seed": seed,
-        "batch_size": batch_size,
-        "clean_acc": clean_acc,
-        "robust_acc": robust_acc,
-        "per_attack": per_attack,
-        "protocols": protocols,
-        "flags": flags,
-        "warnings": warnings,
-        "time": {"total_s": time.perf_counter() - start, "clean_s": clean_seconds, "attack_s": attack_seconds,
-                 "per_attack_s": per_attack_seconds},
-        "environment": environment(device),
-    }
+    is_aa = attack.name == "autoattack"
+    return EvaluationReport(
+        attack=attack.name, attack_description=attack.describe(), version=version if is_aa else None,
+        aa_attacks=list(aa_attacks) if is_aa and version == "custom" else None,
+        aa_restarts=aa_restarts if is_aa else None, backend=next((r.backend for r in results if r.backend), None),
+        norm=norm, eps=eps, eps_str=format_eps(eps, norm), route=route, n=n, seed=seed, batch_size=batch_size,
+        clean_acc=clean_acc, robust_acc=robust_acc, per_attack=per_attack, protocols=protocols, flags=flags,
+        warnings=warnings, environment=environment(device),
+        time={"total_s": seconds, "clean_s": timing.pop("clean", 0.0), "attack_s": timing.pop("attack", 0.0),
+              "per_attack_s": timing})
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..io import atomic_write
-from .evaluate import evaluate
+from .evaluate import EvaluationReport, evaluate
 
 
 def eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values: Sequence[float], *,
-              attack: str = "pgd-20", **kwargs: Any) -> list[dict[str, Any]]:
+              attack: str = "pgd-20", **kwargs: Any) -> list[EvaluationReport]:
     """:func:`evaluate` at every radius in ``eps_values`` (PGD-K, CW-K or APGD-CE; AutoAttack is too slow for a
     sweep). ``kwargs`` go to :func:`evaluate` (norm, route, seed, batch_size, ...)."""
     if attack == "autoattack":
@@ -26,22 +26,22 @@ def eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values: Se
     return [evaluate(model, x, y, eps, attack=attack, **kwargs) for eps in sorted(eps_values)]
 
 
-def plot_sweep(reports: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
+def plot_sweep(reports: Sequence[EvaluationReport], path: str | os.PathLike, title: str = "") -> Path:
     """Draw robust accuracy (%) against eps (in 1/255 for Linf) and write the PNG atomically."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-    linf = reports[0]["norm"] == "Linf"
-    xs = [r["eps"] * 255 if linf else r["eps"] for r in reports]
+    linf = reports[0].norm == "Linf"
+    xs = [r.eps * 255 if linf else r.eps for r in reports]
     fig = Figure(figsize=(5, 3.5), dpi=120)
     ax = fig.add_subplot()
-    ax.plot(xs, [100 * r["robust_acc"] for r in reports], marker="o",
-            label=f"{reports[0]['attack'].upper()}, route {reports[0]['route'] or '-'}")
+    ax.plot(xs, [100 * r.robust_acc for r in reports], marker="o",
+            label=f"{reports[0].attack.upper()}, route {reports[0].route or '-'}")
     ax.set_xlabel("eps (x 1/255)" if linf else "eps (L2)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(title or f"{reports[0]['n']} images, seed {reports[0]['seed']}", fontsize=9)
+    ax.set_title(title or f"{reports[0].n} images, seed {reports[0].seed}", fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))

@@ -19,12 +19,12 @@ from .nn import (
 __version__ = "0.1.0"
 
 from . import compat as _compat  # noqa: E402
-from . import robustbench_bridge as _robustbench_bridge  # noqa: E402
 from .exporting import export  # noqa: E402  (imports __version__)
-from .robustbench_bridge import register_robustbench  # noqa: E402
+from .exporting import robustbench as _robustbench  # noqa: E402
+from .exporting.robustbench import register_robustbench  # noqa: E402
 
 _compat.install()  # `import autoattack` finds upstream's if installed, else robust-sabn's adapter
-_robustbench_bridge.install()  # lazy: exported models are registered when RobustBench gets imported
+_robustbench.install()  # lazy: exported models are registered when RobustBench gets imported
 
 __all__ = [
     "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DiskFullError", "DualBatchNorm2d", "RouteError",

@@ -1,4 +1,6 @@
-"""The ``robust-sabn`` command. Each subcommand lives beside the code it drives and registers itself here."""
+"""The ``robust-sabn`` command. A command's module is imported only when that command runs (so ``doctor`` works,
+and says what is broken, when torchattacks or RobustBench is); each defines ``add_arguments(parser)`` and
+``run(args) -> int``."""
 from __future__ import annotations
 
 import argparse
@@ -8,39 +10,66 @@ import sys
 from . import __version__
 from .errors import UserError
 
-# Modules defining ``add_commands(subparsers)`` and/or ``add_benchmarks(subparsers)`` (``robust-sabn bench ...``).
-COMMAND_MODULES = (
-    "robust_sabn.eval.bench_norms",
-    "robust_sabn.doctor",
-    "robust_sabn.eval.cli",
-    "robust_sabn.eval.export_cli",
-    "robust_sabn.eval.bench_eval",
-    "robust_sabn.training.cli",
-    "robust_sabn.training.bench",
-    "robust_sabn.quickstart",
-)
+# name -> (module, one-line help)
+COMMANDS = {
+    "quickstart": ("robust_sabn.quickstart",
+                   "train a small SaBN model on Fashion-MNIST and print its clean/robust accuracy table"),
+    "train": ("robust_sabn.training.cli",
+              "adversarial training (PGD, hybrid SaBN, TRADES, fast) with checkpoints and resume"),
+    "eval": ("robust_sabn.eval.cli",
+             "AutoAttack / APGD-CE / PGD / CW evaluation of a run folder, checkpoint or exported model"),
+    "export": ("robust_sabn.exporting.cli",
+               "fold a route and write the model in RobustBench's format (+ leaderboard card)"),
+    "doctor": ("robust_sabn.doctor", "check the environment (exit 0 only when every check passes)"),
+}
+BENCHMARKS = {
+    "norms": ("robust_sabn.bench.norms", "forward+backward time of BN, SaBN, AuxBN and the fused route split"),
+    "train": ("robust_sabn.bench.train", "train BN, AuxBN, SaAuxBN (and more) alike; clean/PGD accuracy per protocol"),
+    "eval": ("robust_sabn.bench.eval", "AutoAttack and PGD-10 through robust-sabn vs pyautoattack / torchattacks"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _attach(parser: argparse.ArgumentParser, module_name: str, command: str) -> None:
+    """Give ``parser`` the arguments of the command in ``module_name`` (imported now)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"`robust-sabn {command}` cannot start ({type(err).__name__}: {err}); "
+                        "run `robust-sabn doctor` for the fix") from None
+    module.add_arguments(parser)
+    parser.set_defaults(run=module.run)
+
+
+def _add_commands(parser: argparse.ArgumentParser, commands: dict[str, tuple[str, str]], argv: list[str],
+                  dest: str, prefix: str) -> None:
+    """One subparser per command; only the one named in ``argv`` gets its arguments (and its module imported)."""
+    subparsers = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (module, help_text) in commands.items():
+        sub = subparsers.add_parser(name, help=help_text)
+        if name != chosen:
+            continue
+        if module is None:  # a group of commands: ``bench``
+            rest = argv[argv.index(name) + 1:]
+            _add_commands(sub, BENCHMARKS, rest, "benchmark", f"{prefix}{name} ")
+        else:
+            _attach(sub, module, prefix + name)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robust-sabn",
-        description="Adversarial training with dual-path Sandwich BN, AutoAttack evaluation, RobustBench export.",
-    )
+        description="Adversarial training with dual-path Sandwich BN, AutoAttack evaluation, RobustBench export.")
     parser.add_argument("--version", action="version", version=f"robust-sabn {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    bench = subparsers.add_parser("bench", help="speed and quality benchmarks (print tables of ratios)")
-    benchmarks = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
-        for hook, target in (("add_commands", subparsers), ("add_benchmarks", benchmarks)):
-            if hasattr(module, hook):
-                getattr(module, hook)(target)
+    commands = {**COMMANDS, "bench": (None, "speed and quality benchmarks (print tables of ratios)")}
+    _add_commands(parser, commands, argv, "command", "")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args.run(args) or 0)
     except UserError as err:
         print(f"robust-sabn: error: {err}", file=sys.stderr)

@@ -7,8 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import nn
 
 from .errors import ConfigError
-from .models.layers import CONV_LAYERS, conv_factory
-from .nn import DEFAULT_ROUTES, ROUTED_NORMS, RoutedNorm, routed_norm_class
+from .nn import CONVS, DEFAULT_ROUTES, NORMS, RoutedNorm, is_routed, routed_norm_class
 from .nn.routing import Foldable, check_route_names
 
 
@@ -88,8 +87,8 @@ def fold_route(model: nn.Module, route: str) -> nn.Module:
 def fold_spec(spec: Mapping) -> dict:
     """The architecture spec of ``fold_route(build_model(spec), route)`` (the same for every route).
 
-    Routed norms become the kind their ``fold`` returns ("bn", or "calibrated_bn" for calibrated UBN, via the
-    class's ``folded_norm``), foldable convolutions (WeightAlign) become "standard"; norm kwargs the folded
+    Routed norms become the kind their ``fold`` returns (their class's ``folded_norm``: "bn", or "calibrated_bn"
+    for calibrated UBN), foldable convolutions (WeightAlign) become "standard"; norm kwargs the folded
     layer does not take are dropped. A ``callable`` spec is returned unchanged.
     """
     spec = copy.deepcopy(dict(spec))
@@ -97,16 +96,9 @@ def fold_spec(spec: Mapping) -> dict:
         return spec
     kwargs = spec.setdefault("kwargs", {})
     norm = kwargs.get("norm", "bn")
-    if norm in ROUTED_NORMS:
-        norm_kwargs = dict(kwargs.get("norm_kwargs") or {})
-        folded_norm = getattr(ROUTED_NORMS[norm], "folded_norm", None)
-        if folded_norm is not None:
-            kwargs["norm"], kwargs["norm_kwargs"] = folded_norm(**norm_kwargs)
-        else:
-            bn_keys = ("eps", "momentum", "affine", "track_running_stats")
-            kwargs["norm"], kwargs["norm_kwargs"] = "bn", {k: v for k, v in norm_kwargs.items() if k in bn_keys}
-    conv = kwargs.get("conv", "standard")
-    if isinstance(CONV_LAYERS.get(conv), type) and issubclass(CONV_LAYERS[conv], Foldable):
+    if is_routed(norm):
+        kwargs["norm"], kwargs["norm_kwargs"] = NORMS[norm].folded_norm(**(kwargs.get("norm_kwargs") or {}))
+    if issubclass(CONVS[kwargs.get("conv", "standard")], Foldable):
         kwargs["conv"] = "standard"
     return spec
 
@@ -121,9 +113,9 @@ def convert_convs(model: nn.Module, kind: str = "weightalign", **layer_kwargs) -
     A zoo model built with ``conv="standard"`` gets ``conv=kind`` in its ``model_spec``; with ``layer_kwargs``
     (which a spec cannot record) its ``model_spec`` is removed, so exports must name the architecture.
     """
-    layer_class = conv_factory(kind)
+    layer_class = CONVS[kind]
     if not hasattr(layer_class, "from_conv"):
-        convertible = [name for name, cls in CONV_LAYERS.items() if hasattr(cls, "from_conv")]
+        convertible = [name for name, cls in CONVS.items() if hasattr(cls, "from_conv")]
         raise ConfigError(f"conv kind {kind!r} has no conversion from nn.Conv2d; choose one of {convertible}")
 
     def replace(module: nn.Module) -> nn.Module | None:

@@ -124,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("doctor", help="check the environment (exit 0 only when every check passes)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Check the installed environment: one line per check, with the fix for each failure."
     parser.add_argument("--quiet", action="store_true", help="print failing checks only")
-    parser.set_defaults(run=run)

@@ -16,6 +16,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from .constants import ADV_ROUTE, CLEAN_ROUTE
 from .convert import fold_route, replace_modules
 from .errors import ConfigError, RouteError
 from .nn import CalibratedBatchNorm2d, Foldable, RoutedNorm, routes_of
@@ -76,7 +77,7 @@ def check_weights(model: nn.Module, weights: Mapping[str, float]) -> dict[str, f
     return {route: float(weights.get(route, 0.0)) / total for route in routes}
 
 
-def mixture_weights(model: nn.Module, t: float, clean: str = "clean", adv: str = "adv") -> dict[str, float]:
+def mixture_weights(model: nn.Module, t: float, clean: str = CLEAN_ROUTE, adv: str = ADV_ROUTE) -> dict[str, float]:
     """The weights of trade-off ``t`` in [0, 1] between two routes: ``{clean: 1 - t, adv: t}`` (0 is the clean
     route, 1 the adversarial one)."""
     if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 <= t <= 1:

@@ -17,9 +17,12 @@ from typing import Any
 
 from torch import nn
 
-from .errors import CheckpointError
+from .constants import ADV_ROUTE
+from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text, extract_state_dict, load_checkpoint, load_weights
 from .models.spec import build_model, check_spec, resolve_spec
+from .nn import routes_of
+from .parsing import parse_number
 
 ARCH_SUFFIX = ".arch.json"
 ARCH_FORMAT = "robust-sabn-arch/1"
@@ -28,13 +31,38 @@ RUN_CHECKPOINTS = ("best.pt", "last.pt")
 
 @dataclass
 class LoadedModel:
-    """A rebuilt model with where it came from."""
+    """A rebuilt model with where it came from, and what its files say about how it was trained."""
 
     model: nn.Module
     path: Path  # the weights file that was read
     spec: dict  # the architecture spec it was rebuilt from
     source: str  # "training checkpoint", "exported model" or "state dict"
     config: dict = field(default_factory=dict)  # the training config, when the checkpoint holds one
+
+    def route(self, route: str | None = None) -> str | None:
+        """``route`` as given; for a routed model without one, the route its training attacked (``adv_route``,
+        "adv" for runs that predate the setting)."""
+        routes = routes_of(self.model)
+        if route is not None or not routes:
+            return route
+        adv = self.config.get("adv_route", ADV_ROUTE)
+        if adv not in routes:
+            raise ConfigError(f"this model has routes {list(routes)}; choose one with --route")
+        return adv
+
+    def trained_on(self) -> str | None:
+        """The dataset the model was trained on: its training config's, or the one its export recorded."""
+        if self.config.get("dataset"):
+            return self.config["dataset"]
+        if self.source == "exported model":
+            record = read_arch_file(arch_file(self.path))
+            return record.get("trained_on") or record.get("dataset")
+        return None
+
+    def threat(self, norm: str | None = None, eps: float | str | None = None) -> tuple[str, float]:
+        """The threat model and radius: as given, else the training attack's, else RobustBench's (Linf, 8/255)."""
+        norm = norm or self.config.get("attack_norm") or "Linf"
+        return norm, parse_number(eps if eps is not None else self.config.get("eps", 8 / 255), "eps")
 
 
 def arch_file(weights: str | os.PathLike) -> Path:

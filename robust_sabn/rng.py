@@ -20,6 +20,11 @@ def check_seed(seed: int) -> int:
     return seed
 
 
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 64-bit seed from integer keys (numpy's SeedSequence), e.g. (seed, epoch, batch index)."""
+    return int(np.random.SeedSequence([int(k) % 2**64 for k in keys]).generate_state(1, np.uint64)[0])
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), Python's ``random`` and NumPy's global generator."""
     random.seed(seed)

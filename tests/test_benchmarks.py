@@ -3,8 +3,8 @@ AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live i
 import pytest
 from helpers import write_run_dir
 
+from robust_sabn.bench.norms import NORM_VARIANTS
 from robust_sabn.cli import main
-from robust_sabn.eval.bench_norms import NORM_VARIANTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

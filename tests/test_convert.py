@@ -103,7 +103,7 @@ def test_bn_subclass_with_its_own_forward_is_refused():
 
     with pytest.raises(ConfigError, match="BatchNormAct"):
         convert_norms(nn.Sequential(BatchNormAct(3)), "sandwich")
-    with pytest.raises(ConfigError, match="unknown routed norm"):
+    with pytest.raises(ConfigError, match="unknown norm"):
         convert_norms(nn.Sequential(nn.BatchNorm2d(3)), "layer")
 
 

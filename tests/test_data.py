@@ -8,15 +8,9 @@ import pytest
 import torch
 from fake_data import write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder, write_svhn
 
+from robust_sabn.data import DATASETS, ImageTensors, load_dataset, random_crop_flip
 from robust_sabn.errors import ConfigError
-from robust_sabn.training.data import (
-    DATASETS,
-    ImageTensors,
-    batch_iterator,
-    load_dataset,
-    num_batches,
-    random_crop_flip,
-)
+from robust_sabn.training.batches import batch_iterator, num_batches
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 WRITERS = {

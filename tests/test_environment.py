@@ -88,3 +88,21 @@ def test_robustbench_load_model_reads_a_folded_zoo_model_from_its_layout(tmp_pat
 def test_cli_usage_errors_exit_two(argv):
     result = subprocess.run([sys.executable, "-m", "robust_sabn", *argv], capture_output=True, text=True)
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", ["torchattacks", "robustbench"])
+def test_doctor_works_and_names_a_broken_dependency_other_commands_say_to_run_it(broken):
+    """Commands are imported only when they run: the doctor starts with torchattacks or RobustBench broken, and a
+    command that needs the broken package ends in one line pointing to the doctor."""
+    def cli(*argv):
+        code = (f"import sys; sys.modules[{broken!r}] = None\n"
+                f"from robust_sabn.cli import main\nraise SystemExit(main({list(argv)!r}))")
+        return subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+
+    doctor = cli("doctor")
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
+    assert [line.split()[1] for line in doctor.stdout.splitlines() if line.startswith("FAIL")] == [broken]
+    command = cli("eval", "nowhere.pt") if broken == "torchattacks" else cli("export", "nowhere.pt", "--name", "X")
+    assert command.returncode == 2 and command.stderr.count("\n") == 1, command.stderr
+    assert "robust-sabn doctor" in command.stderr or "no checkpoint" in command.stderr

@@ -15,6 +15,7 @@ from robust_sabn import convert_norms, fold_route, use_route
 from robust_sabn.attacks import PGD
 from robust_sabn.errors import ConfigError, RouteError
 from robust_sabn.eval import autoattack_backend, eps_sweep, evaluate, plot_sweep, to_markdown, write_report
+from robust_sabn.eval.batches import batch_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,13 +83,13 @@ def test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model():
     report = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce", "apgd-dlr"],
                       aa_restarts=2, route="adv", seed=3, batch_size=4, progress=False)
     folded = fold_route(model, "adv")
-    assert report["clean_acc"] == 0.75
-    assert report["robust_acc"] == robust_acc_direct(folded, x, y, ["apgd-ce", "apgd-dlr"], seed=3, restarts=2)
-    assert report["robust_acc"] < report["clean_acc"]  # the attack does something on this model
+    assert report.clean_acc == 0.75
+    assert report.robust_acc == robust_acc_direct(folded, x, y, ["apgd-ce", "apgd-dlr"], seed=3, restarts=2)
+    assert report.robust_acc < report.clean_acc  # the attack does something on this model
     # the per-attack numbers read from AutoAttack's log agree with running the first attack alone
-    assert report["per_attack"]["apgd-ce"] == robust_acc_direct(folded, x, y, ["apgd-ce"], seed=3, restarts=2)
-    assert report["per_attack"]["apgd-dlr"] == report["robust_acc"]
-    assert report["backend"].startswith("pyautoattack") and report["seed"] == 3 and report["n"] == 8
+    assert report.per_attack["apgd-ce"] == robust_acc_direct(folded, x, y, ["apgd-ce"], seed=3, restarts=2)
+    assert report.per_attack["apgd-dlr"] == report.robust_acc
+    assert report.backend.startswith("pyautoattack") and report.seed == 3 and report.n == 8
 
 
 @pytest.mark.slow
@@ -98,25 +99,25 @@ def test_standard_autoattack_matches_pyautoattack_directly():
     report = evaluate(model, x, y, 8 / 255, route="adv", batch_size=4, progress=False)
     adversary = PyAutoAttack(fold_route(model, "adv"), device="cpu", eps=8 / 255, norm="Linf", seed=0)
     _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=4)
-    assert report["robust_acc"] == (y_adv == y).float().mean().item()
-    assert list(report["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert report.robust_acc == (y_adv == y).float().mean().item()
+    assert list(report.per_attack) == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
 def test_two_protocols_use_the_right_routes():
     model = routed_model()
     x, y = images_labelled_by(model, route="adv")
     report = evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
-    single, oracle = report["protocols"]["single route"], report["protocols"]["oracle routing"]
+    single, oracle = report.protocols["single route"], report.protocols["oracle routing"]
     with torch.no_grad(), use_route(model, "clean"):
         clean_route_acc = (model(x).argmax(1) == y).float().mean().item()
-    assert report["protocol"] == "single route"
-    assert single["clean_acc"] == report["clean_acc"] == 0.75  # adv route on clean images
-    assert oracle["clean_acc"] == clean_route_acc != 0.75
-    assert oracle["robust_acc"] == single["robust_acc"] == report["robust_acc"]
-    assert (single["clean_route"], oracle["clean_route"], oracle["adv_route"]) == ("adv", "clean", "adv")
+    assert report.protocol == "single route"
+    assert single.clean_acc == report.clean_acc == 0.75  # adv route on clean images
+    assert oracle.clean_acc == clean_route_acc != 0.75
+    assert oracle.robust_acc == single.robust_acc == report.robust_acc
+    assert (single.clean_route, oracle.clean_route, oracle.adv_route) == ("adv", "clean", "adv")
     plain = plain_model()
     x, y = images_labelled_by(plain, route=None)
-    assert list(evaluate(plain, x, y, 8 / 255, attack="pgd-20", progress=False)["protocols"]) == ["single route"]
+    assert list(evaluate(plain, x, y, 8 / 255, attack="pgd-20", progress=False).protocols) == ["single route"]
 
 
 def test_pgd_attacks_only_correct_points_and_matches_pgd_on_them():
@@ -132,15 +133,16 @@ def test_pgd_attacks_only_correct_points_and_matches_pgd_on_them():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(nn.Sequential, "forward", recording_forward)
         report = evaluate(model, x, y, 16 / 255, attack="pgd-5", seed=7, batch_size=4, progress=False)
-    assert seen[:5] == [1, 4, 4, 4, 4]  # the shape probe, then the clean pass over all 16 images
-    assert sum(seen[5:]) == 11 * (5 + 1)  # 5 PGD steps and the final prediction, on the 11 correct images only
-    torch.manual_seed(7)
-    correct = slice(5, 16)
-    direct = [PGD(fold_route(model, None), eps=16 / 255, alpha=4 / 255, steps=5)(xb, yb)
-              for xb, yb in zip(x[correct].split(4), y[correct].split(4))]
-    with torch.no_grad():
-        robust = (model(torch.cat(direct)).argmax(1) == y[correct]).sum().item()
-    assert report["clean_acc"] == 11 / 16 and report["robust_acc"] == robust / 16 < 11 / 16
+    # the shape probe; then per batch of 4 its clean pass, and 5 PGD steps and the final prediction on its correct
+    # images only (the first 5 images are wrong: none of batch 0, one of batch 1)
+    assert seen == [1, 4, 4, *[3] * 6, 4, *[4] * 6, 4, *[4] * 6]
+    robust = 0
+    for index, correct in ((1, slice(5, 8)), (2, slice(8, 12)), (3, slice(12, 16))):
+        torch.manual_seed(batch_seed(7, index))  # each batch attacked with its own seed
+        adv = PGD(fold_route(model, None), eps=16 / 255, alpha=4 / 255, steps=5)(x[correct], y[correct])
+        with torch.no_grad():
+            robust += (model(adv).argmax(1) == y[correct]).sum().item()
+    assert report.clean_acc == 11 / 16 and report.robust_acc == robust / 16 < 11 / 16
 
 
 @pytest.mark.parametrize("attack", ["pgd-20", "cw", pytest.param("apgd-ce", marks=pytest.mark.slow)])
@@ -148,8 +150,8 @@ def test_attacks_lower_accuracy_and_eps_zero_changes_nothing(attack):
     model = routed_model()
     x, y = images_labelled_by(model)
     report = evaluate(model, x, y, 16 / 255, attack=attack, route="adv", progress=False)
-    assert report["robust_acc"] < report["clean_acc"] == 0.75
-    assert evaluate(model, x, y, 0.0, attack=attack, route="adv", progress=False)["robust_acc"] == 0.75
+    assert report.robust_acc < report.clean_acc == 0.75
+    assert evaluate(model, x, y, 0.0, attack=attack, route="adv", progress=False).robust_acc == 0.75
 
 
 @pytest.mark.slow
@@ -170,7 +172,7 @@ def test_model_rng_and_modes_are_left_as_found_and_results_repeat():
     assert all(layer.route is None for layer in model.modules() if hasattr(layer, "route_index"))
     again = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce"],
                      route="adv", seed=7, progress=False)
-    assert again["robust_acc"] == first["robust_acc"] and again["per_attack"] == first["per_attack"]
+    assert again.robust_acc == first.robust_acc and again.per_attack == first.per_attack
 
 
 class ZeroGradient(nn.Module):
@@ -193,7 +195,7 @@ def test_gradient_masking_flags_reach_the_report_and_markdown(tmp_path):
         y = model(x).argmax(1)
     report = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-dlr"],
                       progress=False)
-    assert any("zero gradient" in flag for flag in report["flags"])
+    assert any("zero gradient" in flag for flag in report.flags)
     json_path, md_path = write_report(report, tmp_path / "report")
     assert "zero gradient" in json_path.read_text() and "> **Warning:** there are" in md_path.read_text()
 
@@ -202,9 +204,10 @@ def test_report_and_markdown_carry_the_settings():
     model = routed_model()
     x, y = images_labelled_by(model)
     report = evaluate(model, x, y, 8 / 255, attack="cw", route="adv", seed=4, progress=False)
-    for key in ("clean_acc", "robust_acc", "protocol", "attack", "eps", "n", "seed", "flags", "per_attack", "time"):
-        assert key in report
-    assert report["eps_str"] == "8/255" and report["attack_description"].startswith("PGD-20 on the CW margin")
+    for key in ("clean_acc", "robust_acc", "protocol", "attack", "eps", "n", "seed", "flags", "per_attack", "time",
+                "seeding", "batch_size"):
+        assert key in report.to_dict()
+    assert report.eps_str == "8/255" and report.attack_description.startswith("PGD-20 on the CW margin")
     text = to_markdown(report)
     assert "single route" in text and "oracle routing" in text and "8/255" in text and "seed 4" in text
 
@@ -222,7 +225,7 @@ def test_eps_sweep_draws_a_png(tmp_path):
     model = routed_model()
     x, y = images_labelled_by(model)
     reports = eps_sweep(model, x, y, [8 / 255, 0.0], attack="pgd-10", route="adv", progress=False)
-    assert [r["eps"] for r in reports] == [0.0, 8 / 255] and reports[0]["robust_acc"] == 0.75
+    assert [r.eps for r in reports] == [0.0, 8 / 255] and reports[0].robust_acc == 0.75
     png = plot_sweep(reports, tmp_path / "sweep.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="PGD or APGD-CE"):
@@ -275,7 +278,7 @@ def test_a_route_on_a_plain_model_is_refused():
 
 def test_run_autoattack_runs_on_the_models_device_not_the_images(monkeypatch):
     """A CUDA model with CPU test images (the usual case) must be attacked on the model's device."""
-    from robust_sabn.eval import autoattack_runner
+    from robust_sabn.eval import autoattack as autoattack_runner
 
     seen = {}
 

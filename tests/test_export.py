@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,8 +15,9 @@ from helpers import max_diff, randomize_bn_state
 import robust_sabn
 from robust_sabn import convert_norms, create_model, fold_route, use_route
 from robust_sabn.errors import CheckpointError, ConfigError, RouteError
-from robust_sabn.exporting import card_path, fill_card, format_eps
+from robust_sabn.exporting import card_path, fill_card
 from robust_sabn.model_files import load_trained_model
+from robust_sabn.parsing import format_eps
 
 
 def sabn_model():
@@ -78,8 +80,9 @@ def test_card_has_robustbench_fields_and_takes_an_autoattack_report(tmp_path):
     assert card["eps"] == "8/255" and card["number_forward_passes"] == 1 and card["clean_acc"] is None
     card["authors"] = "A. Person"
     path.write_text(json.dumps(card))
-    report = {"attack": "autoattack", "protocol": "single route", "version": "standard", "backend": "pyautoattack",
-              "n": 100, "seed": 0, "eps_str": "8/255", "clean_acc": 0.8512, "robust_acc": 0.5, "flags": ["masking"]}
+    report = SimpleNamespace(attack="autoattack", protocol="single route", version="standard", backend="pyautoattack",
+                             n=100, seed=0, batch_size=100, eps_str="8/255", clean_acc=0.8512, robust_acc=0.5,
+                             flags=["masking"])
     fill_card(path, report)
     card = json.loads(path.read_text())
     assert (card["clean_acc"], card["autoattack_acc"], card["unreliable"]) == ("85.12", "50.00", True)
@@ -87,7 +90,7 @@ def test_card_has_robustbench_fields_and_takes_an_autoattack_report(tmp_path):
     card = json.loads(path.read_text())
     assert card["authors"] == "A. Person" and card["clean_acc"] is None  # kept what a person wrote; new weights
     with pytest.raises(ConfigError, match="single-route AutoAttack"):
-        fill_card(path, {**report, "attack": "pgd-20"})
+        fill_card(path, SimpleNamespace(**{**vars(report), "attack": "pgd-20"}))
 
 
 def test_names_robustbench_uses_or_treats_specially_are_refused(tmp_path):

@@ -15,6 +15,7 @@ from helpers import fill_disk, write_run_dir
 
 from robust_sabn import create_model
 from robust_sabn.cli import main
+from robust_sabn.data import load_dataset
 from robust_sabn.errors import ConfigError, DiskFullError, UserError
 from robust_sabn.eval.evaluate import evaluate
 from robust_sabn.io import (
@@ -25,7 +26,6 @@ from robust_sabn.io import (
     remove_temp_files,
     save_checkpoint,
 )
-from robust_sabn.training.data import load_dataset
 from robust_sabn.training.metrics import read_records
 from robust_sabn.training.run_dir import RunDirLock
 
@@ -398,4 +398,4 @@ def test_evaluate_takes_float64_images_and_eps_fractions_as_the_same_evaluation(
     expected = evaluate(gray_model, x, y, 8 / 255, attack="pgd-2", progress=False)
     same = evaluate(gray_model, x.double(), y, "8/255", attack="pgd-2", progress=False)
     for key in ("clean_acc", "robust_acc", "eps", "eps_str"):
-        assert same[key] == expected[key], key
+        assert getattr(same, key) == getattr(expected, key), key

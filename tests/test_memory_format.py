@@ -12,9 +12,9 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from robust_sabn import ConfigError, convert_norms, create_model, use_route
 from robust_sabn.cli import main
+from robust_sabn.distributed import start_processes
 from robust_sabn.memory_format import channels_last_hazards, choose_memory_format
 from robust_sabn.training.config import TrainConfig
-from robust_sabn.training.distributed import start_processes
 from robust_sabn.training.loop import Trainer, train
 from robust_sabn.training.objectives import StepOutput
 

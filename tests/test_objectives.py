@@ -11,7 +11,7 @@ from fake_data import pattern_task
 from robust_sabn import ConfigError, create_model, use_route
 from robust_sabn.attacks import PGD
 from robust_sabn.nn import routed_layers
-from robust_sabn.training.objectives import OBJECTIVES, StepOutput, build_objective
+from robust_sabn.training.objectives import OBJECTIVES, StepOutput
 
 EPS, STEP, STEPS = 0.05, 0.02, 3
 
@@ -23,7 +23,7 @@ def make_model(norm="sandwich", width=4):
 
 def objective(name, **kwargs):
     settings = dict(eps=EPS, step_size=0.0625 if name == "fast" else STEP, steps=STEPS) | kwargs
-    return build_objective(name, **settings)
+    return OBJECTIVES[name](**settings)
 
 
 @pytest.fixture
@@ -37,6 +37,8 @@ def stats(model):
 
 def test_registry():
     assert set(OBJECTIVES) == {"madry", "hybrid", "trades", "fast"}
+    with pytest.raises(ConfigError, match="registered already"):
+        OBJECTIVES.register("madry", OBJECTIVES["hybrid"])
 
 
 def test_hybrid_equals_two_separate_forwards(data):

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from robust_sabn import create_model
 from robust_sabn.errors import ConfigError
-from robust_sabn.eval.cli import parse_eps_list
 from robust_sabn.eval.evaluate import check_inputs, check_model_inputs
-from robust_sabn.training.config import TrainConfig, _coerce, parse_number
+from robust_sabn.parsing import parse_number, parse_number_list
+from robust_sabn.training.config import TrainConfig, _coerce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 checks = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -77,7 +77,7 @@ def test_any_value_for_any_setting_builds_a_config_or_is_one_config_error(name, 
 @given(any_text)
 def test_eps_lists_are_finite_floats_or_one_config_error(text):
     try:
-        values = parse_eps_list(text)
+        values = parse_number_list(text)
     except ConfigError:
         return
     assert all(isinstance(v, float) and math.isfinite(v) for v in values)

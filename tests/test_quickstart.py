@@ -25,7 +25,7 @@ def test_quickstart_trains_evaluates_and_keeps_its_run_folder(tmp_path):
 
     def extra(qs):
         calls.append(qs.model)
-        qs.add_row("extra", "adv", 0.5, None)
+        qs.add_row("extra", "adv", 0.5, None, len(qs.y))
 
     steps = [*QUICKSTART_STEPS[:2], ("extra", extra)]
     qs = run_quickstart(config, test_size=20, pgd_steps=2, steps=steps)

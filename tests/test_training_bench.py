@@ -5,10 +5,10 @@ import pytest
 import torch
 from fake_data import write_fashion_mnist
 
+from robust_sabn.bench.train import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved
 from robust_sabn.cli import main
 from robust_sabn.io import load_checkpoint
 from robust_sabn.training import TrainConfig, train
-from robust_sabn.training.bench import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,12 +8,13 @@ from fake_data import write_cifar10
 
 from robust_sabn.cli import build_parser, main
 from robust_sabn.errors import ConfigError
+from robust_sabn.parsing import parse_number
 from robust_sabn.training.cli import config_from_args
-from robust_sabn.training.config import TrainConfig, parse_number, read_config_file, recipe_names
+from robust_sabn.training.config import TrainConfig, read_config_file, recipe_names
 
 
 def parse(*argv):
-    return config_from_args(build_parser().parse_args(["train", *argv]))
+    return config_from_args(build_parser(["train", *argv]).parse_args(["train", *argv]))
 
 
 def test_fractions_and_numbers():

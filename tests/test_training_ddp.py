@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 from fake_data import write_fashion_mnist
 
+from robust_sabn.distributed import start_processes
 from robust_sabn.io import load_checkpoint
 from robust_sabn.training.config import TrainConfig
-from robust_sabn.training.distributed import start_processes
 from robust_sabn.training.loop import Trainer
 
 

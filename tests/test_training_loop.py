@@ -11,14 +11,15 @@ from torch import nn
 
 from robust_sabn import use_route
 from robust_sabn.cli import main
+from robust_sabn.data import as_tensors, load_dataset
 from robust_sabn.errors import ConfigError
+from robust_sabn.eval import evaluate
 from robust_sabn.io import extract_state_dict, load_checkpoint, load_weights
 from robust_sabn.model_files import load_trained_model
-from robust_sabn.models import CONV_LAYERS, build_model
+from robust_sabn.models import build_model
+from robust_sabn.nn import CONVS
 from robust_sabn.training import loop
 from robust_sabn.training.config import TrainConfig
-from robust_sabn.training.data import load_dataset
-from robust_sabn.training.evaluate import accuracy, pgd_attack
 from robust_sabn.training.loop import TrainingDiverged, train
 from robust_sabn.training.optim import lr_factor
 from robust_sabn.training.run_dir import resume_config
@@ -171,9 +172,11 @@ def test_best_checkpoint_holds_the_best_robust_validation_accuracy(fmnist, tmp_p
     checkpoint = load_checkpoint(tmp_path / "run" / "best.pt")
     assert (checkpoint["epoch"], checkpoint["step"]) == (best["epoch"], best["step"])
     model = load_trained_model(tmp_path / "run" / "best.pt").model
-    val = load_dataset("fashion-mnist", fmnist, val_size=32, seed=0).val
-    attack = pgd_attack(model, eps=0.1, steps=2, route="adv")
-    assert accuracy(model, val, route="adv", attack=attack, batch_size=32, seed=0) == best["val_robust_acc"]
+    x, y = as_tensors(load_dataset("fashion-mnist", fmnist, val_size=32, seed=0).val)
+    # validation is `robust-sabn eval --attack pgd-K` on the validation images, batches of twice the training batch
+    report = evaluate(model, x, y, 0.1, attack=f"pgd-{config.val_steps}", route="adv", seed=0, batch_size=32,
+                      clean_route=None, progress=False)
+    assert report.robust_acc == best["val_robust_acc"] and report.clean_acc == best["val_clean_acc"]
 
 
 @pytest.mark.slow
@@ -198,7 +201,7 @@ class ProbeConv(nn.Conv2d):
 
 @pytest.mark.slow
 def test_layer_metrics_are_logged_and_plotted(fmnist, tmp_path, monkeypatch):
-    monkeypatch.setitem(CONV_LAYERS, "probe", ProbeConv)
+    monkeypatch.setitem(CONVS._entries, "probe", ProbeConv)
     result = train(tiny(fmnist, tmp_path / "run", conv="probe", epochs=1))
     widths = [m.out_channels for m in build_model({"arch": "resnet_small", "kwargs": {
         "width": 4, "in_channels": 1, "conv": "probe"}}).modules() if isinstance(m, ProbeConv)]

@@ -7,11 +7,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
-from ..models import CONV_LAYERS, list_models
-from ..nn import norm_kinds
-from .config import AMP_MODES, ATTACK_NORMS, BN_MODES, DEVICES, TrainConfig, recipe_names
-from .data import DATASETS
-from .objectives import OBJECTIVES
+from .config import TrainConfig, choices, recipe_names
 
 EXAMPLES = """examples:
   robust-sabn train --config fashion-mnist-small --out-dir runs/fmnist
@@ -22,21 +18,13 @@ EXAMPLES = """examples:
 """
 
 
-def flag_choices() -> dict[str, list[str] | tuple[str, ...]]:
-    """The allowed values of the config fields that name something, read from the registries."""
-    return {"dataset": DATASETS, "arch": list_models(), "norm": norm_kinds(), "conv": CONV_LAYERS,
-            "objective": OBJECTIVES, "attack_norm": ATTACK_NORMS, "bn_mode": BN_MODES, "device": DEVICES,
-            "amp": AMP_MODES}
-
-
 def flag_help() -> dict[str, str]:
-    """Help per config field: the field's ``help`` metadata, then its choices where it has a fixed set."""
-    choices = flag_choices()
+    """Help per config field: the field's ``help`` metadata, then its choices where it has a fixed set (read from
+    the registries now, so registered additions show)."""
     helps = {}
     for f in dataclasses.fields(TrainConfig):
-        helps[f.name] = f.metadata["help"]
-        if f.name in choices:
-            helps[f.name] += f", one of: {', '.join(choices[f.name])}"
+        known = choices(f)
+        helps[f.name] = f.metadata["help"] + (f", one of: {', '.join(known)}" if known else "")
     return helps
 
 
@@ -97,13 +85,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train", help="adversarial training (PGD, hybrid SaBN, TRADES, fast) with checkpoints and resume",
-        description="Adversarial training. Settings come from flags, over a --config file or recipe, over the "
-                    "defaults; the resolved config is written to the run folder.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Adversarial training. Settings come from flags, over a --config file or recipe, over the "
+                          "defaults; the resolved config is written to the run folder.")
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help=f"a YAML/JSON file or a recipe: {', '.join(recipe_names())}")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     add_config_arguments(parser)
-    parser.set_defaults(run=run)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
@@ -15,48 +16,32 @@ from typing import Any
 
 import yaml
 
+from ..constants import ADV_ROUTE, ATTACK_NORMS, BN_MODES, CLEAN_ROUTE
+from ..data import DATASETS
 from ..errors import ConfigError
+from ..models import MODELS
+from ..nn import CONVS, NORMS
+from ..parsing import parse_number, to_int
 from ..rng import check_seed
+from .objectives import OBJECTIVES
 
-ATTACK_NORMS = ("Linf", "L2")
-BN_MODES = ("eval", "train")
 AMP_MODES = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def parse_number(value: Any, name: str = "value") -> float:
-    """A finite float from a number or a string such as ``"8/255"``, ``"0.1"`` or ``"1e-3"``."""
-    try:
-        return float(_parse(value, name))
-    except OverflowError:
-        raise ConfigError(f"{name} is too large, got {value!r}") from None
-
-
-def _parse(value: Any, name: str) -> int | float | Fraction:
-    """A number from a number or its spelling, exactly when it is an integer or a fraction; finite only."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    number = value if isinstance(value, (int, float)) else _from_text(str(value).strip(), name)
-    if isinstance(number, float) and not math.isfinite(number):
-        raise ConfigError(f"{name} must be a finite number within float range, got {value!r}")
-    return number
-
-
-def _from_text(text: str, name: str) -> int | float | Fraction:
-    """An integer exactly, else a float, else a fraction (last: it would expand "1e-999999" digit by digit)."""
-    for convert in (int, float, Fraction):
-        try:
-            return convert(text)
-        except (ValueError, ZeroDivisionError):
-            continue
-    raise ConfigError(f"{name} must be a number or a fraction like 8/255, got {text!r}")
-
-
-def setting(default: Any, help: str) -> Any:
-    """A config field and the help text of its flag (``robust-sabn train --help`` and docs/training.md show it)."""
+def setting(default: Any, help: str, choices: Iterable[str] | None = None) -> Any:
+    """A config field, the help text of its flag (``robust-sabn train --help`` and docs/training.md show it) and,
+    for a field that names something, its allowed values (a registry, read when checked)."""
+    metadata = {"help": help, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a config field, or None for a free value."""
+    known = f.metadata.get("choices")
+    return None if known is None else tuple(known)
 
 
 @dataclass
@@ -64,26 +49,29 @@ class TrainConfig:
     """Everything a training run depends on; written to ``<run>/config.yaml`` and into every checkpoint."""
 
     # data
-    dataset: str = setting("cifar10", "training dataset")
+    dataset: str = setting("cifar10", "training dataset", DATASETS)
     data_dir: str | None = setting(None, "folder holding the dataset (default: the dataset's usual place)")
     download: bool = setting(False, "download the dataset if missing (needs internet)")
     val_size: int | None = setting(None, "validation images held out of the training set (default: min(1000, 10%))")
     train_size: int | None = setting(None, "train on a fixed random subset of this many images")
     # model
-    arch: str = setting("preact_resnet18", "architecture from the model zoo")
-    norm: str = setting("sandwich", "normalization layer")
-    conv: str = setting("standard", "convolution layer")
+    arch: str = setting("preact_resnet18", "architecture from the model zoo", MODELS)
+    norm: str = setting("sandwich", "normalization layer", NORMS)
+    conv: str = setting("standard", "convolution layer", CONVS)
     width: int | None = setting(None, "base width of resnet_small")
+    clean_route: str = setting(CLEAN_ROUTE, "name of the route clean inputs take (routed norms)")
+    adv_route: str = setting(ADV_ROUTE, "name of the route adversarial inputs take; the one validated and exported")
     # objective and its training attack
-    objective: str = setting("hybrid", "training objective")
+    objective: str = setting("hybrid", "training objective", OBJECTIVES)
     eps: float = setting(8 / 255, "attack radius; fractions allowed (8/255)")
     step_size: float | None = setting(None, "training attack step (default eps/4; 1.25*eps for fast)")
     steps: int = setting(7, "training attack steps")
-    attack_norm: str = setting("Linf", "threat model of the training attack")
+    attack_norm: str = setting("Linf", "threat model of the training attack", ATTACK_NORMS)
     beta: float = setting(6.0, "TRADES trade-off")
-    bn_mode: str = setting("eval", "BN mode while crafting training attacks (train: as the official SaBN code)")
+    bn_mode: str = setting("eval", "BN mode while crafting training attacks (train: as the official SaBN code)",
+                           BN_MODES)
     val_steps: int = setting(
-        10, "PGD steps of the per-epoch validation attack (step 2.5*eps/val_steps, adv route, eval mode)")
+        10, "steps K of the per-epoch validation attack: eval's pgd-K (steps of eps/4) through the adv route")
     # optimization
     epochs: int = setting(200, "epochs; fixes the length of the learning-rate schedule")
     max_steps: int | None = setting(None, "stop after this many optimizer steps in total (never changes the schedule)")
@@ -98,8 +86,9 @@ class TrainConfig:
     # run
     out_dir: str | None = setting(None, "run folder (default: runs/<dataset>-<arch>-<norm>-<objective>-<time>)")
     seed: int = setting(0, "seed of everything random")
-    device: str = setting("auto", "where to train (auto: the process's GPU if CUDA is available, else the CPU)")
-    amp: str = setting("off", "mixed precision on CUDA (--amp alone: bf16)")
+    device: str = setting("auto", "where to train (auto: the process's GPU if CUDA is available, else the CPU)",
+                          DEVICES)
+    amp: str = setting("off", "mixed precision on CUDA (--amp alone: bf16)", AMP_MODES)
     channels_last: bool | None = setting(
         None, "channels-last memory format (default: on CUDA with --amp; on CPU, where it is faster, unless oneDNN "
               "mishandles the model there: see docs/memory-format.md)")
@@ -113,25 +102,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+            known = choices(f)
+            if known is not None and getattr(self, f.name) not in known:
+                raise ConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of: {', '.join(known)}")
+        objective = OBJECTIVES[self.objective]
         if self.step_size is None:
-            self.step_size = 1.25 * self.eps if self.objective == "fast" else self.eps / 4
-        self._check()
+            self.step_size = objective.step_factor * self.eps
+        self._check(objective)
 
-    def _check(self) -> None:
-        from ..models import CONV_LAYERS, list_models
-        from ..nn import norm_kinds
-        from .data import DATASETS
-        from .objectives import OBJECTIVES
-
-        choices = {"dataset": DATASETS, "arch": list_models(), "norm": norm_kinds(), "conv": CONV_LAYERS,
-                   "objective": OBJECTIVES, "attack_norm": ATTACK_NORMS, "bn_mode": BN_MODES, "amp": AMP_MODES,
-                   "device": DEVICES}
-        for name, known in choices.items():
-            if getattr(self, name) not in known:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(known)}")
+    def _check(self, objective: type) -> None:
         if not 0 <= self.eps or (self.attack_norm == "Linf" and self.eps > 1) or not math.isfinite(self.eps):
             raise ConfigError(f"eps must be in [0, 1] for inputs in [0, 1], got {self.eps}; e.g. --eps 8/255")
-        if not 0 < self.step_size or (self.step_size > self.eps and self.objective != "fast"):
+        if not 0 < self.step_size or (self.step_size > self.eps and not objective.step_exceeds_eps):
             raise ConfigError(f"step size {self.step_size} must be positive and at most eps ({self.eps}); "
                               f"e.g. --step-size {Fraction(self.eps / 4).limit_denominator(1000)}")
         for name in ("steps", "val_steps", "epochs", "batch_size", "log_every"):
@@ -147,6 +129,11 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
         check_seed(self.seed)
+        for name in ("clean_route", "adv_route"):
+            if not getattr(self, name).isidentifier():
+                raise ConfigError(f"{name} must be a name like 'clean' or 'adv', got {getattr(self, name)!r}")
+        if self.clean_route == self.adv_route:
+            raise ConfigError(f"clean_route and adv_route must differ, both are {self.clean_route!r}")
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
             raise ConfigError(f"milestones must be increasing epoch numbers >= 1, got {self.milestones}")
 
@@ -185,7 +172,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{f.name} must be a list of integers, got {value!r}")
-        return [_to_int(f.name, v) for v in items if str(v).strip() != ""]
+        return [to_int(v, f.name) for v in items if str(v).strip() != ""]
     if kind.startswith("bool"):
         if isinstance(value, bool):
             return value
@@ -197,17 +184,10 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if kind.startswith("float"):
         return parse_number(value, f.name)
     if kind.startswith("int"):
-        return _to_int(f.name, value)
+        return to_int(value, f.name)
     if not isinstance(value, str):
         raise ConfigError(f"{f.name} must be a string, got {value!r}")
     return value
-
-
-def _to_int(name: str, value: Any) -> int:
-    number = _parse(value, name)
-    if int(number) != number:
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    return int(number)
 
 
 def recipe_names() -> list[str]:

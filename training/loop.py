@@ -12,22 +12,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from ..data import as_tensors, fixed_subset, load_dataset
+from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
+from ..eval import make_eval_attack, robust_points
+from ..eval.batches import num_batches as num_eval_batches
+from ..eval.evaluate import freeze
 from ..io import atomic_write_text, load_weights, save_checkpoint
 from ..memory_format import choose_memory_format
 from ..models import create_model
 from ..nn import layer_metrics, routes_of
-from ..rng import rng_state, seed_everything, set_rng_state
+from ..rng import preserved_rng, rng_state, seed_everything, set_rng_state
+from .batches import batch_iterator, num_batches
 from .config import TrainConfig
 from .curves import plot_curves
-from .data import batch_iterator, load_dataset, num_batches
-from .distributed import Processes, start_processes
-from .evaluate import accuracy, pgd_attack
 from .metrics import Meter, MetricsLog
-from .objectives import build_objective
+from .objectives import OBJECTIVES
 from .optim import build_optimizer, build_scheduler
 from .run_dir import BEST, CONFIG, CURVES, LAST, METRICS, RunDirLock, claim_run_dir, default_run_dir, load_last
 
@@ -59,16 +61,6 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         processes.close()
 
 
-def fixed_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    """A fixed random subset of ``size`` items, drawn by ``seed`` (the whole set when ``size`` is None)."""
-    if size is None:
-        return dataset
-    if size > len(dataset):
-        raise ConfigError(f"asked for {size} images but the split holds {len(dataset)}")
-    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].sort().values
-    return dataset.subset(indices) if hasattr(dataset, "subset") else Subset(dataset, indices.tolist())
-
-
 class Trainer:
     """One training run; :meth:`run` trains until ``epochs`` are done or ``max_steps`` optimizer steps are taken."""
 
@@ -87,6 +79,7 @@ class Trainer:
         self.splits = load_dataset(config.dataset, config.data_dir, download=config.download,
                                    val_size=config.val_size, seed=config.seed)
         self.train_set = fixed_subset(self.splits.train, config.train_size, config.seed)
+        self.val_images = as_tensors(self.splits.val)
         self.steps_per_epoch = num_batches(len(self.train_set), config.batch_size, drop_last=True,
                                            world_size=processes.world_size)
         if self.steps_per_epoch < 1:
@@ -98,9 +91,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.amp_dtype = AMP_DTYPES[config.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
-        self.objective = build_objective(config.objective, eps=config.eps, step_size=config.step_size,
-                                         steps=config.steps, norm=config.attack_norm, beta=config.beta,
-                                         bn_mode=config.bn_mode)
+        self.objective = OBJECTIVES[config.objective].from_config(config)
         self.epoch = self.batch = self.step = 0
         self.elapsed = self.epoch_seconds = 0.0
         self.best: dict[str, Any] = {}
@@ -142,7 +133,7 @@ class Trainer:
         try:
             model = create_model(config.arch, num_classes=splits.num_classes, norm=config.norm,
                                  in_channels=splits.in_channels, mean=splits.mean, std=splits.std,
-                                 conv=config.conv, **kwargs)
+                                 conv=config.conv, routes=(config.clean_route, config.adv_route), **kwargs)
         except TypeError as err:
             raise ConfigError(f"{config.arch} does not take these settings ({err}); "
                               "--width applies to resnet_small") from None
@@ -274,16 +265,30 @@ class Trainer:
 
     # -- validation, checkpoints, metrics ---------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Clean and PGD accuracy on the validation split, eval mode, through the adv route (and clean accuracy
-        through the clean route when the model has one)."""
-        config, model = self.config, self.model
-        kwargs = {"batch_size": 2 * config.batch_size, "device": self.device, "seed": config.seed,
-                  "rank": self.processes.rank, "world_size": self.processes.world_size}
-        attack = pgd_attack(model, eps=config.eps, steps=config.val_steps, route="adv", norm=config.attack_norm)
-        result = {"val_clean_acc": accuracy(model, self.splits.val, route="adv", **kwargs),
-                  "val_robust_acc": accuracy(model, self.splits.val, route="adv", attack=attack, **kwargs)}
-        if "clean" in routes_of(model):
-            result["val_clean_acc_clean_route"] = accuracy(model, self.splits.val, route="clean", **kwargs)
+        """Clean and robust accuracy on the validation split through the adv route under ``robust-sabn eval``'s
+        ``pgd-<val_steps>`` (the same batches, seeds and attack; a folded copy in eval mode), and clean accuracy
+        through the clean route when the model has routes. Each process takes every world_size-th batch and the
+        counts are summed, so the result does not depend on the number of processes. Under AMP the batches are
+        the training batch size (the attack runs in float32), else twice that."""
+        config, device, processes = self.config, self.device, self.processes
+        x, y = self.val_images
+        batch_size = config.batch_size * (1 if config.amp != "off" else 2)
+        shard = dict(eps=config.eps, norm=config.attack_norm, seed=config.seed, batch_size=batch_size, device=device,
+                     indices=range(processes.rank, num_eval_batches(len(x), batch_size), processes.world_size))
+        routed = bool(routes_of(self.model))
+        with preserved_rng():
+            attacked = robust_points(freeze(self.model, config.adv_route if routed else None, device), x, y,
+                                     make_eval_attack(f"pgd-{config.val_steps}"), **shard)
+            clean = robust_points(freeze(self.model, config.clean_route, device), x, y, None, **shard) if routed else []
+        counts = torch.tensor([float(sum(int(r.correct.sum()) for r in attacked)),
+                               float(sum(int(r.robust.sum()) for r in attacked)),
+                               float(sum(int(r.correct.sum()) for r in clean))], dtype=torch.float64, device=device)
+        if processes.distributed:
+            dist.all_reduce(counts)
+        n = len(y)
+        result = {"val_clean_acc": counts[0].item() / n, "val_robust_acc": counts[1].item() / n}
+        if routed:
+            result["val_clean_acc_clean_route"] = counts[2].item() / n
         return result
 
     def end_epoch(self) -> None:

@@ -24,15 +24,20 @@ adversarial inputs are never normalized with joint batch statistics (what the of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import FGSM, PGD, RoutedAttack, TradesPGD, restore_modes
-from ..attacks.base import BN_MODES, check_eps, check_norm, check_positive, check_steps
+from ..attacks.base import check_bn_mode, check_eps, check_norm, check_positive, check_steps
+from ..constants import ADV_ROUTE, CLEAN_ROUTE
 from ..errors import ConfigError
 from ..nn import routes_of, split_routes, use_route
+from ..registry import Registry
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 
 @dataclass
@@ -50,21 +55,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class Objective:
-    """Base class: holds the training attack's settings and the two route names."""
+    """Base class: holds the training attack's settings and the two route names. A new objective is one subclass
+    registered in :data:`OBJECTIVES` (``@OBJECTIVES.register("name")``), built from a config by :meth:`from_config`."""
 
-    name = ""
+    step_factor = 0.25  # the training attack's default step: step_factor * eps
+    step_exceeds_eps = False  # whether a step larger than eps makes sense (one-step attacks)
 
     def __init__(self, *, eps: float, step_size: float, steps: int, norm: str = "Linf", bn_mode: str = "eval",
-                 clean_route: str = "clean", adv_route: str = "adv") -> None:
+                 clean_route: str = CLEAN_ROUTE, adv_route: str = ADV_ROUTE) -> None:
         self.norm = check_norm(norm)
         self.eps = check_eps(eps, norm)
         self.step_size = check_positive("step_size", step_size)
         self.steps = check_steps(steps)
-        if bn_mode not in BN_MODES:
-            raise ConfigError(f"unknown bn_mode {bn_mode!r}; choose one of {list(BN_MODES)}")
-        self.bn_mode = bn_mode
+        self.bn_mode = check_bn_mode(bn_mode)
         self.clean_route = clean_route
         self.adv_route = adv_route
+
+    @classmethod
+    def from_config(cls, config: Any) -> Objective:
+        """The objective a :class:`~robust_sabn.training.TrainConfig` describes."""
+        return cls(eps=config.eps, step_size=config.step_size, steps=config.steps, norm=config.attack_norm,
+                   bn_mode=config.bn_mode, clean_route=config.clean_route, adv_route=config.adv_route)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         raise NotImplementedError
@@ -90,10 +101,9 @@ class Objective:
                 f"norm={self.norm!r}, bn_mode={self.bn_mode!r}, routes=({self.clean_route!r}, {self.adv_route!r}))")
 
 
+@OBJECTIVES.register("madry")
 class Madry(Objective):
     """Cross-entropy on PGD adversarials, through the adv route (Madry et al. 2018)."""
-
-    name = "madry"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         x_adv = self.attack(model)(x, y)
@@ -104,10 +114,12 @@ class Madry(Objective):
         return StepOutput(F.cross_entropy(adv_logits, y), clean_logits, adv_logits.detach())
 
 
+@OBJECTIVES.register("fast")
 class Fast(Madry):
     """``madry`` with FGSM from a random start (Wong et al. 2020), step ``step_size``."""
 
-    name = "fast"
+    step_factor = 1.25
+    step_exceeds_eps = True
 
     def __init__(self, **kwargs) -> None:
         if kwargs.get("norm", "Linf") != "Linf":
@@ -118,10 +130,9 @@ class Fast(Madry):
         return FGSM(unwrap(model), self.eps, self.step_size, route=self.adv_route, bn_mode=self.bn_mode)
 
 
+@OBJECTIVES.register("hybrid")
 class Hybrid(Objective):
     """The SaBN paper's mean of clean CE (clean route) and adversarial CE (adv route), one fused forward."""
-
-    name = "hybrid"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         x_adv = self.attack(model)(x, y)
@@ -130,16 +141,21 @@ class Hybrid(Objective):
         return StepOutput(loss, clean_logits.detach(), adv_logits.detach())
 
 
+@OBJECTIVES.register("trades")
 class Trades(Objective):
     """TRADES (Zhang et al. 2019): clean CE plus ``beta`` times the KL from the clean to the adversarial prediction."""
-
-    name = "trades"
 
     def __init__(self, *, beta: float = 6.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if not beta >= 0:
             raise ConfigError(f"TRADES beta must be non-negative, got {beta}")
         self.beta = float(beta)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Trades:
+        objective = super().from_config(config)
+        objective.beta = float(config.beta)
+        return objective
 
     def attack(self, model: nn.Module) -> RoutedAttack:
         return TradesPGD(unwrap(model), self.eps, self.step_size, self.steps, norm=self.norm, route=self.adv_route,
@@ -154,18 +170,3 @@ class Trades(Objective):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, beta={self.beta:g})"
-
-
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (Madry, Hybrid, Trades, Fast)}
-
-
-def build_objective(name: str, *, eps: float, step_size: float, steps: int, norm: str = "Linf", beta: float = 6.0,
-                    bn_mode: str = "eval", clean_route: str = "clean", adv_route: str = "adv") -> Objective:
-    """The objective registered as ``name`` (see :data:`OBJECTIVES`); ``beta`` is used by ``trades`` only."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; choose one of {list(OBJECTIVES)}")
-    kwargs = dict(eps=eps, step_size=step_size, steps=steps, norm=norm, bn_mode=bn_mode, clean_route=clean_route,
-                  adv_route=adv_route)
-    if name == "trades":
-        kwargs["beta"] = beta
-    return OBJECTIVES[name](**kwargs)

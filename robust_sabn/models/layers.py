@@ -6,20 +6,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..nn.weightalign import WeightAlignConv2d
-
 NormLayer = Callable[[int], nn.Module]
 ConvLayer = Callable[..., nn.Module]
-
-CONV_LAYERS: dict[str, ConvLayer] = {"standard": nn.Conv2d, "weightalign": WeightAlignConv2d}
-
-
-def conv_factory(kind: str = "standard") -> ConvLayer:
-    """The convolution class registered under ``kind``."""
-    if kind not in CONV_LAYERS:
-        raise ConfigError(f"unknown conv {kind!r}; choose one of {list(CONV_LAYERS)}")
-    return CONV_LAYERS[kind]
 
 
 class Normalize(nn.Module):

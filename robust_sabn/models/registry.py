@@ -6,20 +6,19 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ..errors import ConfigError
-from ..nn import DEFAULT_ROUTES, norm_factory
-from .layers import conv_factory
+from ..nn import CONVS, DEFAULT_ROUTES, norm_factory
+from ..registry import Registry
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: make ``builder`` available to :func:`create_model` under its function name."""
-    _BUILDERS[builder.__name__] = builder
-    return builder
+    """Decorator: make ``builder`` available to :func:`create_model` under its function name (once)."""
+    return MODELS.register(builder.__name__, builder)
 
 
 def list_models() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(MODELS)
 
 
 def create_model(
@@ -41,8 +40,7 @@ def create_model(
     ``kwargs`` to the builder (e.g. ``width`` for ``resnet_small``). The model's ``model_spec`` attribute
     records these arguments (see :mod:`robust_sabn.models.spec`).
     """
-    if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    builder = MODELS[name]
     if in_channels not in (1, 3):
         raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
     if num_classes < 2:
@@ -53,13 +51,13 @@ def create_model(
         raise ConfigError(f"mean and std need {in_channels} values each (one per input channel)")
     if min(std) <= 0:
         raise ConfigError(f"std values must be positive, got {std}")
-    model = _BUILDERS[name](
+    model = builder(
         num_classes=num_classes,
         in_channels=in_channels,
         mean=mean,
         std=std,
         norm_layer=norm_factory(norm, routes, **(norm_kwargs or {})),
-        conv_layer=conv_factory(conv),
+        conv_layer=CONVS[conv],
         **kwargs,
     )
     model.model_spec = {"arch": name, "kwargs": {

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import DEFAULT_ROUTES
 from ..errors import RouteError
-
-DEFAULT_ROUTES = ("clean", "adv")
 
 
 def check_route_names(routes: Sequence[str]) -> tuple[str, ...]:
@@ -95,6 +94,12 @@ class RoutedNorm(Foldable, nn.Module):
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d, routes: Sequence[str] = DEFAULT_ROUTES, **kwargs) -> RoutedNorm:
         raise NotImplementedError
+
+    @classmethod
+    def folded_norm(cls, **kwargs) -> tuple[str, dict]:
+        """The ``create_model`` norm kind and kwargs of this layer's fold, given its constructor kwargs: a plain
+        BatchNorm2d with the BN settings among them."""
+        return "bn", {k: v for k, v in kwargs.items() if k in ("eps", "momentum", "affine", "track_running_stats")}
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, routes={self.routes}"

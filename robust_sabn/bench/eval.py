@@ -4,7 +4,8 @@ Rows: AutoAttack via :func:`robust_sabn.eval.evaluate` vs ``pyautoattack.AutoAtt
 (target ratio <= 1.02, identical robust accuracy), and ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD``
 (10 steps of eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy
 within noise). Both baselines get ``fold_route(model, route)``, folded once before timing. Every variant runs once per
-round, rounds interleaved (:func:`robust_sabn.eval.timing.interleaved_medians`).
+round, rounds interleaved (:func:`robust_sabn.bench.timing.interleaved_medians`). robust-sabn's AutoAttack runs
+in one batch of all the images, so that it must give pyautoattack's own result.
 
 The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
 SaBN ``resnet_small`` on random images labelled by its own predictions, a quarter of them wrongly.
@@ -18,11 +19,12 @@ import torch
 from torch import nn
 
 from .. import create_model, fold_route
+from ..constants import AA_VERSIONS
+from ..data import test_images
+from ..eval import evaluate
 from ..model_files import load_trained_model
-from .cli import default_route, parse_eps
-from .data import test_images
-from .evaluate import evaluate
-from .tables import markdown_table
+from ..parsing import parse_number
+from ..tables import markdown_table
 from .timing import interleaved_medians
 
 TARGETS = {"autoattack": 1.02, "pgd-10": 0.90}
@@ -76,7 +78,7 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
         route, eps = "adv", 8 / 255 if eps is None else eps
     else:
         loaded = load_trained_model(checkpoint)
-        model, route, config = loaded.model, default_route(loaded, None), loaded.config
+        model, route, config = loaded.model, loaded.route(), loaded.config
         x, y = test_images(config.get("dataset", "cifar10"), config.get("data_dir"), n)
         if eps is None:  # the training radius when it was a Linf one (the benchmark's attacks are Linf)
             eps = config.get("eps", 8 / 255) if config.get("attack_norm", "Linf") == "Linf" else 8 / 255
@@ -89,14 +91,15 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
             acc[label] = fn()
         return call
 
-    common = dict(route=route, seed=seed, batch_size=batch_size, clean_route=None, progress=False)
+    common = dict(route=route, seed=seed, clean_route=None, progress=False)
     variants = {
         "AutoAttack via robust-sabn": run("aa ours", lambda: evaluate(
-            model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks, **common)["robust_acc"]),
+            model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks, batch_size=len(x),
+            **common).robust_acc),
         "pyautoattack directly": run("aa direct", lambda: _pyautoattack(
             folded, x, y, eps, version, attacks or [], seed, batch_size)),
-        "PGD-10 via robust-sabn": run("pgd ours", lambda: evaluate(model, x, y, eps, attack="pgd-10", **common)[
-            "robust_acc"]),
+        "PGD-10 via robust-sabn": run("pgd ours", lambda: evaluate(
+            model, x, y, eps, attack="pgd-10", batch_size=batch_size, **common).robust_acc),
         "torchattacks PGD-10": run("pgd direct", lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size)),
     }
     times = interleaved_medians(variants, repeats=repeats, warmup=warmup)
@@ -116,14 +119,14 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
 
 def run(args: argparse.Namespace) -> int:
     attacks = [a for a in (args.aa_attacks or "").split(",") if a] or None
-    eps = None if args.eps is None else parse_eps(args.eps)
+    eps = None if args.eps is None else parse_number(args.eps, "--eps")
     print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, eps, args.version, attacks,
                      args.repeats, args.warmup, args.seed, args.checkpoint))
     return 0
 
 
-def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="AutoAttack and PGD-10 through robust-sabn vs pyautoattack / torchattacks")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "AutoAttack and PGD-10 through robust-sabn against pyautoattack and torchattacks called directly."
     p.add_argument("--checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a trained model and its dataset's first test images (default: an untrained SaBN resnet_small "
                         "on random images)")
@@ -132,9 +135,8 @@ def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eps", help="Linf radius; fractions allowed (default: the checkpoint's training eps, else 8/255)")
-    p.add_argument("--version", default="standard", choices=("standard", "plus", "rand", "custom"))
+    p.add_argument("--version", default="standard", choices=AA_VERSIONS)
     p.add_argument("--aa-attacks", help="for --version custom, e.g. apgd-ce,apgd-t")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=run)

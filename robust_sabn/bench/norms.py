@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import create_model, set_route, split_routes, use_route
 from ..memory_format import choose_memory_format
-from .tables import markdown_table
+from ..tables import markdown_table
 from .timing import interleaved_medians
 
 # label -> create_model arguments; every model runs on the same input, in train mode, on the "adv" route.
@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("norms", help="forward+backward time of BN, SaBN, AuxBN and the fused route split")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Forward+backward time of one model per normalization on one input, and the fused route "
+                          "split against two forwards; ratios against BN.")
     parser.add_argument("--arch", default="resnet_small")
     parser.add_argument("--width", type=int, default=32, help="width of resnet_small")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -112,4 +113,3 @@ def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC activations (default: as training on the CPU: on, unless the model has 1x1 "
                              "strided convolutions with fewer than 16 input channels; see docs/memory-format.md)")
-    parser.set_defaults(run=run)

@@ -10,26 +10,25 @@ Layout (``model_dir="models"``, RobustBench's default)::
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
-from .convert import fold_route, fold_spec
-from .errors import ConfigError
-from .io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint
-from .model_files import arch_file, write_arch_file
-from .models.spec import build_model, check_spec, spec_from_arch
-from .nn import check_model_route
+from .. import __version__
+from ..constants import SINGLE_ROUTE, THREAT_MODELS
+from ..convert import fold_route, fold_spec
+from ..errors import ConfigError
+from ..io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint
+from ..model_files import arch_file, write_arch_file
+from ..models.spec import build_model, check_spec, spec_from_arch
+from ..nn import check_model_route
+from ..parsing import format_eps
 
-THREAT_MODELS = ("Linf", "L2")
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 # RobustBench's load_model strips these from any key that contains them, which would break the key.
 RESERVED_KEY_PARTS = ("module.", "model.")
@@ -37,13 +36,6 @@ RESERVED_KEY_PARTS = ("module.", "model.")
 CHECK_IMAGE_SIZE = {"imagenet": 224, "fashion-mnist": 28, "mnist": 28}
 # Card fields a person fills in; re-exporting keeps them (results are replaced: the weights may have changed).
 HUMAN_FIELDS = ("link", "name", "authors", "additional_data", "venue", "reported", "external")
-
-
-def format_eps(eps: float, norm: str = "Linf") -> str:
-    """RobustBench's spelling of a radius: "8/255" for Linf multiples of 1/255, else the plain number."""
-    if norm == "Linf" and eps > 0 and math.isclose(eps * 255, round(eps * 255), abs_tol=1e-6):
-        return f"{round(eps * 255)}/255"
-    return f"{float(Fraction(eps).limit_denominator(10**6)):g}"
 
 
 def info_dir_for(model_dir: str | os.PathLike) -> Path:
@@ -130,12 +122,12 @@ def write_card(path: str | os.PathLike, *, name: str, dataset: str, threat_model
     return atomic_write_text(path, json.dumps(card, indent=2) + "\n")
 
 
-def fill_card(path: str | os.PathLike, report: Mapping[str, Any]) -> Path:
-    """Record a single-route AutoAttack ``report`` of :func:`robust_sabn.eval.evaluate` in a card."""
+def fill_card(path: str | os.PathLike, report: Any) -> Path:
+    """Record a single-route AutoAttack ``report`` (an :class:`~robust_sabn.eval.EvaluationReport`) in a card."""
     path = Path(path)
     card = _read_card(path)
-    if card.get("eps") not in (None, report.get("eps_str")):
-        raise ConfigError(f"the card {path} is for eps {card['eps']} but the evaluation used {report.get('eps_str')}")
+    if card.get("eps") not in (None, report.eps_str):
+        raise ConfigError(f"the card {path} is for eps {card['eps']} but the evaluation used {report.eps_str}")
     card.update(card_results(report))
     return atomic_write_text(path, json.dumps(card, indent=2) + "\n")
 
@@ -150,15 +142,15 @@ def _read_card(path: Path) -> dict[str, Any]:
     return card
 
 
-def card_results(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The card fields an evaluation fills: accuracies as percentage strings, ``unreliable``, a footnote."""
-    if report.get("attack") != "autoattack" or report.get("protocol") != "single route":
+def card_results(report: Any) -> dict[str, Any]:
+    """The card fields an evaluation report fills: accuracies as percentage strings, ``unreliable``, a footnote."""
+    if report.attack != "autoattack" or report.protocol != SINGLE_ROUTE:
         raise ConfigError("a leaderboard card takes a single-route AutoAttack evaluation "
                           "(evaluate(..., attack='autoattack') on the exported model)")
-    footnote = (f"AutoAttack ({report['version']}, {report['backend']}) on the first {report['n']} test images, "
-                f"seed {report['seed']}; evaluated with robust-sabn {__version__}.")
-    return {"clean_acc": f"{100 * report['clean_acc']:.2f}", "autoattack_acc": f"{100 * report['robust_acc']:.2f}",
-            "unreliable": bool(report.get("flags")), "footnote": footnote}
+    footnote = (f"AutoAttack ({report.version}, {report.backend}) on the first {report.n} test images, "
+                f"seed {report.seed}, batches of {report.batch_size}; evaluated with robust-sabn {__version__}.")
+    return {"clean_acc": f"{100 * report.clean_acc:.2f}", "autoattack_acc": f"{100 * report.robust_acc:.2f}",
+            "unreliable": bool(report.flags), "footnote": footnote}
 
 
 def export(model: nn.Module, name: str, route: str | None = None, model_dir: str | os.PathLike = "models",
@@ -180,7 +172,7 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
     images); its card and architecture file name the dataset it was trained on. The three files are written all
     or nothing, after every check.
     """
-    from . import robustbench_bridge
+    from . import robustbench
 
     check_export_name(name, dataset, threat_model)
     trained_on = trained_on or dataset
@@ -195,7 +187,7 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
         check_writable(path)
     if weights.exists() and not overwrite:
         raise ConfigError(f"{weights} exists; pass overwrite=True (--overwrite) to replace it")
-    robustbench_bridge.check_name_free(name, dataset, threat_model)
+    robustbench.check_name_free(name, dataset, threat_model)
 
     folded = fold_route(model, route).cpu().eval()
     spec = exported_spec(model, arch, arch_kwargs)
@@ -213,5 +205,5 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
                         robust_sabn=__version__)
         write_card(card, name=name, dataset=trained_on, threat_model=threat_model, eps=eps,
                    architecture=architecture)
-    robustbench_bridge.remember(model_dir)
+    robustbench.remember(model_dir)
     return weights

@@ -12,17 +12,21 @@ import dataclasses
 import time
 from pathlib import Path
 
+import torch
+
+from ..constants import ORACLE_ROUTING
+from ..data import as_tensors, fixed_subset, load_dataset
+from ..devices import resolve_device
+from ..distributed import start_processes
 from ..errors import ConfigError
-from ..eval.tables import markdown_table
+from ..eval import evaluate
+from ..flags import add_common_flags
 from ..model_files import load_trained_model
-from ..nn import routes_of
 from ..rng import rng_state, set_rng_state
-from .config import TrainConfig
-from .data import load_dataset
-from .distributed import resolve_device, start_processes
-from .evaluate import accuracy, pgd_attack
-from .loop import Trainer, TrainResult, fixed_subset
-from .run_dir import BEST
+from ..tables import markdown_table
+from ..training.config import TrainConfig
+from ..training.loop import Trainer, TrainResult
+from ..training.run_dir import BEST
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {
@@ -37,17 +41,17 @@ HEADERS = ("variant", "single route: clean", "single route: PGD", "oracle: clean
            "oracle: PGD (adv route)", "s / epoch", "time vs first")
 
 
-def score(config: TrainConfig, checkpoint: Path, test, pgd_steps: int) -> dict[str, float]:
-    """Test accuracies of a checkpoint: clean and PGD through the adv route, clean through the clean route."""
-    device = resolve_device(config.device)
-    model = load_trained_model(checkpoint).model.to(device)
-    kwargs = {"device": device, "seed": config.seed, "batch_size": 2 * config.batch_size}
-    attack = pgd_attack(model, eps=config.eps, steps=pgd_steps, route="adv", norm=config.attack_norm)
-    result = {"clean": accuracy(model, test, route="adv", **kwargs),
-              "pgd": accuracy(model, test, route="adv", attack=attack, **kwargs)}
-    clean_route = "clean" if "clean" in routes_of(model) else "adv"
-    result["clean_oracle"] = accuracy(model, test, route=clean_route, **kwargs)
-    return result
+def score(config: TrainConfig, checkpoint: Path, test: tuple[torch.Tensor, torch.Tensor],
+          pgd_steps: int) -> dict[str, float]:
+    """Test accuracies of a checkpoint under ``robust-sabn eval``'s ``pgd-K``: clean and PGD through the adv route,
+    and clean through the clean route (oracle routing; the adv route's for a model without routes)."""
+    loaded = load_trained_model(checkpoint)
+    report = evaluate(loaded.model, *test, config.eps, norm=config.attack_norm, attack=f"pgd-{pgd_steps}",
+                      route=loaded.route(), seed=config.seed, batch_size=2 * config.batch_size,
+                      clean_route=config.clean_route, device=resolve_device(config.device), progress=False)
+    oracle = report.protocols.get(ORACLE_ROUTING)
+    return {"clean": report.clean_acc, "pgd": report.robust_acc,
+            "clean_oracle": oracle.clean_acc if oracle else report.clean_acc}
 
 
 def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]:
@@ -83,7 +87,7 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
     variants = TRAIN_BENCH_VARIANTS if variants is None else variants
     splits = load_dataset(base.dataset, base.data_dir, download=base.download, val_size=base.val_size,
                           seed=base.seed)
-    test = fixed_subset(splits.test, min(test_size, len(splits.test)) if test_size else None, base.seed)
+    test = as_tensors(fixed_subset(splits.test, min(test_size, len(splits.test)) if test_size else None, base.seed))
     configs = {label: dataclasses.replace(base, **overrides, out_dir=str(Path(out_dir) / label))
                for label, overrides in variants.items()}
     results = train_interleaved(configs)
@@ -98,7 +102,7 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
     header = (f"{base.dataset}, {base.arch}{f' width {base.width}' if base.width else ''}, objective "
               f"{base.objective}, PGD-{base.steps} training ({base.attack_norm} eps {base.eps:g}), {base.epochs} "
               f"epochs x {base.train_size or 'all'} images, seed {base.seed}, variants trained epoch by epoch in "
-              f"turn; best.pt scored on {len(test)} test images, PGD-{pgd_steps} (eval mode); accuracies in %\n\n")
+              f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}; accuracies in %\n\n")
     return header + markdown_table(HEADERS, rows)
 
 
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                                    "steps": args.steps, "seed": args.seed, "device": args.device,
                                    "data_dir": args.data_dir, "batch_size": args.batch_size,
                                    "val_size": args.val_size}.items() if v is not None}
-    if args.no_progress:
+    if not args.progress:
         overrides["progress"] = False
     base = TrainConfig.from_file(args.config, **overrides)
     variants = TRAIN_BENCH_VARIANTS
@@ -121,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train BN, AuxBN and SaAuxBN alike; clean/PGD accuracy per protocol")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Train each variant from the same config (a recipe or file), budget and seed, interleaved "
+                          "epoch by epoch, then score each best.pt under both protocols.")
     parser.add_argument("--config", default="fashion-mnist-small", help="base config file or recipe")
     parser.add_argument("--variants", nargs="+", help=f"subset of: {', '.join(TRAIN_BENCH_VARIANTS)}")
     parser.add_argument("--epochs", type=int)
@@ -132,10 +137,6 @@ def add_benchmarks(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int)
     parser.add_argument("--steps", type=int, help="PGD steps of the training attack")
     parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--pgd-steps", type=int, default=20, help="PGD steps of the test attack")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device")
-    parser.add_argument("--data-dir")
+    parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the test attack (eval's pgd-K)")
     parser.add_argument("--out-dir", help="folder for the variants' run folders (default runs/bench-train-<time>)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(run=run)
+    add_common_flags(parser, seed=None)

@@ -27,9 +27,9 @@ from types import ModuleType
 
 from torch import nn
 
-from .errors import ConfigError
-from .model_files import ARCH_SUFFIX, read_arch_file
-from .models.spec import build_model, resolve_spec
+from ..errors import ConfigError
+from ..model_files import ARCH_SUFFIX, read_arch_file
+from ..models.spec import build_model, resolve_spec
 
 ENV_MODEL_DIR = "ROBUST_SABN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "models"

@@ -21,11 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..constants import AA_ATTACKS, AA_VERSIONS
 from ..devices import model_device
 from ..errors import ConfigError
 
-VERSIONS = ("standard", "plus", "rand", "custom")
-AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _BATCH_LINE = re.compile(r"^(?P<attack>[\w-]+) - (?P<batch>\d+)/(?P<batches>\d+) - (?P<broken>\d+) out of \d+ ")
 
 
@@ -119,6 +118,18 @@ class AutoAttackResult:
         return accuracies
 
 
+def check_settings(version: str, attacks: Sequence[str] | None, restarts: int | None) -> None:
+    """One-line errors for an unknown version, a custom version without known attacks, or bad restarts."""
+    if version not in AA_VERSIONS:
+        raise ConfigError(f"unknown AutoAttack version {version!r}; choose one of {list(AA_VERSIONS)}")
+    if version == "custom":
+        unknown = [a for a in attacks or () if a not in AA_ATTACKS]
+        if not attacks or unknown:
+            raise ConfigError(f"version 'custom' needs attacks from {list(AA_ATTACKS)}, got {list(attacks or ())}")
+    if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1):
+        raise ConfigError(f"APGD restarts must be a positive integer, got {restarts!r}")
+
+
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                    version: str = "standard", seed: int = 0, batch_size: int = 250,
                    attacks: Sequence[str] | None = None, device: torch.device | str | None = None,
@@ -129,14 +140,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     ``restarts`` overrides APGD's restarts (robust-sabn's "apgd-ce" check runs it with 1, as the standard
     version does). Returns which points stay robust, per-attack robust accuracy and the flags AutoAttack raised.
     """
-    if version not in VERSIONS:
-        raise ConfigError(f"unknown AutoAttack version {version!r}; choose one of {list(VERSIONS)}")
-    if version == "custom":
-        unknown = [a for a in attacks or () if a not in AA_ATTACKS]
-        if not attacks or unknown:
-            raise ConfigError(f"version 'custom' needs attacks from {list(AA_ATTACKS)}, got {list(attacks or ())}")
-    if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1):
-        raise ConfigError(f"APGD restarts must be a positive integer, got {restarts!r}")
+    check_settings(version, attacks, restarts)
     backend = autoattack_backend()
     log = AttackLog(progress)
     device = device if device is not None else model_device(model)

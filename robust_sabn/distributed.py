@@ -1,4 +1,5 @@
-"""Processes and devices: one process, or ``torchrun`` launching several (DDP; gloo on CPU, NCCL on GPUs)."""
+"""Processes: one, or several launched by ``torchrun`` (gloo on CPUs, NCCL on GPUs), for training (DDP) and for
+sharded evaluation."""
 from __future__ import annotations
 
 import gc
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from .devices import resolve_device
 
 
 @dataclass
@@ -61,15 +62,6 @@ class Processes:
         if self.distributed and dist.is_initialized():
             gc.collect()  # e.g. DDP objects pinned in reference cycles by frames of torch's lazy imports
             dist.destroy_process_group()
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> the process's GPU when CUDA is available, else the CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def start_processes(device: str) -> Processes:

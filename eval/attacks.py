@@ -1,0 +1,169 @@
+"""The evaluation attacks, chosen by name, each run on one batch of a deterministic (folded, eval-mode) model.
+
+- ``autoattack``: the real AutoAttack (``version`` standard / plus / rand, or custom with ``aa_attacks``);
+- ``apgd-ce``: AutoAttack's APGD on the cross-entropy, 100 iterations, 1 restart (as in its standard version);
+- ``pgd-K``: PGD on the cross-entropy, K steps of eps/4 from a uniform random start (``pgd`` alone: K = 20);
+- ``cw-K``: the same PGD on the Carlini-Wagner margin loss with kappa 50 (``cw`` alone: K = 20).
+
+Like AutoAttack, every attack attacks only the points the model classifies correctly; a point is robust when it
+is classified correctly and stays so. New families register in :data:`EVAL_ATTACKS`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..attacks import CWPGD, PGD
+from ..constants import ATTACK_NORMS, THREAT_MODELS
+from ..errors import ConfigError
+from ..registry import Registry
+from .autoattack import check_settings, run_autoattack
+
+
+@dataclass
+class AttackOutcome:
+    """What an attack did to one batch."""
+
+    robust: torch.Tensor  # bool per image: correct before and after the attack
+    broken: dict[str, int] = field(default_factory=dict)  # points each of AutoAttack's attacks broke
+    flags: list[str] = field(default_factory=list)  # gradient-masking and threat-model warnings
+    seconds: dict[str, float] = field(default_factory=dict)  # per AutoAttack attack
+    attacks: list[str] = field(default_factory=list)  # AutoAttack's attacks in the order it ran them
+    backend: str | None = None  # the AutoAttack implementation that ran
+
+
+class EvalAttack:
+    """Base class: ``name`` (as reports show it), :meth:`describe`, and :meth:`run` on one batch."""
+
+    name = ""
+    norms: tuple[str, ...] = ATTACK_NORMS
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def check_norm(self, norm: str) -> None:
+        if norm not in self.norms:
+            raise ConfigError(f"{self.name} runs in the {', '.join(self.norms)} threat models, not {norm}; for L1 "
+                              "use autoattack or apgd-ce")
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, *, eps: float,
+            norm: str, seed: int, device: torch.device, progress: bool) -> AttackOutcome:
+        raise NotImplementedError
+
+
+@dataclass
+class PGDEval(EvalAttack):
+    """``pgd-K`` / ``cw-K``: K steps of eps/4 from a random start, on the cross-entropy or the CW margin."""
+
+    steps: int = 20
+    loss: str = "pgd"  # "pgd" (cross-entropy) or "cw" (CW margin)
+
+    @property
+    def name(self) -> str:
+        return f"{self.loss}-{self.steps}"
+
+    def describe(self) -> str:
+        loss = "cross-entropy" if self.loss == "pgd" else "CW margin loss (kappa 50)"
+        return f"PGD-{self.steps} on the {loss}, step eps/4, random start"
+
+    def run(self, model, x, y, correct, *, eps, norm, seed, device, progress) -> AttackOutcome:
+        robust = torch.zeros_like(correct)
+        (todo,) = correct.nonzero(as_tuple=True)
+        if len(todo):
+            cls = PGD if self.loss == "pgd" else CWPGD
+            adversary = cls(model, eps=eps, alpha=eps / 4, steps=self.steps, random_start=True, norm=norm)
+            xb, yb = x[todo].to(device), y[todo].to(device)
+            with torch.no_grad():
+                robust[todo] = (model(adversary(xb, yb)).argmax(1) == yb).cpu()
+        return AttackOutcome(robust)
+
+
+@dataclass
+class AutoAttackEval(EvalAttack):
+    """The real AutoAttack, unchanged, on the batch (see :func:`robust_sabn.eval.autoattack.run_autoattack`)."""
+
+    version: str = "standard"
+    aa_attacks: tuple[str, ...] | None = None  # for version "custom"
+    restarts: int | None = None  # APGD's restarts (None: the version's)
+    label: str = "autoattack"
+    norms = THREAT_MODELS
+
+    def __post_init__(self) -> None:
+        check_settings(self.version, self.aa_attacks, self.restarts)
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def describe(self) -> str:
+        if self.label == "apgd-ce":
+            return "APGD-CE (AutoAttack's; 100 iterations, 1 restart)"
+        if self.version != "custom":
+            return f"AutoAttack, {self.version} version"
+        restarts = f", APGD restarts {self.restarts}" if self.restarts is not None else ""
+        return f"AutoAttack, custom version ({', '.join(self.aa_attacks)}{restarts})"
+
+    def run(self, model, x, y, correct, *, eps, norm, seed, device, progress) -> AttackOutcome:
+        result = run_autoattack(model, x, y, eps=eps, norm=norm, version=self.version, seed=seed, batch_size=len(x),
+                                attacks=self.aa_attacks, device=device, progress=progress, restarts=self.restarts)
+        return AttackOutcome(result.robust & correct, result.broken, result.flags, result.seconds, result.attacks,
+                             result.backend)
+
+
+EVAL_ATTACKS: Registry[Callable[..., EvalAttack]] = Registry("evaluation attack")
+
+
+def _no_steps(name: str, steps: int | None) -> None:
+    if steps is not None:
+        raise ConfigError(f"attack {name!r} takes no step count; drop the -{steps}")
+
+
+def _steps(name: str, steps: int | None) -> int:
+    if steps is not None and steps < 1:
+        raise ConfigError(f"attack {name}-{steps} needs at least one step")
+    return 20 if steps is None else steps
+
+
+@EVAL_ATTACKS.register("autoattack")
+def _autoattack(steps: int | None, version: str = "standard", aa_attacks: Sequence[str] | None = None,
+                aa_restarts: int | None = None) -> EvalAttack:
+    _no_steps("autoattack", steps)
+    return AutoAttackEval(version, tuple(aa_attacks) if aa_attacks else None, aa_restarts)
+
+
+@EVAL_ATTACKS.register("apgd-ce")
+def _apgd_ce(steps: int | None) -> EvalAttack:
+    _no_steps("apgd-ce", steps)
+    return AutoAttackEval("custom", ("apgd-ce",), 1, label="apgd-ce")
+
+
+@EVAL_ATTACKS.register("pgd")
+def _pgd(steps: int | None) -> EvalAttack:
+    return PGDEval(_steps("pgd", steps), "pgd")
+
+
+@EVAL_ATTACKS.register("cw")
+def _cw(steps: int | None) -> EvalAttack:
+    return PGDEval(_steps("cw", steps), "cw")
+
+
+def make_eval_attack(name: str, version: str = "standard", aa_attacks: Sequence[str] | None = None,
+                     aa_restarts: int | None = None) -> EvalAttack:
+    """The attack called ``name`` ("autoattack", "apgd-ce", "pgd-20", "cw", ...: a registered family, with "-K"
+    for K steps where the family takes steps); ``version``, ``aa_attacks`` and ``aa_restarts`` are AutoAttack's."""
+    if not isinstance(name, str):
+        raise ConfigError(f"the attack must be a name like 'autoattack' or 'pgd-20', got {name!r}")
+    family, steps = name, None
+    head, dash, tail = name.rpartition("-")
+    if dash and tail.isdigit():
+        family, steps = head, int(tail)
+    if family not in EVAL_ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; choose one of: autoattack, apgd-ce, pgd-K, cw-K (K steps)")
+    if family == "autoattack":
+        return EVAL_ATTACKS[family](steps, version=version, aa_attacks=aa_attacks, aa_restarts=aa_restarts)
+    if aa_attacks or aa_restarts is not None:
+        raise ConfigError("aa_attacks and aa_restarts apply to attack 'autoattack' only")
+    return EVAL_ATTACKS[family](steps)

@@ -1,0 +1,94 @@
+"""The one loop that computes robust points, for evaluation and for training's validation alike.
+
+The images are split into fixed batches of ``batch_size``; batch ``i`` is attacked with its own seed, derived from
+(``seed``, ``i``) (batch 0 uses ``seed`` itself), so each batch's result depends on nothing but the model, its images
+and its seed. Batches can therefore run in any order, in several processes, or be skipped when a previous run
+finished them, and the results are the same.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..rng import derive_seed
+from .attacks import EvalAttack
+
+SEEDING = "batch i attacked with seed derived from (seed, i) by numpy's SeedSequence; batch 0 with the seed itself"
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index``: ``seed`` for batch 0, else a well-mixed seed from (``seed``, ``index``)."""
+    return seed if index == 0 else derive_seed(seed, index)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+@dataclass
+class BatchResult:
+    """One batch's per-image results and what the attack reported."""
+
+    index: int
+    correct: torch.Tensor  # bool per image: classified correctly
+    robust: torch.Tensor  # bool per image: classified correctly before and after the attack
+    broken: dict[str, int] = field(default_factory=dict)  # points each of AutoAttack's attacks broke
+    attacks: list[str] = field(default_factory=list)  # AutoAttack's attacks, in order
+    flags: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # "clean", "attack" and per AutoAttack attack
+    backend: str | None = None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Predicted classes of one batch, on the CPU."""
+    return model(x.to(device)).argmax(1).cpu()
+
+
+def seed_generators(seed: int, device: torch.device) -> None:
+    """Seed torch's CPU generator and, for a CUDA device, that device's: nothing else (a global
+    ``torch.manual_seed`` would also queue seeds for every GPU)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
+def run_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: EvalAttack | None, index: int, *,
+              eps: float, norm: str, seed: int, device: torch.device, progress: bool = False) -> BatchResult:
+    """Clean predictions of batch ``index`` and, unless ``attack`` is None or ``eps`` is 0, the attack on its
+    correctly classified images, seeded by :func:`batch_seed`."""
+    start = time.perf_counter()
+    correct = predict(model, x, device) == y
+    seconds = {"clean": time.perf_counter() - start}
+    if attack is None or eps == 0:
+        return BatchResult(index, correct, correct.clone(), seconds=seconds)
+    bseed = batch_seed(seed, index)
+    seed_generators(bseed, device)
+    start = time.perf_counter()
+    outcome = attack.run(model, x, y, correct, eps=eps, norm=norm, seed=bseed, device=device, progress=progress)
+    seconds["attack"] = time.perf_counter() - start
+    return BatchResult(index, correct, outcome.robust & correct, outcome.broken, outcome.attacks, outcome.flags,
+                       {**seconds, **outcome.seconds}, outcome.backend)
+
+
+def robust_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: EvalAttack | None, *, eps: float,
+                  norm: str, seed: int, batch_size: int, device: torch.device, indices: Iterable[int] | None = None,
+                  progress: bool = False, on_batch: Callable[[BatchResult], None] | None = None) -> list[BatchResult]:
+    """:func:`run_batch` on the batches ``indices`` (default: all) of ``x``/``y`` split into ``batch_size``;
+    ``on_batch`` sees each result as it is finished (e.g. to store it)."""
+    indices = list(range(num_batches(len(x), batch_size)) if indices is None else indices)
+    results = []
+    for index in tqdm(indices, desc=getattr(attack, "name", "clean"), unit="batch", leave=False,
+                      disable=not progress or len(indices) < 2):
+        part = slice(index * batch_size, (index + 1) * batch_size)
+        result = run_batch(model, x[part], y[part], attack, index, eps=eps, norm=norm, seed=seed, device=device,
+                           progress=progress)
+        results.append(result)
+        if on_batch is not None:
+            on_batch(result)
+    return results

@@ -1,0 +1,19 @@
+"""Datasets: readers of the standard on-disk formats, the registry of datasets by name, their splits, seeded batch
+augmentation, and evaluation images."""
+from .augment import Augment, CropFlip, random_crop_flip
+from .datasets import (
+    DATASETS,
+    DatasetFacts,
+    DataSplits,
+    as_tensors,
+    default_val_size,
+    fixed_subset,
+    load_dataset,
+    split_indices,
+    test_images,
+)
+from .images import ImageFiles, ImageTensors
+
+__all__ = ["DATASETS", "Augment", "CropFlip", "DataSplits", "DatasetFacts", "ImageFiles", "ImageTensors",
+           "as_tensors", "default_val_size", "fixed_subset", "load_dataset", "random_crop_flip", "split_indices",
+           "test_images"]

@@ -1,0 +1,81 @@
+"""``robust-sabn export``: fold a route, write RobustBench's files, and with ``--eval`` fill the card by AutoAttack."""
+from __future__ import annotations
+
+import argparse
+
+from ..data import test_images
+from ..devices import resolve_device
+from ..eval.cli import add_model_arguments
+from ..flags import add_common_flags
+from ..io import check_writable
+from ..model_files import load_trained_model
+from ..parsing import format_eps, parse_json_object
+from ..tables import markdown_table
+from . import card_path, export, fill_card, weights_path
+from .robustbench import robustbench_names
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_trained_model(args.checkpoint, args.model, parse_json_object(args.model_kwargs))
+    route = loaded.route(args.route)
+    norm, eps = loaded.threat(args.threat_model, args.eps)
+    trained = loaded.trained_on()
+    dataset = args.dataset or trained or "cifar10"  # RobustBench's slot
+    model = loaded.model
+    arch = None if getattr(model, "model_spec", None) is not None else loaded.spec
+    report_stem = weights_path(args.name, args.model_dir, dataset, norm).with_name(f"{args.name}.eval")
+    if args.eval:
+        for suffix in (".json", ".md"):
+            check_writable(report_stem.with_name(report_stem.name + suffix))
+    weights = export(model, args.name, route, args.model_dir, dataset, norm, arch, eps=eps,
+                     info_dir=args.info_dir, overwrite=args.overwrite, trained_on=trained,
+                     allow_dataset_mismatch=args.allow_dataset_mismatch)
+    card = card_path(args.name, args.model_dir, dataset, norm, args.info_dir)
+    rows = [["weights (state dict)", weights], ["architecture", weights.with_name(f"{args.name}.arch.json")],
+            ["leaderboard card", card]]
+    if args.eval:
+        from ..eval import evaluate, write_report
+
+        exported = load_trained_model(weights).model  # the files RobustBench reads, nothing else
+        device = resolve_device(args.device)
+        data_dir = args.data_dir or loaded.config.get("data_dir")
+        x, y = test_images(trained or dataset, data_dir, args.n_examples)  # the model's own dataset
+        report = evaluate(exported.to(device), x, y, eps, norm=norm, attack="autoattack", version=args.version,
+                          seed=args.seed, batch_size=args.batch_size, device=device, progress=args.progress)
+        report.checkpoint, report.dataset = str(weights), trained or dataset
+        report.source = f"exported model ({route} route folded)" if route else "exported model"
+        fill_card(card, report)
+        json_path, _ = write_report(report, report_stem)
+        rows += [["evaluation report", json_path],
+                 ["clean / AutoAttack accuracy (%)",
+                  f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
+                  f"{args.version}, {norm} eps {format_eps(eps, norm)})"]]
+        rows += [["AutoAttack flag", flag] for flag in report.flags]
+    print(f"exported {loaded.path} (route {route or '-'}) as {args.name}\n")
+    print(markdown_table(["", ""], rows))
+    if robustbench_names(dataset, norm):
+        print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
+              f"dataset={dataset!r}, threat_model={norm!r}) after `import robust_sabn`")
+    else:
+        print(f"\nRobustBench has no {dataset} models, so its load_model cannot reach this export; "
+              f"evaluate it with `robust-sabn eval {weights}`")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Writes <model-dir>/<dataset>/<threat>/<name>.pt (state dict), <name>.arch.json "
+                          "(architecture) and model_info/<dataset>/<threat>/<name>.json (card; accuracies with "
+                          "--eval). After `import robust_sabn`, robustbench.utils.load_model(name, model_dir, dataset, "
+                          "threat_model) loads it offline.")
+    add_model_arguments(parser)
+    parser.add_argument("--name", required=True, help="RobustBench-style name, e.g. Name2026Title (must be new)")
+    parser.add_argument("--model-dir", default="models", help="RobustBench's model_dir (default ./models)")
+    parser.add_argument("--info-dir", help="folder for the card (default: model_info beside --model-dir)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export of the same name")
+    parser.add_argument("--allow-dataset-mismatch", action="store_true",
+                        help="file a model under a --dataset other than the one it was trained on (a demonstration; "
+                             "its card names the dataset it was trained on)")
+    parser.add_argument("--eval", action="store_true",
+                        help="run AutoAttack on the exported model (the first --n-examples test images) and fill "
+                             "the card")
+    add_common_flags(parser)

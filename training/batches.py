@@ -1,0 +1,66 @@
+"""The training batches: a resumable, sharded iterator over a dataset, augmented with per-batch seeds."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import Augment, ImageTensors
+from ..errors import ConfigError
+from ..rng import derive_seed
+
+
+def _divide(n: int, d: int, drop_last: bool) -> int:
+    return n // d if drop_last else -(-n // d)
+
+
+def num_batches(n_items: int, batch_size: int, *, drop_last: bool, world_size: int = 1) -> int:
+    """Batches per rank that :func:`batch_iterator` yields for ``n_items`` items."""
+    return _divide(_divide(n_items, world_size, drop_last), batch_size, drop_last)
+
+
+def shard_indices(n_items: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                  drop_last: bool = False) -> Tensor:
+    """This rank's item order for an epoch: one permutation shared by all ranks (a pure function of
+    ``seed`` and ``epoch``), dealt round-robin. Shards are equally long: with ``drop_last`` the tail that does
+    not divide evenly is dropped, otherwise the first items are repeated to fill it, as DistributedSampler does."""
+    if shuffle:
+        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
+    else:
+        order = torch.arange(n_items)
+    total = _divide(n_items, world_size, drop_last) * world_size
+    if total > n_items:
+        order = torch.cat([order, order[: total - n_items]])
+    return order[:total][rank::world_size]
+
+
+def batch_iterator(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, start_batch: int = 0,
+                   drop_last: bool = False, rank: int = 0, world_size: int = 1, augment: Augment | None = None,
+                   num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(x, y)`` batches of this rank's shard, from batch ``start_batch`` on.
+
+    Order and augmentation are a pure function of (``seed``, ``epoch``, batch index, ``rank``): a run resumed
+    with ``start_batch=k`` gets exactly batches k, k+1, ... of the uninterrupted run, and the skipped batches
+    are never loaded. In-memory datasets are gathered batch by batch in this process; others are read by a
+    ``DataLoader`` with ``num_workers`` workers. ``augment(x, generator)`` runs on each batch with a generator
+    seeded for that batch.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world_size {world_size}")
+    order = shard_indices(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                          drop_last=drop_last)
+    count = num_batches(len(dataset), batch_size, drop_last=drop_last, world_size=world_size)
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start_batch, count)]
+    if isinstance(dataset, ImageTensors):
+        loaded = (dataset.batch(indices) for indices in batches)
+    else:
+        loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers)
+        loaded = ((x, torch.as_tensor(y)) for x, y in loader)
+    for index, (x, y) in enumerate(loaded, start=start_batch):
+        if augment is not None:
+            x = augment(x, torch.Generator().manual_seed(derive_seed(seed, epoch, index, rank)))
+        yield x, y
