@@ -26,6 +26,8 @@ BENCHMARKS = {
     "norms": ("robust_sabn.bench.norms", "forward+backward time of BN, SaBN, AuxBN and the fused route split"),
     "train": ("robust_sabn.bench.train", "train BN, AuxBN, SaAuxBN (and more) alike; clean/PGD accuracy per protocol"),
     "eval": ("robust_sabn.bench.eval", "AutoAttack and PGD-10 through robust-sabn vs pyautoattack / torchattacks"),
+    "data": ("robust_sabn.bench.data", "the batched training augmentation vs a per-image loop, per device"),
+    "gpu": ("robust_sabn.bench.gpu", "on a CUDA device: training steps per precision, the fused split, AutoAttack"),
 }
 
 

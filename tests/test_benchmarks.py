@@ -1,6 +1,7 @@
 """``robust-sabn bench norms`` and ``bench eval`` with tiny settings: every row present, ratios computed, and the
 AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live in README.md, not in tests)."""
 import pytest
+import torch
 from helpers import write_run_dir
 
 from robust_sabn.bench.norms import NORM_VARIANTS
@@ -50,3 +51,16 @@ def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(cap
     assert all(float(row[3]) > 0 for row in rows)
     assert ("last.pt (cifar10, route adv), first 8 test images" in out) == (case == "checkpoint")
     assert f"eps {(2 if case == 'checkpoint' else 8) / 255:.4f}" in out
+
+
+def test_bench_data_times_the_batched_crop_against_the_loop(capsys):
+    assert main(["bench", "data", "--batch-size", "8", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_gpu_without_a_gpu_is_one_line(capsys):
+    assert main(["bench", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CUDA" in err and "bench norms" in err

@@ -8,6 +8,7 @@ import pytest
 import torch
 from fake_data import write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder, write_svhn
 
+from robust_sabn.bench.data import crops_one_by_one
 from robust_sabn.data import DATASETS, ImageTensors, load_dataset, random_crop_flip
 from robust_sabn.errors import ConfigError
 from robust_sabn.training.batches import batch_iterator, num_batches
@@ -186,6 +187,7 @@ def test_two_rank_shards_disjoint_and_equal_length(n, drop_last):
         assert union == set(range(n)) and len(shards[0]) == (n + 1) // 2
 
 
+@pytest.mark.slow
 def test_file_datasets_iterate_through_a_dataloader(tmp_path):
     write_imagefolder(tmp_path, n_train=30, n_test=6)
     splits = load_dataset("imagefolder", tmp_path, val_size=3)
@@ -194,6 +196,19 @@ def test_file_datasets_iterate_through_a_dataloader(tmp_path):
     assert [len(y) for _, y in full] == [8, 8, 8, 3] and full[0][0].shape == (8, 3, 16, 16)
     tail = list(batch_iterator(splits.train, 8, start_batch=2, num_workers=1, **kwargs))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(tail, full[2:]))
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(tmp_path):
+    """In-memory data is gathered and augmented in the workers too (not only file datasets), batch by batch with
+    its own seed, so the batches are the same for any number of workers and a resume from any batch."""
+    write_cifar10(tmp_path, n_train=50, n_test=5)
+    splits = load_dataset("cifar10", tmp_path, val_size=2)
+    kwargs = dict(shuffle=True, seed=3, epoch=1, augment=splits.augment, drop_last=True)
+    alone = list(batch_iterator(splits.train, 8, **kwargs))
+    workers = list(batch_iterator(splits.train, 8, start_batch=1, num_workers=2, **kwargs))
+    assert len(workers) == len(alone) - 1
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(workers, alone[1:]))
 
 
 def test_crop_flip_is_a_shifted_possibly_flipped_copy():
@@ -209,18 +224,6 @@ def test_crop_flip_is_a_shifted_possibly_flipped_copy():
     assert len({(dy, dx) for dy, dx, _ in seen}) > 10 and {f for _, _, f in seen} == {False, True}
     again = random_crop_flip(x, torch.Generator().manual_seed(0), padding=3, flip=True)
     assert torch.equal(out, again)
-
-
-def crops_one_by_one(x, generator, padding, flip):
-    """The per-image loop the batched crop replaced, drawing the same random numbers in the same order."""
-    b, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).tolist()
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
-    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
-    if flip:
-        flipped = (torch.rand(b, generator=generator) < 0.5).nonzero().squeeze(1)
-        out[flipped] = out[flipped].flip(3)
-    return out
 
 
 @pytest.mark.parametrize("padding, flip, shape", [(4, True, (33, 3, 32, 32)), (2, False, (9, 1, 28, 28)),

@@ -26,7 +26,7 @@ def worker(rank: int, world_size: int, port: int, config: dict, out: str) -> Non
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
-    processes = start_processes("cpu")
+    processes = start_processes(config["device"])  # gloo on the CPU, NCCL on GPUs
     try:
         trainer = Trainer(TrainConfig.from_dict(config), processes, resume=False)
         result = trainer.run()

@@ -232,9 +232,12 @@ def test_every_objective_trains(fmnist, tmp_path, objective, norm):
 def test_same_seed_same_weights_and_deterministic_mode_is_restored(fmnist, tmp_path):
     runs = {name: tiny(fmnist, tmp_path / name, max_steps=3, seed=seed, deterministic=name == "b")
             for name, seed in (("a", 1), ("b", 1), ("c", 2))}
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    seen = []
     for config in runs.values():
         train(config)
-    assert not torch.are_deterministic_algorithms_enabled()
+        seen.append((torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark))
+    assert not torch.are_deterministic_algorithms_enabled() and seen == [flags] * 3  # as they were before
     weights = {name: load_checkpoint(tmp_path / name / "last.pt")["model"] for name in runs}
     assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
     assert not torch.equal(weights["a"]["linear.weight"], weights["c"]["linear.weight"])
@@ -273,3 +276,21 @@ def test_resume_after_kill_9_matches_the_uninterrupted_run(fmnist, tmp_path):
     train(dataclasses.replace(config, out_dir=str(tmp_path / "straight")))
     assert_same_state(load_checkpoint(tmp_path / "straight" / "last.pt"),
                       load_checkpoint(tmp_path / "killed" / "last.pt"))
+
+
+def test_determinism_settings_cover_cudnn():
+    """--deterministic makes cuDNN deterministic (what bit-for-bit resume on a GPU needs); without it cuDNN may pick
+    the fastest algorithm per shape."""
+    from robust_sabn.training.loop import set_determinism
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    try:
+        set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        set_determinism(False)
+        assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:]

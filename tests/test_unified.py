@@ -295,8 +295,6 @@ def test_train_command_logs_condensation_and_skips_per_epoch(tmp_path):
 
 
 def test_calibrated_ubn_weightalign_model_exports_and_loads_through_robustbench(tmp_path):
-    from robustbench.utils import load_model
-
     import robust_sabn
 
     model = create_model("resnet_small", width=4, norm="ubn", conv="weightalign").train()
@@ -305,6 +303,8 @@ def test_calibrated_ubn_weightalign_model_exports_and_loads_through_robustbench(
         model(torch.rand(8, 3, 16, 16))
     model.eval()
     robust_sabn.export(model, "RobustSabnUbnWeightAlign2026", route="adv", model_dir=tmp_path / "models")
+    from robustbench.utils import load_model  # imported by the export, without RobustBench's own warnings
+
     loaded = load_model(model_name="RobustSabnUbnWeightAlign2026", model_dir=tmp_path / "models",
                         dataset="cifar10", threat_model="Linf")
     assert any(isinstance(m, CalibratedBatchNorm2d) for m in loaded.modules()) and not routed_layers(loaded)

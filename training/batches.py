@@ -36,16 +36,41 @@ def shard_indices(n_items: int, *, shuffle: bool, seed: int, epoch: int, rank: i
     return order[:total][rank::world_size]
 
 
+class _Batches(Dataset):
+    """Batch ``i`` of an epoch as one item: gathered (one indexing operation for in-memory data) and augmented with
+    the generator seeded for it, in whichever process loads it."""
+
+    def __init__(self, dataset: Dataset, batches: list[Tensor], first: int, augment: Augment | None, *, seed: int,
+                 epoch: int, rank: int) -> None:
+        self.dataset, self.batches, self.first, self.augment = dataset, batches, first, augment
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        indices = self.batches[i]
+        if isinstance(self.dataset, ImageTensors):
+            x, y = self.dataset.batch(indices)
+        else:
+            items = [self.dataset[j] for j in indices.tolist()]
+            x, y = torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
+        if self.augment is not None:
+            seed = derive_seed(self.seed, self.epoch, self.first + i, self.rank)
+            x = self.augment(x, torch.Generator().manual_seed(seed))
+        return x, y
+
+
 def batch_iterator(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, start_batch: int = 0,
                    drop_last: bool = False, rank: int = 0, world_size: int = 1, augment: Augment | None = None,
-                   num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+                   num_workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(x, y)`` batches of this rank's shard, from batch ``start_batch`` on.
 
     Order and augmentation are a pure function of (``seed``, ``epoch``, batch index, ``rank``): a run resumed
     with ``start_batch=k`` gets exactly batches k, k+1, ... of the uninterrupted run, and the skipped batches
-    are never loaded. In-memory datasets are gathered batch by batch in this process; others are read by a
-    ``DataLoader`` with ``num_workers`` workers. ``augment(x, generator)`` runs on each batch with a generator
-    seeded for that batch.
+    are never loaded. Batches are gathered and augmented (``augment(x, generator)``, with a generator seeded for
+    each batch) by ``num_workers`` worker processes (0: this process), so the same batches come out whatever the
+    number; ``pin_memory`` puts them in page-locked memory (for asynchronous copies to a GPU).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -55,12 +80,5 @@ def batch_iterator(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: in
                           drop_last=drop_last)
     count = num_batches(len(dataset), batch_size, drop_last=drop_last, world_size=world_size)
     batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start_batch, count)]
-    if isinstance(dataset, ImageTensors):
-        loaded = (dataset.batch(indices) for indices in batches)
-    else:
-        loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers)
-        loaded = ((x, torch.as_tensor(y)) for x, y in loader)
-    for index, (x, y) in enumerate(loaded, start=start_batch):
-        if augment is not None:
-            x = augment(x, torch.Generator().manual_seed(derive_seed(seed, epoch, index, rank)))
-        yield x, y
+    items = _Batches(dataset, batches, start_batch, augment, seed=seed, epoch=epoch, rank=rank)
+    yield from DataLoader(items, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)

@@ -96,7 +96,7 @@ class TrainConfig:
     sync_bn: bool = setting(False, "synchronize batch statistics across processes (SyncBatchNorm; CUDA)")
     save_every: int = setting(0, "also write last.pt every N optimizer steps (0: once per epoch)")
     log_every: int = setting(50, "write a metrics.jsonl line every N optimizer steps")
-    num_workers: int = setting(0, "data-loading worker processes")
+    num_workers: int = setting(0, "worker processes that gather and augment the training batches (0: this one)")
     progress: bool = setting(True, "show tqdm progress bars")
 
     def __post_init__(self) -> None:

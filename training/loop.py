@@ -53,12 +53,24 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train as ``config`` says, in ``config.out_dir``; with ``resume`` continue the run saved there (use
     :func:`robust_sabn.training.resume_config` to read its config). Under ``torchrun`` every process calls this."""
     processes = start_processes(config.device)
-    deterministic = torch.are_deterministic_algorithms_enabled()
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
     try:
         return Trainer(config, processes, resume).run()
     finally:
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(flags[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1:]
         processes.close()
+
+
+def set_determinism(deterministic: bool) -> None:
+    """``--deterministic``: deterministic algorithms only, cuDNN's included (what makes a resumed run on a GPU
+    continue bit for bit); otherwise let cuDNN pick the fastest algorithms for each shape (``cudnn.benchmark``)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 class Trainer:
@@ -71,10 +83,7 @@ class Trainer:
         self.run_dir = Path(out_dir)
         checkpoint = load_last(self.run_dir) if resume else None
         self._check_device()
-        if config.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+        set_determinism(config.deterministic)
 
         self.splits = load_dataset(config.dataset, config.data_dir, download=config.download,
                                    val_size=config.val_size, seed=config.seed)
@@ -100,7 +109,7 @@ class Trainer:
             self._restore(checkpoint)
         else:
             seed_everything(config.seed + processes.rank)  # each process draws its own attack starts
-        self.first_step = self.step
+        self.first_step = self.layers_read_at = self.step
         self.log: MetricsLog | None = None
         self.lock: RunDirLock | None = None
         if processes.is_main:  # the first process owns the run folder
@@ -115,9 +124,15 @@ class Trainer:
         # training forward; attacks and validation use self.model itself.
         self.net: nn.Module = self.model
         if processes.distributed:
-            # Objectives that train one route (madry, fast) leave the other route's own parameters unused.
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                               else None, find_unused_parameters=bool(routes_of(self.model)))
+            # broadcast_buffers=False: each process keeps the BN statistics of its own shard, and the trainer averages
+            # them before every validation and checkpoint (broadcasting would overwrite them with the first
+            # process's at every forward). Unused parameters exist only where the objective trains one route of a
+            # routed model (madry, fast: the clean route's own parameters), and searching for them costs a graph
+            # traversal per step.
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                find_unused_parameters=self.objective.single_route and bool(routes_of(self.model)))
 
     def _check_device(self) -> None:
         config, device = self.config, self.device
@@ -203,7 +218,8 @@ class Trainer:
         batches = batch_iterator(self.train_set, config.batch_size, shuffle=True, seed=config.seed,
                                  epoch=self.epoch, start_batch=self.batch, drop_last=True,
                                  rank=self.processes.rank, world_size=self.processes.world_size,
-                                 augment=self.splits.augment, num_workers=config.num_workers)
+                                 augment=self.splits.augment, num_workers=config.num_workers,
+                                 pin_memory=self.device.type == "cuda")
         bar = tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}/{config.epochs}",
                    disable=not (config.progress and self.processes.is_main), leave=False, dynamic_ncols=True)
         with bar:
@@ -224,6 +240,7 @@ class Trainer:
                     self.log_record("step", self.window_meter)
                     self.window_meter = Meter()
                 if config.save_every and self.step % config.save_every == 0 and self.batch < self.steps_per_epoch:
+                    self.processes.average_buffers(self.model)  # what last.pt holds is what every process continues
                     self.save(LAST)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -248,15 +265,12 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         values = {"train_loss": loss_sum / n}
-        layers = layer_metrics(self.model)
         for meter in (self.epoch_meter, self.window_meter):
             meter.add("train_loss", loss_sum, n)
             if n_clean:
                 meter.add("train_clean_acc", clean, n_clean)
             if n_adv:
                 meter.add("train_adv_acc", adv, n_adv)
-            for key, value in layers.items():
-                meter.add(f"layer/{key}", value)
         if n_clean:
             values["train_clean_acc"] = clean / n_clean
         if n_adv:
@@ -314,7 +328,19 @@ class Trainer:
         if self.processes.is_main and self.config.progress:
             tqdm.write(_summary(record, self.config.epochs, improved))
 
+    def read_layer_metrics(self) -> None:
+        """Per-layer metrics (e.g. UBN's condensation) accumulate on the device inside the layers and are read here,
+        into both running averages, once per metrics line, epoch and checkpoint: a host synchronization per layer
+        per step would stall a GPU."""
+        steps = self.step - self.layers_read_at
+        if steps:
+            for key, value in layer_metrics(self.model).items():
+                for meter in (self.epoch_meter, self.window_meter):
+                    meter.add(f"layer/{key}", value * steps, steps)
+        self.layers_read_at = self.step
+
     def log_record(self, kind: str, meter: Meter, **extra: float) -> dict[str, Any]:
+        self.read_layer_metrics()
         last_lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](max(self.step - 1, 0))
         record = {"kind": kind, "epoch": self.epoch + (kind != "epoch"), "step": self.step, "lr": last_lr,
                   **meter.averages(), **extra, "time": self.elapsed}
@@ -324,6 +350,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Write a checkpoint (every process takes part: each contributes its RNG state; the main one writes)."""
+        self.read_layer_metrics()  # into the saved averages: the layers' counters are not part of the checkpoint
         states = self.processes.gather(rng_state(self.device))
         if not self.processes.is_main:
             return

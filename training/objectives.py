@@ -60,6 +60,7 @@ class Objective:
 
     step_factor = 0.25  # the training attack's default step: step_factor * eps
     step_exceeds_eps = False  # whether a step larger than eps makes sense (one-step attacks)
+    single_route = False  # trains only the adv route (the clean route's own parameters get no gradient)
 
     def __init__(self, *, eps: float, step_size: float, steps: int, norm: str = "Linf", bn_mode: str = "eval",
                  clean_route: str = CLEAN_ROUTE, adv_route: str = ADV_ROUTE) -> None:
@@ -104,6 +105,8 @@ class Objective:
 @OBJECTIVES.register("madry")
 class Madry(Objective):
     """Cross-entropy on PGD adversarials, through the adv route (Madry et al. 2018)."""
+
+    single_route = True
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         x_adv = self.attack(model)(x, y)

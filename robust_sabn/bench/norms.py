@@ -35,7 +35,7 @@ def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
     return step
 
 
-def _split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
+def split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
     """The hybrid loss's two halves as one fused forward over [x | x] and as two separate forwards."""
     n = x.shape[0]
     joined, labels = torch.cat([x, x]), torch.cat([y, y])
@@ -76,7 +76,7 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
     x = x.contiguous(memory_format=choice.memory_format)
     steps = {label: _train_step(model.to(memory_format=choice.memory_format), x, y) for label, model in models.items()}
     for label in ("SaBN", "BN"):
-        steps[f"{label} joined"], steps[f"{label} two"] = _split_steps(models[label], x, y)
+        steps[f"{label} joined"], steps[f"{label} two"] = split_steps(models[label], x, y)
     times = interleaved_medians(steps, repeats=repeats, warmup=warmup)
 
     rows = [[label, 1e3 * times[label], times[label] / times["BN"], TARGETS.get(label, "")]

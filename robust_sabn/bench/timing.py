@@ -6,17 +6,20 @@ import time
 from collections.abc import Callable, Mapping
 
 
-def interleaved_medians(variants: Mapping[str, Callable[[], object]], repeats: int = 10,
-                        warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(variants: Mapping[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
+                        wait: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Median seconds per call of each variant; one call of every variant per round, so that machine load
-    drifting during the run affects all of them alike."""
+    drifting during the run affects all of them alike. ``wait`` finishes queued work (``torch.cuda.synchronize``
+    for GPU variants) before a clock is read."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            wait()
             start = time.perf_counter()
             fn()
+            wait()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}

@@ -1,0 +1,54 @@
+"""``robust-sabn bench data``: the training augmentation (random crop and flip) on a CIFAR-sized batch, batched as
+training runs it against the per-image loop it replaced, on the CPU and (where one exists) a GPU."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from ..data import random_crop_flip
+from ..tables import markdown_table
+from .timing import interleaved_medians
+
+
+def crops_one_by_one(x: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
+    """The baseline: a Python loop cropping image by image (one kernel per image on a GPU), drawing the same random
+    numbers in the same order as :func:`robust_sabn.data.random_crop_flip`, so the outputs are identical."""
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).tolist()
+    padded = F.pad(x, (padding,) * 4)
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    if flip:
+        flipped = (torch.rand(b, generator=generator) < 0.5).nonzero().squeeze(1).to(x.device)
+        out[flipped] = out[flipped].flip(3)
+    return out
+
+
+def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, repeats: int = 20,
+               warmup: int = 3) -> str:
+    """A Markdown table of milliseconds per batch and the ratio of the batched crop to the loop, per device."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        x = torch.rand(batch_size, 3, image_size, image_size, device=device)
+        variants = {name: (lambda fn=fn, x=x: fn(x, torch.Generator().manual_seed(0), padding, True))
+                    for name, fn in (("batched", random_crop_flip), ("loop", crops_one_by_one))}
+        wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        times = interleaved_medians(variants, repeats=repeats, warmup=warmup, wait=wait)
+        rows.append([str(device), 1e3 * times["batched"], 1e3 * times["loop"], times["batched"] / times["loop"]])
+    header = (f"random crop (padding {padding}) and flip of {batch_size}x3x{image_size}x{image_size} float images, "
+              f"median of {repeats}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}\n\n")
+    return header + markdown_table(["device", "batched (ms)", "per-image loop (ms)", "ratio"], rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "The training augmentation, batched, against the per-image loop, on each device."
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(bench_data(args.batch_size, args.image_size, repeats=args.repeats))
+    return 0

@@ -1,0 +1,90 @@
+"""``robust-sabn bench gpu``: throughput on a CUDA device, where the fused route split and mixed precision pay.
+
+Rows: a hybrid SaBN training step (PGD attack included, channels_last) in float32, bfloat16 and float16 autocast as
+images per second with the ratio to float32; one forward+backward over the joined clean+adversarial batch through
+``split_routes`` against two forwards (the <= 0.85 target); and APGD-CE through :func:`robust_sabn.eval.evaluate`
+in images per second.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .. import create_model, set_route
+from ..devices import resolve_device
+from ..errors import ConfigError
+from ..eval import evaluate
+from ..tables import markdown_table
+from ..training.objectives import OBJECTIVES
+from .norms import SPLIT_TARGET, split_steps
+from .timing import interleaved_medians
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _training_step(model, objective, x, y, dtype):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            loss = objective(model, x, y).loss
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int = 7, repeats: int = 10,
+              warmup: int = 3, n_eval: int = 512, device: str = "cuda") -> str:
+    """Time the rows above on ``device``; a Markdown table."""
+    if not torch.cuda.is_available() or not device.startswith("cuda"):
+        raise ConfigError("bench gpu measures a CUDA device and none is available; on the CPU run bench norms, "
+                          "bench train, bench eval and bench data")
+    device = resolve_device(device)
+    torch.manual_seed(0)
+    x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    objective = OBJECTIVES["hybrid"](eps=8 / 255, step_size=2 / 255, steps=steps)
+    model = create_model(arch, norm="sandwich").to(device).to(memory_format=torch.channels_last).train()
+    variants = {name: _training_step(model, objective, x, y, dtype) for name, dtype in PRECISIONS.items()}
+    fused, separate = split_steps(set_route(model, "adv"), x, y)
+    variants.update({"split": fused, "two": separate})
+    times = interleaved_medians(variants, repeats=repeats, warmup=warmup, wait=torch.cuda.synchronize)
+
+    rows = [[f"hybrid training step (PGD-{steps}), {name}", batch_size / times[name],
+             times["float32"] / times[name], ""] for name in PRECISIONS]
+    rows.append(["split_routes (2B in one pass) vs two forwards (B + B), float32, time ratio", "-",
+                 times["split"] / times["two"], SPLIT_TARGET])
+    images = torch.rand(n_eval, 3, 32, 32)
+    with torch.no_grad():
+        labels = set_route(model.eval(), "adv")(images.to(device)).argmax(1).cpu()  # all correct: all attacked
+    set_route(model, None)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    evaluate(model, images, labels, 8 / 255, attack="apgd-ce", route="adv", batch_size=n_eval, clean_route=None,
+             progress=False)
+    torch.cuda.synchronize()
+    rows.append([f"APGD-CE evaluation, {n_eval} images", n_eval / (time.perf_counter() - start), "-", ""])
+    header = (f"{arch} with SaBN on {torch.cuda.get_device_name(device)}, batch {batch_size}x3x32x32 channels_last, "
+              f"median of {repeats}, torch {torch.__version__}\n\n")
+    return header + markdown_table(["row", "images / s", "ratio", "target (<=)"], rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Throughput on a CUDA device: training steps per precision, the fused route split against "
+                          "two forwards, and APGD-CE.")
+    parser.add_argument("--arch", default="preact_resnet18")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=7, help="PGD steps of the training attack")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--n-eval", type=int, default=512, help="images for the APGD-CE row")
+    parser.add_argument("--device", default="cuda", help="cuda or cuda:N")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(bench_gpu(args.arch, args.batch_size, args.steps, args.repeats, n_eval=args.n_eval, device=args.device))
+    return 0
