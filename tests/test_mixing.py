@@ -1,6 +1,8 @@
+import json
+
 import pytest
 import torch
-from helpers import max_diff
+from helpers import max_diff, write_run_dir
 from torch import nn
 
 from robust_sabn import (
@@ -8,11 +10,14 @@ from robust_sabn import (
     DualBatchNorm2d,
     RouteError,
     create_model,
+    export,
     fold_route,
     fold_spec,
     mix_routes,
     use_route,
 )
+from robust_sabn.cli import main
+from robust_sabn.exporting.robustbench import import_robustbench
 from robust_sabn.mixing import mixture_weights, parse_tradeoffs
 from robust_sabn.models.spec import build_model
 from robust_sabn.nn import RoutedNorm, WeightAlignConv2d, routed_layers
@@ -235,3 +240,28 @@ def test_bad_trade_off_grids_are_one_line_errors(text, match):
     with pytest.raises(ConfigError, match=match) as err:
         parse_tradeoffs(text)
     assert "\n" not in str(err.value)
+
+
+def test_an_exported_mixture_reloads_through_robustbench_with_identical_logits(tmp_path, capsys):
+    """Python and the command line: the card and architecture file name the mixture."""
+    model = randomize_norms(create_model("resnet_small", width=4, norm="sandwich")).eval()
+    weights = {"clean": 0.3, "adv": 0.7}
+    path = export(model, "MixedRoutes2026", route=weights, model_dir=tmp_path / "models")
+    import_robustbench()
+    from robustbench.utils import load_model
+
+    loaded = load_model("MixedRoutes2026", model_dir=tmp_path / "models", dataset="cifar10", threat_model="Linf")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), mix_routes(model, weights)(x))
+    assert json.loads(path.with_name("MixedRoutes2026.arch.json").read_text())["route"] == weights
+    card = json.loads((tmp_path / "model_info" / "cifar10" / "Linf" / "MixedRoutes2026.json").read_text())
+    assert "mixture 0.3 clean + 0.7 adv" in card["architecture"]
+
+    run = write_run_dir(tmp_path / "cli")
+    assert main(["export", str(run), "--name", "CliMix2026", "--route-mix", "0.25", "--model-dir",
+                 str(tmp_path / "cli" / "models")]) == 0
+    arch = tmp_path / "cli" / "models" / "cifar10" / "Linf" / "CliMix2026.arch.json"
+    assert json.loads(arch.read_text())["route"] == {"clean": 0.75, "adv": 0.25}
+    assert main(["export", str(run), "--name", "CliMix2027", "--route-mix", "0.5", "--route", "adv"]) == 2
+    assert "--route and --route-mix" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from ..constants import SINGLE_ROUTE, THREAT_MODELS
 from ..convert import fold_route, fold_spec
 from ..errors import ConfigError
 from ..io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint
+from ..mixing import check_weights, mix_routes
 from ..model_files import arch_file, write_arch_file
 from ..models.spec import build_model, check_spec, spec_from_arch
 from ..nn import check_model_route
@@ -153,14 +154,17 @@ def card_results(report: Any) -> dict[str, Any]:
             "unreliable": bool(report.flags), "footnote": footnote}
 
 
-def export(model: nn.Module, name: str, route: str | None = None, model_dir: str | os.PathLike = "models",
+def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None = None,
+           model_dir: str | os.PathLike = "models",
            dataset: str = "cifar10", threat_model: str = "Linf", arch: str | Mapping | None = None, *,
            arch_kwargs: Mapping[str, Any] | None = None, eps: float = 8 / 255,
            info_dir: str | os.PathLike | None = None, overwrite: bool = False, trained_on: str | None = None,
            allow_dataset_mismatch: bool = False) -> Path:
     """Fold ``route`` of ``model`` and write it in RobustBench's layout; returns the checkpoint path.
 
-    ``route`` is required for a model with routed layers and must be None otherwise. ``arch`` (a zoo name,
+    ``route`` is required for a model with routed layers and must be None otherwise; a mapping of route weights
+    (e.g. ``{"clean": 0.3, "adv": 0.7}``) exports that mixture of the routes (:func:`robust_sabn.mix_routes`), and
+    the card and architecture file say which. ``arch`` (a zoo name,
     ``"module:callable"``, or a full spec dict) rebuilds the folded model when it has no ``model_spec``;
     ``arch_kwargs`` are its keyword arguments. The card records ``eps`` (the radius the model was trained
     for); ``robust-sabn export --eval`` fills its accuracies. After export,
@@ -180,7 +184,9 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
         raise ConfigError(f"the model was trained on {trained_on} but would be filed as a {dataset} model, which "
                           f"RobustBench evaluates on {dataset} images; export it with dataset {trained_on!r} "
                           "(--dataset), or allow the mismatch for a demonstration (--allow-dataset-mismatch)")
-    check_model_route(model, route, "export")
+    mixture = check_weights(model, route) if isinstance(route, Mapping) else None
+    if mixture is None:
+        check_model_route(model, route, "export")
     weights = weights_path(name, model_dir, dataset, threat_model)
     card = card_path(name, model_dir, dataset, threat_model, info_dir)
     for path in (weights, arch_file(weights), card):
@@ -189,14 +195,17 @@ def export(model: nn.Module, name: str, route: str | None = None, model_dir: str
         raise ConfigError(f"{weights} exists; pass overwrite=True (--overwrite) to replace it")
     robustbench.check_name_free(name, dataset, threat_model)
 
-    folded = fold_route(model, route).cpu().eval()
+    folded = (fold_route(model, route) if mixture is None else mix_routes(model, mixture)).cpu().eval()
     spec = exported_spec(model, arch, arch_kwargs)
     state_dict = {k: v.detach().clone().contiguous() for k, v in folded.state_dict().items()}
     _check_keys(state_dict)
     _check_rebuilds(spec, folded, trained_on)
 
     architecture = spec.get("arch") or spec["callable"]
-    if route is not None:
+    if mixture is not None:
+        route = {r: w for r, w in mixture.items() if w > 0}
+        architecture += f" (mixture {' + '.join(f'{w:g} {r}' for r, w in route.items())} of the routes, folded)"
+    elif route is not None:
         architecture = f"{architecture} ({route} route folded)"
     with all_or_nothing():
         save_checkpoint(state_dict, weights)

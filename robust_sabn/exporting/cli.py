@@ -3,21 +3,39 @@ from __future__ import annotations
 
 import argparse
 
+from ..constants import ADV_ROUTE, CLEAN_ROUTE
 from ..data import test_images
 from ..devices import resolve_device
+from ..errors import ConfigError
 from ..eval.cli import add_model_arguments
 from ..flags import add_common_flags
 from ..io import check_writable
-from ..model_files import load_trained_model
-from ..parsing import format_eps, parse_json_object
+from ..mixing import mixture_weights
+from ..model_files import LoadedModel, load_trained_model
+from ..parsing import format_eps, parse_json_object, parse_number
 from ..tables import markdown_table
 from . import card_path, export, fill_card, weights_path
 from .robustbench import robustbench_names
 
 
+def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
+    """``--route-mix T``: the weights (1 - T) on the clean route and T on the adv route (the training config's)."""
+    if args.route is not None:
+        raise ConfigError("--route and --route-mix both choose what to fold; pass one of them")
+    config = loaded.config
+    return mixture_weights(loaded.model, parse_number(args.route_mix, "--route-mix"),
+                           clean=config.get("clean_route", CLEAN_ROUTE), adv=config.get("adv_route", ADV_ROUTE))
+
+
+def describe(route: str | dict[str, float] | None) -> str:
+    if isinstance(route, dict):
+        return "mixture " + " + ".join(f"{w:g} {r}" for r, w in route.items() if w > 0) + " of the routes folded"
+    return f"{route} route folded" if route else "no routes"
+
+
 def run(args: argparse.Namespace) -> int:
     loaded = load_trained_model(args.checkpoint, args.model, parse_json_object(args.model_kwargs))
-    route = loaded.route(args.route)
+    route = loaded.route(args.route) if args.route_mix is None else mixture(loaded, args)
     norm, eps = loaded.threat(args.threat_model, args.eps)
     trained = loaded.trained_on()
     dataset = args.dataset or trained or "cifar10"  # RobustBench's slot
@@ -43,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate(exported.to(device), x, y, eps, norm=norm, attack="autoattack", version=args.version,
                           seed=args.seed, batch_size=args.batch_size, device=device, progress=args.progress)
         report.checkpoint, report.dataset = str(weights), trained or dataset
-        report.source = f"exported model ({route} route folded)" if route else "exported model"
+        report.source = f"exported model ({describe(route)})"
         fill_card(card, report)
         json_path, _ = write_report(report, report_stem)
         rows += [["evaluation report", json_path],
@@ -51,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
                   f"{args.version}, {norm} eps {format_eps(eps, norm)})"]]
         rows += [["AutoAttack flag", flag] for flag in report.flags]
-    print(f"exported {loaded.path} (route {route or '-'}) as {args.name}\n")
+    print(f"exported {loaded.path} ({describe(route)}) as {args.name}\n")
     print(markdown_table(["", ""], rows))
     if robustbench_names(dataset, norm):
         print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
@@ -71,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="RobustBench-style name, e.g. Name2026Title (must be new)")
     parser.add_argument("--model-dir", default="models", help="RobustBench's model_dir (default ./models)")
     parser.add_argument("--info-dir", help="folder for the card (default: model_info beside --model-dir)")
+    parser.add_argument("--route-mix", metavar="T",
+                        help="export the mixture of the routes (1 - T) clean + T adv instead of one route (0: the "
+                             "clean route, 1: the adv route; see docs/route-mixing.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export of the same name")
     parser.add_argument("--allow-dataset-mismatch", action="store_true",
                         help="file a model under a --dataset other than the one it was trained on (a demonstration; "
