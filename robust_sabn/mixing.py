@@ -77,6 +77,11 @@ def check_weights(model: nn.Module, weights: Mapping[str, float]) -> dict[str, f
     return {route: float(weights.get(route, 0.0)) / total for route in routes}
 
 
+def describe_mixture(weights: Mapping[str, float]) -> str:
+    """``{"clean": 0.3, "adv": 0.7}`` -> ``"mixture 0.3 clean + 0.7 adv"`` (routes of weight 0 left out)."""
+    return "mixture " + " + ".join(f"{w:g} {route}" for route, w in weights.items() if w > 0)
+
+
 def mixture_weights(model: nn.Module, t: float, clean: str = CLEAN_ROUTE, adv: str = ADV_ROUTE) -> dict[str, float]:
     """The weights of trade-off ``t`` in [0, 1] between two routes: ``{clean: 1 - t, adv: t}`` (0 is the clean
     route, 1 the adversarial one)."""

@@ -24,7 +24,7 @@ from ..constants import SINGLE_ROUTE, THREAT_MODELS
 from ..convert import fold_route, fold_spec
 from ..errors import ConfigError
 from ..io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint
-from ..mixing import check_weights, mix_routes
+from ..mixing import check_weights, describe_mixture, mix_routes
 from ..model_files import arch_file, write_arch_file
 from ..models.spec import build_model, check_spec, spec_from_arch
 from ..nn import check_model_route
@@ -204,7 +204,7 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
     architecture = spec.get("arch") or spec["callable"]
     if mixture is not None:
         route = {r: w for r, w in mixture.items() if w > 0}
-        architecture += f" (mixture {' + '.join(f'{w:g} {r}' for r, w in route.items())} of the routes, folded)"
+        architecture += f" ({describe_mixture(route)} of the routes, folded)"
     elif route is not None:
         architecture = f"{architecture} ({route} route folded)"
     with all_or_nothing():

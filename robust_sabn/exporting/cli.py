@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..eval.cli import add_model_arguments
 from ..flags import add_common_flags
 from ..io import check_writable
-from ..mixing import mixture_weights
+from ..mixing import describe_mixture, mixture_weights
 from ..model_files import LoadedModel, load_trained_model
 from ..parsing import format_eps, parse_json_object, parse_number
 from ..tables import markdown_table
@@ -29,7 +29,7 @@ def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
 
 def describe(route: str | dict[str, float] | None) -> str:
     if isinstance(route, dict):
-        return "mixture " + " + ".join(f"{w:g} {r}" for r, w in route.items() if w > 0) + " of the routes folded"
+        return f"{describe_mixture(route)} of the routes folded"
     return f"{route} route folded" if route else "no routes"
 
 
