@@ -265,3 +265,26 @@ def test_an_exported_mixture_reloads_through_robustbench_with_identical_logits(t
     assert json.loads(arch.read_text())["route"] == {"clean": 0.75, "adv": 0.25}
     assert main(["export", str(run), "--name", "CliMix2027", "--route-mix", "0.5", "--route", "adv"]) == 2
     assert "--route and --route-mix" in capsys.readouterr().err
+
+
+def test_the_mixture_front_evaluates_each_mixture_and_draws_the_pareto_plot(tmp_path):
+    from functools import partial
+
+    from robust_sabn.eval import evaluate
+    from robust_sabn.eval.front import dominating, mixture_front, plot_front
+
+    model = randomize_norms(create_model("resnet_small", width=4, norm="sandwich")).eval()
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad(), use_route(model, "clean"):
+        y = model(x).argmax(1)
+    one = partial(evaluate, x=x, y=y, eps=8 / 255, attack="pgd-2", batch_size=8, progress=False)
+    points = mixture_front(model, [0.0, 0.5, 1.0], one, "clean", "adv")
+    assert [p.t for p in points] == [0.0, 0.5, 1.0] and points[0].report.clean_acc == 1.0
+    clean_end = one(fold_route(model, "clean"))
+    assert (points[0].report.clean_acc, points[0].report.robust_acc) == (clean_end.clean_acc, clean_end.robust_acc)
+    oracle = evaluate(model, x, y, 8 / 255, attack="pgd-2", route="adv", batch_size=8, progress=False)
+    png = plot_front(points, tmp_path / "front.png", oracle)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    better = [p for p in points[:2] if p.report.clean_acc > points[2].report.clean_acc
+              and p.report.robust_acc >= points[2].report.robust_acc - 0.01]
+    assert dominating(points) == better
