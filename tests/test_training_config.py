@@ -89,6 +89,12 @@ def test_resolved_config_round_trips_through_yaml():
     ({"steps": 0}, "steps"),
     ({"milestones": [150, 50]}, "milestones"),
     ({"batch_size": "many"}, "batch_size"),
+    ({"ema_decay": 1.0}, "ema_decay"),
+    ({"label_smoothing": -0.1}, "label_smoothing"),
+    ({"awp_gamma": -0.01}, "awp_gamma"),
+    ({"awp_warmup": -1}, "awp_warmup"),
+    ({"extra_data": "x.npz", "extra_fraction": 0.0}, "extra-fraction"),
+    ({"extra_data": "x.npz", "extra_fraction": 0.999}, "extra-fraction"),
 ])
 def test_bad_values_raise_config_errors(values, match):
     with pytest.raises(ConfigError, match=match):
@@ -129,6 +135,8 @@ def cifar_dir(tmp_path_factory):
     (["--config", "no-such-recipe"], "recipes"),
     (["--amp"], "CUDA"),
     (["--arch", "preact_resnet18", "--width", "8"], "width"),
+    (["--extra-data", "{missing}.npz"], "no extra-data file"),
+    (["--lr-schedule", "linear"], "unknown lr_schedule"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(flags, match, cifar_dir, tmp_path, capsys):
     blocker = tmp_path / "a-file"

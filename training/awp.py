@@ -3,10 +3,11 @@ training loss, take the optimizer step there, and move them back.
 
 The perturbation of a weight tensor ``w`` is ``gamma * ||w|| * g / ||g||``, with ``g`` the gradient of the
 objective's own loss (at the step's adversarial examples, BN in train mode) with respect to ``w``: one normalized
-ascent step per layer, as in the authors' code. Only tensors of two or more dimensions are perturbed, the
-convolution and linear weights; biases and normalization affines are not (as in the authors' code, where the
-relative size ``||w||`` is what makes the step scale-free). On a routed model those are exactly the layers every
-route shares, while each route's own parameters are its normalization affines: so both routes see the same
+ascent step per layer, as in the authors' code. Only the weights of convolutions and linear layers are perturbed;
+biases and normalization affines are not (the authors' code perturbs the weight tensors of two or more
+dimensions, which in a plain network are exactly these; a routed norm keeps its routes' affines in 2-D tensors,
+routes x channels, so the rule here names the layers instead). On a routed model those are exactly the layers
+every route shares, while each route's own parameters are its normalization affines: so both routes see the same
 perturbed weights, and the perturbation follows the objective's loss through both routes (``hybrid``, ``trades``,
 ``mart``) or the adv route alone (``madry``). The forward that finds it leaves no trace: every buffer (each
 route's running statistics, layer counters) is restored afterwards.
@@ -27,8 +28,9 @@ EPS = 1e-20  # keeps the normalization finite for a zero gradient
 
 
 def perturbed_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters AWP perturbs: trainable tensors of two or more dimensions (convolution and linear weights)."""
-    return [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    """The parameters AWP perturbs: the weights of convolutions and linear layers (every route shares them)."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(m.weight, nn.Parameter) and m.weight.requires_grad]
 
 
 @contextmanager

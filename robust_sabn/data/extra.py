@@ -29,13 +29,19 @@ def read_image_npz(path: str | os.PathLike, *, num_classes: int, in_channels: in
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no extra-data file at {path}; pass an .npz holding {LAYOUT}")
+    unreadable = (OSError, ValueError, zipfile.BadZipFile, EOFError)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+    except unreadable as err:
+        raise _unreadable(path, err) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{path} holds a single array, not an .npz; extra data needs {LAYOUT}")
+    try:
+        with loaded as npz:
             names = list(npz.files)
             arrays = {key: npz[key] for key in (IMAGE_KEY, LABEL_KEY) if key in names}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise ConfigError(f"cannot read {path} as an .npz of plain arrays ({str(err).splitlines()[0]}); "
-                          f"extra data needs {LAYOUT}") from None
+    except unreadable as err:
+        raise _unreadable(path, err) from None
     missing = [key for key in (IMAGE_KEY, LABEL_KEY) if key not in arrays]
     if missing:
         raise ConfigError(f"{path} holds {', '.join(map(repr, names)) or 'no arrays'}, not "
@@ -61,6 +67,11 @@ def read_image_npz(path: str | os.PathLike, *, num_classes: int, in_channels: in
                           f"classes 0 to {num_classes - 1}")
     nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     return ImageTensors(nchw, torch.from_numpy(labels.astype(np.int64)))
+
+
+def _unreadable(path: Path, err: Exception) -> ConfigError:
+    return ConfigError(f"cannot read {path} as an .npz of plain arrays ({str(err).splitlines()[0]}); extra data "
+                       f"needs {LAYOUT}")
 
 
 def write_image_npz(path: str | os.PathLike, data: ImageTensors) -> Path:
