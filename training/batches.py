@@ -121,4 +121,8 @@ def batch_iterator(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: in
         batches = [] if stream is None else list(stream.view(-1, world_size, labeled)[:, rank])
     items = _Batches(dataset, batches, start_batch, augment, seed=seed, epoch=epoch, rank=rank, extra=extra,
                      extra_count=extra_count)
-    yield from DataLoader(items, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+    # Its own generator: an iterator over a DataLoader draws its workers' base seed from the generator it is given,
+    # by default torch's global one, which the training attacks draw from (a resumed run would draw once more).
+    # Every batch is seeded above, so the base seed changes nothing here.
+    yield from DataLoader(items, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                          generator=torch.Generator().manual_seed(seed))
