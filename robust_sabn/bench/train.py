@@ -52,7 +52,6 @@ MODERN_BENCH_VARIANTS: dict[str, dict] = {
     "SaAuxBN +EMA +AWP": {"norm": "sandwich", "ema_decay": 0.995, "awp_gamma": 0.005},
     "SaAuxBN MART +EMA": {"norm": "sandwich", "ema_decay": 0.995, "objective": "mart"},
     "SaAuxBN +EMA +extra": {"norm": "sandwich", "ema_decay": 0.995, "extra_data": HELD_OUT},
-    "SaAuxBN +cosine": {"norm": "sandwich", "lr_schedule": "cosine"},
     "SaAuxBN all": {"norm": "sandwich", **ALL_TECHNIQUES},
     "BN all": {"norm": "bn", **ALL_TECHNIQUES},
 }
