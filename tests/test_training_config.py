@@ -1,4 +1,5 @@
 """The training config: flags, files, recipes, Python; precedence; fractions; every bad input is one line, exit 2."""
+import dataclasses
 import json
 import os
 
@@ -71,6 +72,15 @@ def test_recipes_resolve_to_the_documented_settings():
     assert (small.dataset, small.arch, small.norm, small.objective, small.eps) == (
         "fashion-mnist", "resnet_small", "sandwich", "hybrid", 0.1)
     assert TrainConfig.from_file("madry-cifar10").objective == "madry"
+    generated = TrainConfig.from_file("generated-preact-resnet18-cifar10")
+    assert (generated.arch, generated.objective, generated.beta, generated.label_smoothing, generated.ema_decay,
+            generated.extra_fraction, generated.lr_schedule) == ("preact_resnet18", "trades", 5.0, 0.1, 0.995, 0.7,
+                                                                 "cosine")
+    awp = TrainConfig.from_file("awp-trades-wrn34-cifar10")
+    assert (awp.arch, awp.objective, awp.awp_gamma, awp.awp_warmup) == ("wide_resnet34_10", "trades", 0.005, 10)
+    modern = TrainConfig.from_file("fashion-mnist-modern")
+    assert dataclasses.replace(modern, extra_data=None, ema_decay=0.0, label_smoothing=0.0, lr_schedule="step",
+                               milestones=small.milestones) == small  # fashion-mnist-small plus the techniques
 
 
 def test_resolved_config_round_trips_through_yaml():
