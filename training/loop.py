@@ -261,15 +261,7 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         with autocast:
             x_adv = self.objective.adversarial(self.net, x, y)
-        perturbation = None
-        if self.awp is not None and self.epoch >= self.config.awp_warmup:
-            def ascent_loss() -> torch.Tensor:
-                with autocast:
-                    return self.scaler.scale(self.objective.loss(self.model, x, x_adv, y, log=False).loss)
-
-            perturbation = self.awp.find(self.model, ascent_loss)
-            if perturbation is not None:
-                self.awp.apply(self.model, perturbation)
+        perturbation = self.perturb_weights(x, x_adv, y, autocast)
         with autocast:
             out = self.objective.loss(self.net, x, x_adv, y)
         counts = torch.stack([out.loss.detach().float() * len(y), torch.tensor(float(len(y)), device=self.device),
@@ -302,6 +294,22 @@ class Trainer:
         if n_adv:
             values["train_adv_acc"] = adv / n_adv
         return values
+
+    def perturb_weights(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                        autocast: torch.autocast) -> list[torch.Tensor] | None:
+        """AWP, from epoch ``--awp-warmup`` on: move the shared weights uphill on the objective's loss at this step's
+        ``x_adv``; returns the perturbation, which :meth:`train_step` removes after the optimizer step."""
+        if self.awp is None or self.epoch < self.config.awp_warmup:
+            return None
+
+        def ascent_loss() -> torch.Tensor:
+            with autocast:
+                return self.scaler.scale(self.objective.loss(self.model, x, x_adv, y, log=False).loss)
+
+        perturbation = self.awp.find(self.model, ascent_loss)
+        if perturbation is not None:
+            self.awp.apply(self.model, perturbation)
+        return perturbation
 
     # -- validation, checkpoints, metrics ---------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
