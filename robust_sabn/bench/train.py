@@ -44,7 +44,7 @@ HELD_OUT = "held-out"  # extra_data of a variant: the training images the base c
 ALL_TECHNIQUES = {"ema_decay": 0.995, "label_smoothing": 0.1, "awp_gamma": 0.005, "extra_data": HELD_OUT,
                   "lr_schedule": "cosine"}
 # On top of SaAuxBN + hybrid (the base recipe): each technique with EMA (the others' baseline in every paper), then
-# all together; BN with all of them.
+# all together (with the hybrid loss, and with MART's); BN with all of them.
 MODERN_BENCH_VARIANTS: dict[str, dict] = {
     "SaAuxBN": {"norm": "sandwich"},
     "SaAuxBN +EMA": {"norm": "sandwich", "ema_decay": 0.995},
@@ -53,6 +53,7 @@ MODERN_BENCH_VARIANTS: dict[str, dict] = {
     "SaAuxBN MART +EMA": {"norm": "sandwich", "ema_decay": 0.995, "objective": "mart"},
     "SaAuxBN +EMA +extra": {"norm": "sandwich", "ema_decay": 0.995, "extra_data": HELD_OUT},
     "SaAuxBN all": {"norm": "sandwich", **ALL_TECHNIQUES},
+    "SaAuxBN MART all": {"norm": "sandwich", **ALL_TECHNIQUES, "objective": "mart"},
     "BN all": {"norm": "bn", **ALL_TECHNIQUES},
 }
 SUITES = {"norms": TRAIN_BENCH_VARIANTS, "modern": MODERN_BENCH_VARIANTS}
