@@ -16,6 +16,8 @@ COMMANDS = {
                    "train a small SaBN model on Fashion-MNIST and print its clean/robust accuracy table"),
     "train": ("robust_sabn.training.cli",
               "adversarial training (PGD, hybrid SaBN, TRADES, fast) with checkpoints and resume"),
+    "holdout": ("robust_sabn.training.holdout",
+                "write the training images a config does not train on as an extra-data .npz (offline extra data)"),
     "eval": ("robust_sabn.eval.cli",
              "AutoAttack / APGD-CE / PGD / CW evaluation of a run folder, checkpoint or exported model"),
     "export": ("robust_sabn.exporting.cli",

@@ -36,7 +36,7 @@ class LoadedModel:
     model: nn.Module
     path: Path  # the weights file that was read
     spec: dict  # the architecture spec it was rebuilt from
-    source: str  # "training checkpoint", "exported model" or "state dict"
+    source: str  # "training checkpoint", "training checkpoint (EMA weights)", "exported model" or "state dict"
     config: dict = field(default_factory=dict)  # the training config, when the checkpoint holds one
 
     def route(self, route: str | None = None) -> str | None:
@@ -107,8 +107,12 @@ def resolve_weights(target: str | os.PathLike) -> Path:
 
 
 def load_trained_model(target: str | os.PathLike, arch: str | None = None,
-                       arch_kwargs: Mapping[str, Any] | None = None, hint: str = "") -> LoadedModel:
+                       arch_kwargs: Mapping[str, Any] | None = None, hint: str = "", *,
+                       ema: bool = True) -> LoadedModel:
     """Rebuild the model stored at ``target`` (on the CPU, in eval mode).
+
+    A training checkpoint of a run with ``--ema-decay`` holds the live weights (``model``) and their moving average
+    (``ema``); the average is loaded, and ``source`` says so, unless ``ema=False``.
 
     The architecture comes from, in order: ``arch``/``arch_kwargs`` when given (a zoo name or an importable
     ``"module:callable"``); the ``model_spec`` inside a training checkpoint; the ``<name>.arch.json`` beside an
@@ -117,10 +121,12 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
     """
     path = resolve_weights(target)
     checkpoint = load_checkpoint(path)
-    state_dict = extract_state_dict(checkpoint, str(path))
+    averaged = ema and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("ema"), Mapping)
+    state_dict = extract_state_dict({"model": checkpoint["ema"]} if averaged else checkpoint, str(path))
     config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
     if isinstance(checkpoint, Mapping) and "model_spec" in checkpoint:
-        file_spec, source, kind = checkpoint["model_spec"], f"{path} (model_spec)", "training checkpoint"
+        file_spec, source = checkpoint["model_spec"], f"{path} (model_spec)"
+        kind = "training checkpoint (EMA weights)" if averaged else "training checkpoint"
     elif arch_file(path).is_file():
         file_spec, source, kind = read_arch_file(arch_file(path))["spec"], str(arch_file(path)), "exported model"
     else:

@@ -36,7 +36,7 @@ def stats(model):
 
 
 def test_registry():
-    assert set(OBJECTIVES) == {"madry", "hybrid", "trades", "fast"}
+    assert set(OBJECTIVES) == {"madry", "hybrid", "trades", "fast", "mart"}
     with pytest.raises(ConfigError, match="registered already"):
         OBJECTIVES.register("madry", OBJECTIVES["hybrid"])
 
@@ -70,7 +70,7 @@ def test_hybrid_equals_two_separate_forwards(data):
         torch.testing.assert_close(value, ref_stats[key], rtol=0, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("name", ["madry", "hybrid", "trades", "fast"])
+@pytest.mark.parametrize("name", ["madry", "hybrid", "trades", "fast", "mart"])
 def test_loss_decreases(data, name):
     x, y = data
     model = make_model()
@@ -89,7 +89,8 @@ def test_loss_decreases(data, name):
     assert sum(losses[-3:]) < 0.85 * sum(losses[:3]), losses
 
 
-@pytest.mark.parametrize("name,trains_clean", [("madry", False), ("fast", False), ("hybrid", True), ("trades", True)])
+@pytest.mark.parametrize("name,trains_clean", [("madry", False), ("fast", False), ("hybrid", True), ("trades", True),
+                                               ("mart", True)])
 def test_routes_used_as_documented(data, name, trains_clean):
     x, y = data
     model = make_model()
@@ -103,7 +104,7 @@ def test_routes_used_as_documented(data, name, trains_clean):
     assert changed == ({"clean", "adv"} if trains_clean else {"adv"})  # madry/fast's logging forward is eval-mode
 
 
-@pytest.mark.parametrize("name", ["madry", "hybrid", "trades", "fast"])
+@pytest.mark.parametrize("name", ["madry", "hybrid", "trades", "fast", "mart"])
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
 def test_model_left_in_train_mode_without_route(data, name, bn_mode):
     x, y = data

@@ -1,6 +1,7 @@
 """``robust-sabn bench train`` with tiny settings: one row per registered variant, both protocols."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from fake_data import write_fashion_mnist
@@ -29,9 +30,30 @@ def test_bench_train_prints_one_row_per_variant(tmp_path, capsys, monkeypatch):
     rows = [line.split(" | ")[0].removeprefix("| ") for line in table[1:]]
     assert rows == list(TRAIN_BENCH_VARIANTS)
     bn = table[1].split(" | ")
-    assert bn[1] == bn[3]  # plain BN: no clean route, the oracle's clean accuracy is the single route's
+    assert bn[1] == bn[4]  # plain BN: no clean route, the oracle's clean accuracy is the single route's
+    assert bn[5] == f"{bn[2]} / {bn[3]}"  # the oracle's robust accuracies are the adv route's
     for label in TRAIN_BENCH_VARIANTS:
         assert (tmp_path / "bench" / label / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_modern_suite_trains_on_held_out_extra_data_and_scores_the_weight_average(tmp_path, capsys):
+    write_fashion_mnist(tmp_path / "data", n_train=96, n_test=12)
+    argv = ["bench", "train", "--suite", "modern", "--variants", "SaAuxBN +EMA +extra", "BN all",
+            "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--train-size", "32", "--batch-size", "16",
+            "--val-size", "16", "--width", "4", "--steps", "1", "--test-size", "12", "--pgd-steps", "2",
+            "--aa-size", "8", "--device", "cpu", "--out-dir", str(tmp_path / "bench"), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| SaAuxBN") or line.startswith("| BN")]
+    assert [row[0] for row in rows] == ["| SaAuxBN +EMA +extra", "| BN all"]
+    assert all(0 <= float(row[3]) <= 100 and row[5] == f"{row[2]} / {row[3]}" for row in rows)
+    assert "apgd-ce + apgd-t on the first 8" in out
+    with np.load(tmp_path / "bench" / "held-out.npz") as npz:
+        assert npz["image"].shape == (96 - 16 - 32, 28, 28, 1)  # the training images outside the labeled 32
+    saved = load_checkpoint(tmp_path / "bench" / "BN all" / "best.pt")
+    assert saved["config"]["extra_data"] == str(tmp_path / "bench" / "held-out.npz") and "ema" in saved
+    assert saved["config"]["awp_gamma"] > 0 and saved["config"]["lr_schedule"] == "cosine"
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """The training config: flags, files, recipes, Python; precedence; fractions; every bad input is one line, exit 2."""
+import dataclasses
 import json
 import os
 
@@ -71,6 +72,15 @@ def test_recipes_resolve_to_the_documented_settings():
     assert (small.dataset, small.arch, small.norm, small.objective, small.eps) == (
         "fashion-mnist", "resnet_small", "sandwich", "hybrid", 0.1)
     assert TrainConfig.from_file("madry-cifar10").objective == "madry"
+    generated = TrainConfig.from_file("generated-preact-resnet18-cifar10")
+    assert (generated.arch, generated.objective, generated.beta, generated.label_smoothing, generated.ema_decay,
+            generated.extra_fraction, generated.lr_schedule) == ("preact_resnet18", "trades", 5.0, 0.1, 0.995, 0.7,
+                                                                 "cosine")
+    awp = TrainConfig.from_file("awp-trades-wrn34-cifar10")
+    assert (awp.arch, awp.objective, awp.awp_gamma, awp.awp_warmup) == ("wide_resnet34_10", "trades", 0.005, 10)
+    modern = TrainConfig.from_file("fashion-mnist-modern")
+    assert dataclasses.replace(modern, extra_data=None, ema_decay=0.0, label_smoothing=0.0, lr_schedule="step",
+                               milestones=small.milestones) == small  # fashion-mnist-small plus the techniques
 
 
 def test_resolved_config_round_trips_through_yaml():
@@ -89,6 +99,12 @@ def test_resolved_config_round_trips_through_yaml():
     ({"steps": 0}, "steps"),
     ({"milestones": [150, 50]}, "milestones"),
     ({"batch_size": "many"}, "batch_size"),
+    ({"ema_decay": 1.0}, "ema_decay"),
+    ({"label_smoothing": -0.1}, "label_smoothing"),
+    ({"awp_gamma": -0.01}, "awp_gamma"),
+    ({"awp_warmup": -1}, "awp_warmup"),
+    ({"extra_data": "x.npz", "extra_fraction": 0.0}, "extra-fraction"),
+    ({"extra_data": "x.npz", "extra_fraction": 0.999}, "extra-fraction"),
 ])
 def test_bad_values_raise_config_errors(values, match):
     with pytest.raises(ConfigError, match=match):
@@ -129,6 +145,8 @@ def cifar_dir(tmp_path_factory):
     (["--config", "no-such-recipe"], "recipes"),
     (["--amp"], "CUDA"),
     (["--arch", "preact_resnet18", "--width", "8"], "width"),
+    (["--extra-data", "{missing}.npz"], "no extra-data file"),
+    (["--lr-schedule", "linear"], "unknown lr_schedule"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(flags, match, cifar_dir, tmp_path, capsys):
     blocker = tmp_path / "a-file"

@@ -31,19 +31,24 @@ def worker(rank: int, world_size: int, port: int, config: dict, out: str) -> Non
         trainer = Trainer(TrainConfig.from_dict(config), processes, resume=False)
         result = trainer.run()
         released = trainer.net is trainer.model  # DDP let go of the group, so it can be torn down cleanly
-        torch.save({"state": trainer.model.state_dict(), "step": result.step, "released": released},
+        ema = trainer.scored_model().state_dict() if trainer.ema is not None else {}
+        torch.save({"state": trainer.model.state_dict(), "ema": ema, "step": result.step, "released": released},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         processes.close()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective, norm", [("hybrid", "sandwich"), ("madry", "dual"), ("trades", "bn")])
-def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm):
+@pytest.mark.parametrize("objective, norm, techniques", [
+    ("hybrid", "sandwich", {}), ("madry", "dual", {}), ("trades", "bn", {}),
+    ("mart", "sandwich", {"ema_decay": 0.9, "awp_gamma": 0.01, "label_smoothing": 0.1, "lr_schedule": "cosine"}),
+])
+def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm, techniques):
     write_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)
     config = TrainConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data"), arch="resnet_small", width=4,
                          norm=norm, objective=objective, eps=0.1, steps=2, val_steps=1, val_size=16, epochs=2,
-                         batch_size=8, max_steps=7, out_dir=str(tmp_path / "run"), device="cpu", progress=False)
+                         batch_size=8, max_steps=7, out_dir=str(tmp_path / "run"), device="cpu", progress=False,
+                         **techniques)
     mp.spawn(worker, args=(2, free_port(), config.to_dict(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["step"] == ranks[1]["step"] == 7  # 80 images / (2 processes x 8) = 5 steps per epoch
@@ -53,6 +58,10 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
         assert torch.equal(value, saved["model"][key]), key
+    assert bool(ranks[0]["ema"]) == bool(techniques)  # the weight average: the same on both, and what was saved
+    for key, value in ranks[0]["ema"].items():
+        assert torch.equal(value, ranks[1]["ema"][key]), key
+        assert torch.equal(value, saved["ema"][key]), key
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The training batches: a resumable, sharded iterator over a dataset, augmented with per-batch seeds."""
+"""The training batches: a resumable, sharded iterator over a dataset, augmented with per-batch seeds, optionally
+mixed with extra (generated or pseudo-labelled) images at a fixed share of every batch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import Augment, ImageTensors
 from ..errors import ConfigError
 from ..rng import derive_seed
+
+LABELED_STREAM, EXTRA_DRAW = 1, 2  # keys that set the mixed batches' seeds apart from the augmentation's
 
 
 def _divide(n: int, d: int, drop_last: bool) -> int:
@@ -36,25 +39,44 @@ def shard_indices(n_items: int, *, shuffle: bool, seed: int, epoch: int, rank: i
     return order[:total][rank::world_size]
 
 
+def labeled_stream(n_items: int, start: int, count: int, *, seed: int) -> Tensor:
+    """Positions ``start`` to ``start + count`` of an endless sequence of permutations of ``range(n_items)``, the
+    c-th drawn by ``(seed, c)``: every item once per pass, whichever batch a pass begins or ends in."""
+    first, last = start // n_items, (start + count - 1) // n_items
+    passes = [torch.randperm(n_items, generator=torch.Generator().manual_seed(derive_seed(seed, LABELED_STREAM, c)))
+              for c in range(first, last + 1)]
+    offset = start - first * n_items
+    return torch.cat(passes)[offset:offset + count]
+
+
+def _gather(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """The items at ``indices`` as one batch (one indexing operation for in-memory data)."""
+    if isinstance(dataset, ImageTensors):
+        return dataset.batch(indices)
+    items = [dataset[j] for j in indices.tolist()]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
+
+
 class _Batches(Dataset):
-    """Batch ``i`` of an epoch as one item: gathered (one indexing operation for in-memory data) and augmented with
-    the generator seeded for it, in whichever process loads it."""
+    """Batch ``i`` of an epoch as one item: gathered, with ``extra_count`` images of ``extra`` drawn for it, and
+    augmented with the generator seeded for it, in whichever process loads it."""
 
     def __init__(self, dataset: Dataset, batches: list[Tensor], first: int, augment: Augment | None, *, seed: int,
-                 epoch: int, rank: int) -> None:
+                 epoch: int, rank: int, extra: Dataset | None = None, extra_count: int = 0) -> None:
         self.dataset, self.batches, self.first, self.augment = dataset, batches, first, augment
         self.seed, self.epoch, self.rank = seed, epoch, rank
+        self.extra, self.extra_count = extra, extra_count
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        indices = self.batches[i]
-        if isinstance(self.dataset, ImageTensors):
-            x, y = self.dataset.batch(indices)
-        else:
-            items = [self.dataset[j] for j in indices.tolist()]
-            x, y = torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
+        x, y = _gather(self.dataset, self.batches[i])
+        if self.extra is not None:
+            draw = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.first + i, self.rank,
+                                                             EXTRA_DRAW))
+            extra_x, extra_y = _gather(self.extra, torch.randint(len(self.extra), (self.extra_count,), generator=draw))
+            x, y = torch.cat([x, extra_x]), torch.cat([y, extra_y])
         if self.augment is not None:
             seed = derive_seed(self.seed, self.epoch, self.first + i, self.rank)
             x = self.augment(x, torch.Generator().manual_seed(seed))
@@ -63,7 +85,8 @@ class _Batches(Dataset):
 
 def batch_iterator(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, start_batch: int = 0,
                    drop_last: bool = False, rank: int = 0, world_size: int = 1, augment: Augment | None = None,
-                   num_workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+                   num_workers: int = 0, pin_memory: bool = False, extra: Dataset | None = None,
+                   extra_fraction: float = 0.0) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(x, y)`` batches of this rank's shard, from batch ``start_batch`` on.
 
     Order and augmentation are a pure function of (``seed``, ``epoch``, batch index, ``rank``): a run resumed
@@ -71,14 +94,35 @@ def batch_iterator(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: in
     are never loaded. Batches are gathered and augmented (``augment(x, generator)``, with a generator seeded for
     each batch) by ``num_workers`` worker processes (0: this process), so the same batches come out whatever the
     number; ``pin_memory`` puts them in page-locked memory (for asynchronous copies to a GPU).
+
+    With ``extra``, ``round(extra_fraction * batch_size)`` images of every batch are drawn from ``extra`` uniformly
+    at random (with replacement, as the generated-data papers' sampler does) and the others from ``dataset``, in a
+    sequence of permutations that runs on across epochs (each item once per pass); an epoch keeps the number of
+    batches ``dataset`` alone fills, and the extra images come last in each batch. Augmentation treats all alike.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is outside world_size {world_size}")
-    order = shard_indices(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                          drop_last=drop_last)
     count = num_batches(len(dataset), batch_size, drop_last=drop_last, world_size=world_size)
-    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start_batch, count)]
-    items = _Batches(dataset, batches, start_batch, augment, seed=seed, epoch=epoch, rank=rank)
-    yield from DataLoader(items, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+    extra_count = round(extra_fraction * batch_size) if extra is not None else 0
+    if extra is None:
+        order = shard_indices(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                              world_size=world_size, drop_last=drop_last)
+        batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start_batch, count)]
+    else:
+        if not 0 < extra_count < batch_size:
+            raise ConfigError(f"extra_fraction {extra_fraction} of a batch of {batch_size} leaves no extra or no "
+                              "labeled image in it")
+        labeled = batch_size - extra_count  # per batch and rank; ranks take turns along the stream
+        first = (epoch * count + start_batch) * world_size  # global batches before this one
+        total = (count - start_batch) * world_size
+        stream = labeled_stream(len(dataset), first * labeled, total * labeled, seed=seed) if total > 0 else None
+        batches = [] if stream is None else list(stream.view(-1, world_size, labeled)[:, rank])
+    items = _Batches(dataset, batches, start_batch, augment, seed=seed, epoch=epoch, rank=rank, extra=extra,
+                     extra_count=extra_count)
+    # Its own generator: an iterator over a DataLoader draws its workers' base seed from the generator it is given,
+    # by default torch's global one, which the training attacks draw from (a resumed run would draw once more).
+    # Every batch is seeded above, so the base seed changes nothing here.
+    yield from DataLoader(items, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                          generator=torch.Generator().manual_seed(seed))

@@ -26,6 +26,7 @@ from ..rng import check_seed
 from .objectives import OBJECTIVES
 
 AMP_MODES = ("off", "bf16", "fp16")
+LR_SCHEDULES = ("step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -54,6 +55,10 @@ class TrainConfig:
     download: bool = setting(False, "download the dataset if missing (needs internet)")
     val_size: int | None = setting(None, "validation images held out of the training set (default: min(1000, 10%))")
     train_size: int | None = setting(None, "train on a fixed random subset of this many images")
+    extra_data: str | None = setting(
+        None, "extra (generated or pseudo-labelled) images mixed into every batch: an .npz with 'image' (uint8 N x H x "
+              "W x C) and 'label' (int N), as the generated-data papers publish them")
+    extra_fraction: float = setting(0.7, "fraction of every batch drawn from --extra-data")
     # model
     arch: str = setting("preact_resnet18", "architecture from the model zoo", MODELS)
     norm: str = setting("sandwich", "normalization layer", NORMS)
@@ -67,7 +72,10 @@ class TrainConfig:
     step_size: float | None = setting(None, "training attack step (default eps/4; 1.25*eps for fast)")
     steps: int = setting(7, "training attack steps")
     attack_norm: str = setting("Linf", "threat model of the training attack", ATTACK_NORMS)
-    beta: float = setting(6.0, "TRADES trade-off")
+    beta: float = setting(6.0, "weight of the TRADES and MART regularizers")
+    label_smoothing: float = setting(0.0, "label smoothing of the training cross-entropies (e.g. 0.1)")
+    awp_gamma: float = setting(0.0, "adversarial weight perturbation: relative size per layer (e.g. 0.005; 0: off)")
+    awp_warmup: int = setting(0, "epochs before adversarial weight perturbation starts")
     bn_mode: str = setting("eval", "BN mode while crafting training attacks (train: as the official SaBN code)",
                            BN_MODES)
     val_steps: int = setting(
@@ -82,7 +90,13 @@ class TrainConfig:
     milestones: list[int] = setting(
         [100, 150], "epochs at which the learning rate is multiplied by --lr-gamma (e.g. 50 150)")
     lr_gamma: float = setting(0.1, "learning-rate decay factor at each milestone")
+    lr_schedule: str = setting("step", "learning-rate schedule after the warm-up: step (--milestones), cosine, or "
+                               "onecycle (linear up to --lr at --warmup-steps, default 2/5 of the run, then down to 0)",
+                               LR_SCHEDULES)
     warmup_steps: int = setting(0, "linear learning-rate warm-up over this many steps")
+    ema_decay: float = setting(
+        0.0, "exponential moving average of the weights (e.g. 0.995; 0: off); it copies the weights during the "
+             "warm-up, then its decay ramps up as min(decay, (1+t)/(10+t)); validation, best.pt and eval use it")
     # run
     out_dir: str | None = setting(None, "run folder (default: runs/<dataset>-<arch>-<norm>-<objective>-<time>)")
     seed: int = setting(0, "seed of everything random")
@@ -122,12 +136,18 @@ class TrainConfig:
         for name in ("max_steps", "train_size", "val_size", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (or left unset), got {getattr(self, name)}")
-        for name in ("lr", "momentum", "weight_decay", "lr_gamma", "beta"):
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma", "beta", "awp_gamma"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("save_every", "warmup_steps", "num_workers"):
+        for name in ("save_every", "warmup_steps", "num_workers", "awp_warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("ema_decay", "label_smoothing", "extra_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.extra_data is not None and not 1 <= round(self.extra_fraction * self.batch_size) < self.batch_size:
+            raise ConfigError(f"--extra-fraction {self.extra_fraction} of a batch of {self.batch_size} leaves no "
+                              "extra or no labeled image in it; choose a fraction between (the papers use 0.7)")
         check_seed(self.seed)
         for name in ("clean_route", "adv_route"):
             if not getattr(self, name).isidentifier():

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import as_tensors, fixed_subset, load_dataset
+from ..data import as_tensors, fixed_subset, load_dataset, read_image_npz
 from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
 from ..eval import make_eval_attack, robust_points
@@ -25,9 +25,11 @@ from ..memory_format import choose_memory_format
 from ..models import create_model
 from ..nn import layer_metrics, routes_of
 from ..rng import preserved_rng, rng_state, seed_everything, set_rng_state
+from .awp import WeightPerturbation
 from .batches import batch_iterator, num_batches
 from .config import TrainConfig
 from .curves import plot_curves
+from .ema import WeightAverage
 from .metrics import Meter, MetricsLog
 from .objectives import OBJECTIVES
 from .optim import build_optimizer, build_scheduler
@@ -88,6 +90,9 @@ class Trainer:
         self.splits = load_dataset(config.dataset, config.data_dir, download=config.download,
                                    val_size=config.val_size, seed=config.seed)
         self.train_set = fixed_subset(self.splits.train, config.train_size, config.seed)
+        self.extra_set = None if config.extra_data is None else read_image_npz(
+            config.extra_data, num_classes=self.splits.num_classes, in_channels=self.splits.in_channels,
+            image_size=self.splits.image_size)
         self.val_images = as_tensors(self.splits.val)
         self.steps_per_epoch = num_batches(len(self.train_set), config.batch_size, drop_last=True,
                                            world_size=processes.world_size)
@@ -101,6 +106,8 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[config.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.objective = OBJECTIVES[config.objective].from_config(config)
+        self.ema = WeightAverage(self.model, config.ema_decay, config.warmup_steps) if config.ema_decay else None
+        self.awp = WeightPerturbation(config.awp_gamma) if config.awp_gamma else None
         self.epoch = self.batch = self.step = 0
         self.elapsed = self.epoch_seconds = 0.0
         self.best: dict[str, Any] = {}
@@ -165,6 +172,8 @@ class Trainer:
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         load_weights(self.model, checkpoint["model"], source=str(self.run_dir / LAST))
+        if self.ema is not None:
+            load_weights(self.ema.model, checkpoint["ema"], source=f"{self.run_dir / LAST} (ema)")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
@@ -219,7 +228,8 @@ class Trainer:
                                  epoch=self.epoch, start_batch=self.batch, drop_last=True,
                                  rank=self.processes.rank, world_size=self.processes.world_size,
                                  augment=self.splits.augment, num_workers=config.num_workers,
-                                 pin_memory=self.device.type == "cuda")
+                                 pin_memory=self.device.type == "cuda", extra=self.extra_set,
+                                 extra_fraction=config.extra_fraction)
         bar = tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}/{config.epochs}",
                    disable=not (config.progress and self.processes.is_main), leave=False, dynamic_ncols=True)
         with bar:
@@ -248,8 +258,12 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=self.memory_format)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self.objective(self.net, x, y)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        with autocast:
+            x_adv = self.objective.adversarial(self.net, x, y)
+        perturbation = self.perturb_weights(x, x_adv, y, autocast)
+        with autocast:
+            out = self.objective.loss(self.net, x, x_adv, y)
         counts = torch.stack([out.loss.detach().float() * len(y), torch.tensor(float(len(y)), device=self.device),
                               *_correct(out.clean_logits, y), *_correct(out.adv_logits, y)])
         if self.processes.distributed:
@@ -264,6 +278,10 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if perturbation is not None:
+            self.awp.apply(self.model, perturbation, sign=-1.0)
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
         values = {"train_loss": loss_sum / n}
         for meter in (self.epoch_meter, self.window_meter):
             meter.add("train_loss", loss_sum, n)
@@ -277,11 +295,28 @@ class Trainer:
             values["train_adv_acc"] = adv / n_adv
         return values
 
+    def perturb_weights(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                        autocast: torch.autocast) -> list[torch.Tensor] | None:
+        """AWP, from epoch ``--awp-warmup`` on: move the shared weights uphill on the objective's loss at this step's
+        ``x_adv``; returns the perturbation, which :meth:`train_step` removes after the optimizer step."""
+        if self.awp is None or self.epoch < self.config.awp_warmup:
+            return None
+
+        def ascent_loss() -> torch.Tensor:
+            with autocast:
+                return self.scaler.scale(self.objective.loss(self.model, x, x_adv, y, log=False).loss)
+
+        perturbation = self.awp.find(self.model, ascent_loss)
+        if perturbation is not None:
+            self.awp.apply(self.model, perturbation)
+        return perturbation
+
     # -- validation, checkpoints, metrics ---------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         """Clean and robust accuracy on the validation split through the adv route under ``robust-sabn eval``'s
         ``pgd-<val_steps>`` (the same batches, seeds and attack; a folded copy in eval mode), and clean accuracy
-        through the clean route when the model has routes. Each process takes every world_size-th batch and the
+        through the clean route when the model has routes; of the weight average when ``--ema-decay`` keeps one
+        (:meth:`scored_model`). Each process takes every world_size-th batch and the
         counts are summed, so the result does not depend on the number of processes. Under AMP the batches are
         the training batch size (the attack runs in float32), else twice that."""
         config, device, processes = self.config, self.device, self.processes
@@ -289,11 +324,12 @@ class Trainer:
         batch_size = config.batch_size * (1 if config.amp != "off" else 2)
         shard = dict(eps=config.eps, norm=config.attack_norm, seed=config.seed, batch_size=batch_size, device=device,
                      indices=range(processes.rank, num_eval_batches(len(x), batch_size), processes.world_size))
-        routed = bool(routes_of(self.model))
+        model = self.scored_model()
+        routed = bool(routes_of(model))
         with preserved_rng():
-            attacked = robust_points(freeze(self.model, config.adv_route if routed else None, device), x, y,
+            attacked = robust_points(freeze(model, config.adv_route if routed else None, device), x, y,
                                      make_eval_attack(f"pgd-{config.val_steps}"), **shard)
-            clean = robust_points(freeze(self.model, config.clean_route, device), x, y, None, **shard) if routed else []
+            clean = robust_points(freeze(model, config.clean_route, device), x, y, None, **shard) if routed else []
         counts = torch.tensor([float(sum(int(r.correct.sum()) for r in attacked)),
                                float(sum(int(r.robust.sum()) for r in attacked)),
                                float(sum(int(r.correct.sum()) for r in clean))], dtype=torch.float64, device=device)
@@ -304,6 +340,11 @@ class Trainer:
         if routed:
             result["val_clean_acc_clean_route"] = counts[2].item() / n
         return result
+
+    def scored_model(self) -> nn.Module:
+        """The model validation scores and best.pt is chosen by: the weight average (with the live model's buffers)
+        when there is one, else the live model."""
+        return self.ema.copy_buffers(self.model) if self.ema is not None else self.model
 
     def end_epoch(self) -> None:
         self.epoch += 1
@@ -354,8 +395,10 @@ class Trainer:
         states = self.processes.gather(rng_state(self.device))
         if not self.processes.is_main:
             return
+        averaged = {"ema": self.scored_model().state_dict()} if self.ema is not None else {}
         save_checkpoint({
-            "model": self.model.state_dict(), "model_spec": self.model.model_spec, "config": self.config.to_dict(),
+            "model": self.model.state_dict(), **averaged, "model_spec": self.model.model_spec,
+            "config": self.config.to_dict(),
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": states, "best": dict(self.best),

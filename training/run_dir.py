@@ -4,7 +4,9 @@ A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``c
 epoch, and every ``--save-every`` steps) and ``best.pt`` (best robust validation accuracy). A checkpoint is a dict
 of tensors and plain values (loadable with ``weights_only=True``): ``model``, ``model_spec``, ``config``,
 ``epoch`` (completed epochs), ``batch`` (batches done in the current epoch), ``step`` (optimizer steps),
-``optimizer``, ``scheduler``, ``scaler``, ``rng`` (one entry per process), ``meters``, ``best``, ``elapsed``.
+``optimizer``, ``scheduler``, ``scaler``, ``rng`` (one entry per process), ``meters``, ``best``, ``elapsed``; with
+``--ema-decay`` also ``ema``, the weight average (with the live model's buffers), which validation scored and which
+:func:`robust_sabn.model_files.load_trained_model` loads.
 
 One process at a time trains in a run folder: while it runs, it holds a lock on ``<run>/.lock``, a file naming it.
 """

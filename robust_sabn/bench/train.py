@@ -1,9 +1,11 @@
-"""``robust-sabn bench train``: BN, AuxBN and SaAuxBN trained with the same budget and seed, side by side.
+"""``robust-sabn bench train``: variants trained with the same budget and seed, side by side.
 
-Each variant trains from the same config (the ``fashion-mnist-small`` recipe unless ``--config`` says otherwise),
-then its best checkpoint is scored on a fixed test subset under both protocols: *single route* (one fixed model:
-clean and PGD accuracy through the adv route, what RobustBench accepts) and *oracle routing* (clean accuracy
-through the clean route, PGD accuracy through the adv route, as the SaBN paper reports).
+Two suites: ``norms`` (BN, AuxBN, SaAuxBN, ...) and ``modern`` (the techniques of the RobustBench-era recipes,
+one by one and together, on top of SaAuxBN + hybrid, and BN with all of them). Each variant trains from the same
+config (the ``fashion-mnist-small`` recipe unless ``--config`` says otherwise), then its best checkpoint (the weight
+average where the variant keeps one) is scored on a fixed test subset under both protocols: *single route* (one
+fixed model: clean, PGD and AutoAttack accuracy through the adv route, what RobustBench accepts) and *oracle
+routing* (clean accuracy through the clean route, robust accuracy through the adv route, as the SaBN paper reports).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..model_files import load_trained_model
 from ..rng import rng_state, set_rng_state
 from ..tables import markdown_table
 from ..training.config import TrainConfig
+from ..training.holdout import write_heldout
 from ..training.loop import Trainer, TrainResult
 from ..training.run_dir import BEST
 
@@ -37,21 +40,47 @@ TRAIN_BENCH_VARIANTS: dict[str, dict] = {
     "WeightAlign+BN": {"norm": "bn", "conv": "weightalign"},
     "WeightAlign+GN": {"norm": "gn", "conv": "weightalign"},
 }
-HEADERS = ("variant", "single route: clean", "single route: PGD", "oracle: clean (clean route)",
-           "oracle: PGD (adv route)", "s / epoch", "time vs first")
+HELD_OUT = "held-out"  # extra_data of a variant: the training images the base config leaves out, written by the bench
+ALL_TECHNIQUES = {"ema_decay": 0.995, "label_smoothing": 0.1, "awp_gamma": 0.005, "extra_data": HELD_OUT,
+                  "lr_schedule": "cosine"}
+# On top of SaAuxBN + hybrid (the base recipe): each technique with EMA (the others' baseline in every paper), then
+# all together (with the hybrid loss, and with MART's); BN with all of them.
+MODERN_BENCH_VARIANTS: dict[str, dict] = {
+    "SaAuxBN": {"norm": "sandwich"},
+    "SaAuxBN +EMA": {"norm": "sandwich", "ema_decay": 0.995},
+    "SaAuxBN +EMA +LS": {"norm": "sandwich", "ema_decay": 0.995, "label_smoothing": 0.1},
+    "SaAuxBN +EMA +AWP": {"norm": "sandwich", "ema_decay": 0.995, "awp_gamma": 0.005},
+    "SaAuxBN MART +EMA": {"norm": "sandwich", "ema_decay": 0.995, "objective": "mart"},
+    "SaAuxBN +EMA +extra": {"norm": "sandwich", "ema_decay": 0.995, "extra_data": HELD_OUT},
+    "SaAuxBN all": {"norm": "sandwich", **ALL_TECHNIQUES},
+    "SaAuxBN MART all": {"norm": "sandwich", **ALL_TECHNIQUES, "objective": "mart"},
+    "BN all": {"norm": "bn", **ALL_TECHNIQUES},
+}
+SUITES = {"norms": TRAIN_BENCH_VARIANTS, "modern": MODERN_BENCH_VARIANTS}
+AA_ATTACKS = ("apgd-ce", "apgd-t")
+HEADERS = ("variant", "single route: clean", "single route: PGD", "single route: AA", "oracle: clean (clean route)",
+           "oracle: PGD / AA (adv route)", "s / epoch", "time vs first")
 
 
 def score(config: TrainConfig, checkpoint: Path, test: tuple[torch.Tensor, torch.Tensor],
-          pgd_steps: int) -> dict[str, float]:
-    """Test accuracies of a checkpoint under ``robust-sabn eval``'s ``pgd-K``: clean and PGD through the adv route,
-    and clean through the clean route (oracle routing; the adv route's for a model without routes)."""
+          pgd_steps: int, aa_size: int = 0) -> dict[str, float]:
+    """Test accuracies of a checkpoint (its weight average when it has one) under ``robust-sabn eval``'s ``pgd-K``:
+    clean and PGD through the adv route, and clean through the clean route (oracle routing; the adv route's for a
+    model without routes); with ``aa_size``, AutoAttack's APGD-CE and APGD-T (1 restart, as in its standard
+    version) through the adv route on the first ``aa_size`` of the test images."""
     loaded = load_trained_model(checkpoint)
-    report = evaluate(loaded.model, *test, config.eps, norm=config.attack_norm, attack=f"pgd-{pgd_steps}",
-                      route=loaded.route(), seed=config.seed, batch_size=2 * config.batch_size,
-                      clean_route=config.clean_route, device=resolve_device(config.device), progress=False)
+    common = dict(norm=config.attack_norm, route=loaded.route(), seed=config.seed, batch_size=2 * config.batch_size,
+                  clean_route=config.clean_route, device=resolve_device(config.device), progress=False)
+    report = evaluate(loaded.model, *test, config.eps, attack=f"pgd-{pgd_steps}", **common)
     oracle = report.protocols.get(ORACLE_ROUTING)
-    return {"clean": report.clean_acc, "pgd": report.robust_acc,
-            "clean_oracle": oracle.clean_acc if oracle else report.clean_acc}
+    result = {"clean": report.clean_acc, "pgd": report.robust_acc,
+              "clean_oracle": oracle.clean_acc if oracle else report.clean_acc}
+    if aa_size:
+        x, y = test
+        aa = evaluate(loaded.model, x[:aa_size], y[:aa_size], config.eps, attack="autoattack", version="custom",
+                      aa_attacks=list(AA_ATTACKS), aa_restarts=1, **common)
+        result["aa"] = aa.robust_acc
+    return result
 
 
 def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]:
@@ -81,28 +110,45 @@ def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]
         processes.close()
 
 
+def variant_configs(base: TrainConfig, out_dir: str | Path, variants: dict[str, dict]) -> dict[str, TrainConfig]:
+    """The config of each variant, in ``out_dir/<label>``; extra data named :data:`HELD_OUT` is the training
+    images ``base`` leaves out of its labeled set, written once to ``out_dir/held-out.npz``."""
+    extra = Path(out_dir) / f"{HELD_OUT}.npz"
+    if any(v.get("extra_data") == HELD_OUT for v in variants.values()) and not extra.is_file():
+        write_heldout(base, extra)
+    configs = {}
+    for label, overrides in variants.items():
+        settings = {**overrides, "out_dir": str(Path(out_dir) / label)}
+        if settings.get("extra_data") == HELD_OUT:
+            settings["extra_data"] = str(extra)
+        configs[label] = dataclasses.replace(base, **settings)
+    return configs
+
+
 def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 1000, pgd_steps: int = 20,
-                variants: dict[str, dict] | None = None) -> str:
+                variants: dict[str, dict] | None = None, aa_size: int = 500) -> str:
     """Train every variant in ``out_dir/<label>`` and return a Markdown table of their accuracies and times."""
     variants = TRAIN_BENCH_VARIANTS if variants is None else variants
     splits = load_dataset(base.dataset, base.data_dir, download=base.download, val_size=base.val_size,
                           seed=base.seed)
     test = as_tensors(fixed_subset(splits.test, min(test_size, len(splits.test)) if test_size else None, base.seed))
-    configs = {label: dataclasses.replace(base, **overrides, out_dir=str(Path(out_dir) / label))
-               for label, overrides in variants.items()}
+    aa_size = min(aa_size, len(test[1]))
+    configs = variant_configs(base, out_dir, variants)
     results = train_interleaved(configs)
     rows, first = [], None
     for label, result in results.items():
         times = [r["epoch_time"] for r in result.records if r["kind"] == "epoch"] or [result.records[-1]["time"]]
         per_epoch = sum(times) / len(times)
         first = first or per_epoch
-        acc = score(configs[label], result.run_dir / BEST, test, pgd_steps)
-        rows.append([label, *(f"{100 * acc[k]:.1f}" for k in ("clean", "pgd", "clean_oracle", "pgd")),
-                     f"{per_epoch:.1f}", f"{per_epoch / first:.2f}"])
+        acc = score(configs[label], result.run_dir / BEST, test, pgd_steps, aa_size)
+        pct = {k: f"{100 * v:.1f}" for k, v in acc.items()}
+        rows.append([label, pct["clean"], pct["pgd"], pct.get("aa", "-"), pct["clean_oracle"],
+                     f"{pct['pgd']} / {pct.get('aa', '-')}", f"{per_epoch:.1f}", f"{per_epoch / first:.2f}"])
+    aa = f", AA = AutoAttack's {' + '.join(AA_ATTACKS)} on the first {aa_size}" if aa_size else ""
     header = (f"{base.dataset}, {base.arch}{f' width {base.width}' if base.width else ''}, objective "
               f"{base.objective}, PGD-{base.steps} training ({base.attack_norm} eps {base.eps:g}), {base.epochs} "
               f"epochs x {base.train_size or 'all'} images, seed {base.seed}, variants trained epoch by epoch in "
-              f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}; accuracies in %\n\n")
+              f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}{aa}; accuracies in %\n\n")
     return header + markdown_table(HEADERS, rows)
 
 
@@ -110,18 +156,20 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"epochs": args.epochs, "train_size": args.train_size, "width": args.width,
                                    "steps": args.steps, "seed": args.seed, "device": args.device,
                                    "data_dir": args.data_dir, "batch_size": args.batch_size,
-                                   "val_size": args.val_size}.items() if v is not None}
+                                   "val_size": args.val_size, "milestones": args.milestones}.items()
+                 if v is not None}
     if not args.progress:
         overrides["progress"] = False
     base = TrainConfig.from_file(args.config, **overrides)
-    variants = TRAIN_BENCH_VARIANTS
+    variants = SUITES[args.suite]
     if args.variants:
-        unknown = [v for v in args.variants if v not in TRAIN_BENCH_VARIANTS]
+        unknown = [v for v in args.variants if v not in variants]
         if unknown:
-            raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(TRAIN_BENCH_VARIANTS)}")
-        variants = {v: TRAIN_BENCH_VARIANTS[v] for v in args.variants}
+            raise ConfigError(f"unknown variant(s) {', '.join(unknown)} in suite {args.suite}; known: "
+                              f"{', '.join(map(repr, variants))}")
+        variants = {v: variants[v] for v in args.variants}
     out_dir = args.out_dir or f"runs/bench-train-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(bench_train(base, out_dir, args.test_size, args.pgd_steps, variants))
+    print(bench_train(base, out_dir, args.test_size, args.pgd_steps, variants, args.aa_size))
     return 0
 
 
@@ -129,8 +177,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Train each variant from the same config (a recipe or file), budget and seed, interleaved "
                           "epoch by epoch, then score each best.pt under both protocols.")
     parser.add_argument("--config", default="fashion-mnist-small", help="base config file or recipe")
-    parser.add_argument("--variants", nargs="+", help=f"subset of: {', '.join(TRAIN_BENCH_VARIANTS)}")
+    parser.add_argument("--suite", choices=list(SUITES), default="norms",
+                        help="norms: " + ", ".join(TRAIN_BENCH_VARIANTS) + "; modern: "
+                             + ", ".join(MODERN_BENCH_VARIANTS))
+    parser.add_argument("--variants", nargs="+", help="a subset of the suite's variants")
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--milestones", type=int, nargs="+", help="epochs of the step schedule's decays")
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--val-size", type=int)
@@ -138,5 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="PGD steps of the training attack")
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the test attack (eval's pgd-K)")
+    parser.add_argument("--aa-size", type=int, default=500,
+                        help="test images attacked by AutoAttack's APGD-CE + APGD-T (0: none)")
     parser.add_argument("--out-dir", help="folder for the variants' run folders (default runs/bench-train-<time>)")
     add_common_flags(parser, seed=None)

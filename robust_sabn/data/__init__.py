@@ -12,8 +12,9 @@ from .datasets import (
     split_indices,
     test_images,
 )
+from .extra import read_image_npz, write_image_npz
 from .images import ImageFiles, ImageTensors
 
 __all__ = ["DATASETS", "Augment", "CropFlip", "DataSplits", "DatasetFacts", "ImageFiles", "ImageTensors",
-           "as_tensors", "default_val_size", "fixed_subset", "load_dataset", "random_crop_flip", "split_indices",
-           "test_images"]
+           "as_tensors", "default_val_size", "fixed_subset", "load_dataset", "random_crop_flip", "read_image_npz",
+           "split_indices", "test_images", "write_image_npz"]

@@ -118,14 +118,15 @@ def subset(dataset: Dataset, indices: Tensor) -> Dataset:
     return dataset.subset(indices) if isinstance(dataset, ImageTensors) else Subset(dataset, indices.tolist())
 
 
-def fixed_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    """A fixed random subset of ``size`` items, drawn by ``seed`` (the whole set when ``size`` is None)."""
+def fixed_subset(dataset: Dataset, size: int | None, seed: int, *, rest: bool = False) -> Dataset:
+    """A fixed random subset of ``size`` items, drawn by ``seed`` (the whole set when ``size`` is None); with
+    ``rest``, the items that subset leaves out."""
     if size is None:
-        return dataset
+        return subset(dataset, torch.arange(0)) if rest else dataset
     if size > len(dataset):
         raise ConfigError(f"asked for {size} images but the split holds {len(dataset)}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return subset(dataset, order[:size].sort().values)
+    return subset(dataset, (order[size:] if rest else order[:size]).sort().values)
 
 
 def _check_images(name: str, split: str, data: ImageTensors, num_classes: int, shape: tuple[int, ...]) -> None:

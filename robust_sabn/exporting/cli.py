@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
                   f"{args.version}, {norm} eps {format_eps(eps, norm)})"]]
         rows += [["AutoAttack flag", flag] for flag in report.flags]
-    print(f"exported {loaded.path} ({describe(route)}) as {args.name}\n")
+    print(f"exported {loaded.path} ({loaded.source}, {describe(route)}) as {args.name}
+")
     print(markdown_table(["", ""], rows))
     if robustbench_names(dataset, norm):
         print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
