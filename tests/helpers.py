@@ -1,9 +1,13 @@
 """Shared test utilities."""
+import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from fake_data import write_cifar10
 from torch import nn
+
+from robust_sabn import convert_norms, fold_route
 
 
 def randomize_bn_state(model: nn.Module) -> nn.Module:
@@ -92,3 +96,52 @@ def fill_disk(monkeypatch, fails=lambda target: True) -> None:
         return fd, name
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+# ------------------------------------------------------------------- tiny fitted models for evaluation tests
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+IMAGES = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+LABELS = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
+
+
+@functools.lru_cache(maxsize=1)
+def trained_state() -> dict:
+    """A tiny CNN fitted to 32 random images: confident on them, but not robust at 8/255."""
+    torch.manual_seed(0)
+    net = tiny_net()
+    optimizer = torch.optim.Adam(net.parameters(), 0.02)
+    for _ in range(60):
+        optimizer.zero_grad()
+        F.cross_entropy(net(IMAGES), LABELS).backward()
+        optimizer.step()
+    return net.state_dict()
+
+
+def plain_model() -> nn.Module:
+    net = tiny_net()
+    net.load_state_dict(trained_state())
+    return net.eval()
+
+
+def routed_model() -> nn.Module:
+    """The fitted CNN converted to SaBN (as a user's own model would be); its two routes differ."""
+    model = convert_norms(plain_model(), "sandwich")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "route" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    return model.eval()
+
+
+def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", wrong: int = 2):
+    """Images with the labels the model predicts on ``route``, except the first ``wrong`` ones: a known clean
+    accuracy and points worth attacking."""
+    x = IMAGES[:n]
+    with torch.no_grad():
+        y = fold_route(model, route)(x).argmax(1)
+    y[:wrong] = (y[:wrong] + 1) % 10
+    return x, y

@@ -1,5 +1,4 @@
 """robust_sabn.eval.evaluate: the real AutoAttack, both protocols, flags, reproducibility, bad input."""
-import functools
 import random
 import sys
 import types
@@ -7,65 +6,17 @@ import types
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import images_labelled_by, plain_model, routed_model
 from pyautoattack import AutoAttack as PyAutoAttack
 from torch import nn
 
-from robust_sabn import convert_norms, fold_route, use_route
+from robust_sabn import fold_route, use_route
 from robust_sabn.attacks import PGD
 from robust_sabn.errors import ConfigError, RouteError
 from robust_sabn.eval import autoattack_backend, eps_sweep, evaluate, plot_sweep, to_markdown, write_report
 from robust_sabn.eval.batches import batch_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
-                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-
-IMAGES = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-LABELS = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
-
-
-@functools.lru_cache(maxsize=1)
-def trained_state() -> dict:
-    """A tiny CNN fitted to 32 random images: confident on them, but not robust at 8/255."""
-    torch.manual_seed(0)
-    net = tiny_net()
-    optimizer = torch.optim.Adam(net.parameters(), 0.02)
-    for _ in range(60):
-        optimizer.zero_grad()
-        F.cross_entropy(net(IMAGES), LABELS).backward()
-        optimizer.step()
-    return net.state_dict()
-
-
-def plain_model() -> nn.Module:
-    net = tiny_net()
-    net.load_state_dict(trained_state())
-    return net.eval()
-
-
-def routed_model() -> nn.Module:
-    """The fitted CNN converted to SaBN (as a user's own model would be); its two routes differ."""
-    model = convert_norms(plain_model(), "sandwich")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "route" in name:
-                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    return model.eval()
-
-
-def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", wrong: int = 2):
-    """Images with the labels the model predicts on ``route``, except the first ``wrong`` ones: a known clean
-    accuracy and points worth attacking."""
-    x = IMAGES[:n]
-    with torch.no_grad():
-        y = fold_route(model, route)(x).argmax(1)
-    y[:wrong] = (y[:wrong] + 1) % 10
-    return x, y
 
 
 def robust_acc_direct(model, x, y, attacks, seed=0, eps=8 / 255, restarts=1):

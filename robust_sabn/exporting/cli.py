@@ -12,7 +12,7 @@ from ..model_files import load_trained_model
 from ..parsing import format_eps, parse_json_object
 from ..tables import markdown_table
 from . import card_path, export, fill_card, weights_path
-from .robustbench import robustbench_names
+from .robustbench import unreachable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
         rows += [["AutoAttack flag", flag] for flag in report.flags]
     print(f"exported {loaded.path} (route {route or '-'}) as {args.name}\n")
     print(markdown_table(["", ""], rows))
-    if robustbench_names(dataset, norm):
+    reason = unreachable(dataset, norm)
+    if reason is None:
         print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
               f"dataset={dataset!r}, threat_model={norm!r}) after `import robust_sabn`")
     else:
-        print(f"\nRobustBench has no {dataset} models, so its load_model cannot reach this export; "
-              f"evaluate it with `robust-sabn eval {weights}`")
+        print(f"\n{reason}, so its load_model cannot reach this export; evaluate it with "
+              f"`robust-sabn eval {weights}`")
     return 0
 
 
