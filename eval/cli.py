@@ -16,6 +16,7 @@ from ..model_files import LoadedModel, load_trained_model
 from ..parsing import format_eps, parse_json_object, parse_number_list
 from ..tables import markdown_table
 from .evaluate import evaluate
+from .numerics import NUMERICS
 from .report import ADVERSARIALS, write_adversarials, write_report
 from .state import STATE, remove_state
 from .sweep import eps_sweep, plot_sweep
@@ -24,11 +25,12 @@ DEFAULT_SWEEP_ATTACK = "pgd-20"
 
 
 def report_stem(loaded: LoadedModel, out: str | None, attack: str, version: str | None, route: str | None,
-                norm: str, eps: str) -> Path:
+                norm: str, eps: str, numerics: str = "exact") -> Path:
     if out:
         path = Path(out)
         return path.with_suffix("") if path.suffix in (".json", ".md", ".png") else path
-    parts = [loaded.path.stem, attack, version, route or "plain", norm, eps.replace("/", "_")]
+    parts = [loaded.path.stem, attack, version, route or "plain", norm, eps.replace("/", "_"),
+             None if numerics == "exact" else numerics]
     return loaded.path.parent / "eval" / "-".join(p for p in parts if p)
 
 
@@ -49,7 +51,8 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     sweep = parse_number_list(args.eps_sweep, "--eps-sweep value") if args.eps_sweep else None
     attack = args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack")
     version = args.version if attack == "autoattack" else None
-    stem = report_stem(loaded, args.out, attack, version, route, norm, "sweep" if sweep else format_eps(eps, norm))
+    stem = report_stem(loaded, args.out, attack, version, route, norm, "sweep" if sweep else format_eps(eps, norm),
+                       args.numerics)
     suffixes = [".json", ".md", ".png"] if sweep else [".json", ".md"]
     if args.save_adversarials and not sweep:
         suffixes.append(ADVERSARIALS)
@@ -59,7 +62,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     x, y = test_images(dataset, args.data_dir or loaded.config.get("data_dir"), args.n_examples)
     common = dict(norm=norm, route=route, seed=args.seed, batch_size=args.batch_size, clean_route=clean_route,
                   device=processes.device, progress=args.progress and processes.is_main, state_dir=state_dir,
-                  processes=processes, save_adversarials=args.save_adversarials)
+                  processes=processes, save_adversarials=args.save_adversarials, numerics=args.numerics)
     if processes.is_main:
         shards = f", {processes.world_size} processes" if processes.distributed else ""
         print(f"evaluating {loaded.path} ({loaded.source}) on {len(y)} {dataset} test images, route {route or '-'}"
@@ -140,6 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="report path without suffix (default: <checkpoint folder>/eval/<settings>)")
     parser.add_argument("--eps-sweep", metavar="EPS,EPS,...",
                         help="robust accuracy at each radius, drawn as a PNG (PGD-20 unless --attack apgd-ce/pgd-K/cw)")
+    parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
+                        help="exact (default: the model's own float32 computation), or a faster form that can change "
+                             "a prediction and is named in the report: channels-last, bf16")
     parser.add_argument("--save-adversarials", action="store_true",
                         help=f"also write <report>{ADVERSARIALS}: the adversarial images of the points that broke, "
                              "with their indices, labels and predictions (tensors only)")

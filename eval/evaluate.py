@@ -36,6 +36,7 @@ from ..rng import check_seed, preserved_rng
 from .attacks import make_eval_attack
 from .autoattack import per_attack_accuracy
 from .batches import SEEDING, BatchResult
+from .numerics import check_numerics, describe_numerics, evaluation_form
 from .shards import shared_points
 from .state import EvalState, fingerprint
 
@@ -79,6 +80,7 @@ class EvaluationReport:
     environment: dict[str, Any]
     protocol: str = SINGLE_ROUTE
     seeding: str = SEEDING
+    numerics: str = "exact"  # the form the model was evaluated in (robust_sabn.eval.numerics)
     checkpoint: str | None = None  # where the model came from (set by the command line)
     source: str | None = None
     dataset: str | None = None
@@ -162,7 +164,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | st
              batch_size: int = 256, *, clean_route: str | None = CLEAN_ROUTE, aa_attacks: Sequence[str] | None = None,
              aa_restarts: int | None = None, device: torch.device | str | None = None, progress: bool = True,
              state_dir: str | os.PathLike | None = None, processes: Processes | None = None,
-             save_adversarials: bool = False) -> EvaluationReport:
+             save_adversarials: bool = False, numerics: str = "exact") -> EvaluationReport:
     """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``, at radius ``eps`` (a
     number, or a fraction such as ``"8/255"``), in the ``norm`` threat model (Linf, L2 or L1).
 
@@ -178,6 +180,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | st
     is left in place: remove it once the report is safe (``robust-sabn eval`` does). ``processes`` (from
     :func:`robust_sabn.distributed.start_processes` under torchrun) share the batches; every process gets the
     whole report. ``save_adversarials`` keeps the adversarial points that broke in ``report.adversarials``.
+    ``numerics`` other than "exact" evaluates a faster form that can change predictions (see
+    :mod:`robust_sabn.eval.numerics`); the report names it.
     """
     start = time.perf_counter()
     if norm not in THREAT_MODELS:
@@ -185,6 +189,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | st
     eps = parse_number(eps, "eps")
     check_eps(eps, norm)
     check_seed(seed)
+    check_numerics(numerics)
     adversary = make_eval_attack(attack, version, aa_attacks, aa_restarts)
     adversary.check_norm(norm)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -202,7 +207,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | st
                     version=version if is_aa else None,
                     aa_attacks=list(aa_attacks) if is_aa and version == "custom" else None,
                     aa_restarts=aa_restarts if is_aa else None, norm=norm, eps=eps, route=route, seed=seed,
-                    batch_size=batch_size)
+                    batch_size=batch_size, numerics=numerics)
     state = None
     if state_dir is not None:
         identity = {**settings, "seeding": SEEDING, "adversarials": save_adversarials, "robust_sabn": __version__,
@@ -211,15 +216,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | st
     common = dict(eps=eps, norm=norm, seed=seed, batch_size=batch_size, device=device, progress=progress,
                   processes=processes)
     with preserved_rng():
-        results, resumed = shared_points(frozen, x, y, adversary, state=state, keep_adversarials=save_adversarials,
-                                         **common)
+        with evaluation_form(frozen, device, numerics) as form:
+            results, resumed = shared_points(form, x, y, adversary, state=state,
+                                             keep_adversarials=save_adversarials, **common)
         oracle = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
-            oracle = shared_points(freeze(model, clean_route, device), x, y, None, state=None, **common)[0]
+            with evaluation_form(freeze(model, clean_route, device), device, numerics) as form:
+                oracle = shared_points(form, x, y, None, state=None, **common)[0]
     report = build_report(results, oracle, y, num_classes, settings, clean_route=clean_route)
     report.time["total_s"] = time.perf_counter() - start
     report.time["resumed_batches"] = resumed
-    report.environment = environment(device, processes.world_size)
+    report.environment = {**environment(device, processes.world_size),
+                          "numerics": describe_numerics(numerics, device)}
     return report
 
 

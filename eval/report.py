@@ -38,6 +38,7 @@ def to_markdown(report: EvaluationReport) -> str:
     processes = report.environment.get("processes", 1)
     resumed = report.time.get("resumed_batches", 0)
     lines += ["", f"Total time {report.time['total_s']:.1f} s on {report.environment['device']}"
+              + (f" ({report.environment['numerics']})" if "numerics" in report.environment else "")
               + (f" in {processes} processes" if processes > 1 else "")
               + (f" ({resumed} batches finished by an earlier run)" if resumed else "")
               + f"; batches of {report.batch_size}, {report.seeding}."]

@@ -61,17 +61,43 @@ def assert_split_equals_separate(model: nn.Module, x_clean: torch.Tensor, x_adv:
     return separate
 
 
-def write_run_dir(root: Path, eps: float = 8 / 255, n_test: int = 6) -> Path:
+def write_run_dir(root: Path, eps: float = 8 / 255, n_test: int = 6, width: int = 4, labelled: bool = False) -> Path:
     """``root/run``: a run folder as the training loop writes it (``last.pt`` with a tiny SaBN resnet_small,
-    its model_spec and config) for fake CIFAR-10 files in ``root/data``."""
+    its model_spec and config) for fake CIFAR-10 files in ``root/data``. ``labelled``: the test images carry the
+    labels the model predicts on its adv route, so every one is classified correctly and worth attacking."""
     from robust_sabn import create_model
     from robust_sabn.io import save_checkpoint
 
-    write_cifar10(root / "data", n_train=10, n_test=n_test)
-    model = randomize_bn_state(create_model("resnet_small", width=4, norm="sandwich"))
+    written = write_cifar10(root / "data", n_train=10, n_test=n_test)
+    model = randomize_bn_state(create_model("resnet_small", width=width, norm="sandwich"))
+    if labelled:
+        with torch.no_grad():
+            labels = fold_route(model, "adv")(written["test"][0].float() / 255).argmax(1)
+        write_cifar10(root / "data", n_train=10, n_test=n_test, test_labels=labels)
     config = {"dataset": "cifar10", "data_dir": str(root / "data"), "eps": eps, "attack_norm": "Linf"}
     checkpoint = {"model": model.state_dict(), "model_spec": model.model_spec, "config": config, "epoch": 1, "step": 2}
     save_checkpoint(checkpoint, root / "run" / "last.pt")
+    return root / "run"
+
+
+def write_fitted_run_dir(root: Path, n_test: int = 12) -> Path:
+    """``root/run``: a plain-BN resnet_small (width 8) fitted to the fake CIFAR-10 test images in ``root/data``:
+    every image classified correctly, and at 5/255 APGD-CE breaks some of them but not all."""
+    from robust_sabn import create_model
+    from robust_sabn.io import save_checkpoint
+
+    written = write_cifar10(root / "data", n_train=10, n_test=n_test)
+    x, y = written["test"][0].float() / 255, written["test"][1]
+    torch.manual_seed(0)
+    model = create_model("resnet_small", width=8, norm="bn")
+    optimizer = torch.optim.Adam(model.parameters(), 0.01)
+    for _ in range(40):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    config = {"dataset": "cifar10", "data_dir": str(root / "data"), "eps": 5 / 255, "attack_norm": "Linf"}
+    save_checkpoint({"model": model.state_dict(), "model_spec": model.model_spec, "config": config},
+                    root / "run" / "last.pt")
     return root / "run"
 
 

@@ -244,3 +244,23 @@ def test_run_autoattack_runs_on_the_models_device_not_the_images(monkeypatch):
         autoattack_runner.run_autoattack(routed_model(), torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long),
                                          eps=8 / 255)
     assert seen["device"] == torch.device("cuda", 0)
+
+
+def test_faster_numerics_are_asked_for_by_name_and_named_in_the_report():
+    from robust_sabn import create_model
+    from robust_sabn.eval.numerics import NUMERICS
+
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    exact = evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", progress=False)
+    assert exact.numerics == "exact" and exact.environment["numerics"] == NUMERICS["exact"]
+    for numerics in ("channels-last", "bf16"):
+        report = evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", progress=False, numerics=numerics)
+        assert report.numerics == numerics and report.environment["numerics"] == NUMERICS[numerics]
+        assert f"({NUMERICS[numerics]})" in to_markdown(report)
+    hazard = create_model("resnet_small", width=4).eval()  # strided 1x1 convolutions of 4 input channels
+    with pytest.raises(ConfigError, match="oneDNN issue 6035"):
+        evaluate(hazard, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), 0.1, attack="pgd-1", progress=False,
+                 numerics="channels-last", device="cpu")
+    with pytest.raises(ConfigError, match="unknown numerics 'fp8'"):
+        evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", numerics="fp8")

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         report.checkpoint, report.dataset = str(weights), trained or dataset
         report.source = f"exported model ({route} route folded)" if route else "exported model"
         fill_card(card, report)
-        json_path, _ = write_report(report, report_stem)
+        json_path = write_report(report, report_stem)[0]
         rows += [["evaluation report", json_path],
                  ["clean / AutoAttack accuracy (%)",
                   f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
