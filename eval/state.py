@@ -126,8 +126,9 @@ class EvalState:
     def _read(self, path: Path, index: int, sizes: list[int]) -> BatchResult:
         try:
             values = load_checkpoint(path)
-        except CheckpointError as err:
-            raise ConfigError(f"{err}; {self._restart}") from None
+        except CheckpointError:
+            raise ConfigError(f"{path} cannot be read (it is truncated, damaged or not a batch file); "
+                              f"{self._restart}") from None
         if not isinstance(values, dict) or "checksum" not in values:
             raise ConfigError(f"{path} is not a batch file of robust-sabn; {self._restart}")
         checksum = values.pop("checksum")
