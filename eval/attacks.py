@@ -1,7 +1,8 @@
 """The evaluation attacks, chosen by name, each run on one batch of a deterministic (folded, eval-mode) model.
 
 - ``autoattack``: the real AutoAttack (``version`` standard / plus / rand, or custom with ``aa_attacks``);
-- ``apgd-ce``: AutoAttack's APGD on the cross-entropy, 100 iterations, 1 restart (as in its standard version);
+- ``apgd-ce``: AutoAttack's APGD on the cross-entropy, 100 iterations, with the restarts of its standard version
+  (1 for Linf and L2; 5 for L1, with APGD-L1's schedule of growing radii);
 - ``pgd-K``: PGD on the cross-entropy, K steps of eps/4 from a uniform random start (``pgd`` alone: K = 20);
 - ``cw-K``: the same PGD on the Carlini-Wagner margin loss with kappa 50 (``cw`` alone: K = 20).
 
@@ -20,7 +21,8 @@ from ..attacks import CWPGD, PGD
 from ..constants import ATTACK_NORMS, THREAT_MODELS
 from ..errors import ConfigError
 from ..registry import Registry
-from .autoattack import check_settings, run_autoattack
+from .autoattack import autoattack_backend, check_settings, run_autoattack
+from .progress import PassProgress
 
 
 @dataclass
@@ -33,16 +35,24 @@ class AttackOutcome:
     seconds: dict[str, float] = field(default_factory=dict)  # per AutoAttack attack
     attacks: list[str] = field(default_factory=list)  # AutoAttack's attacks in the order it ran them
     backend: str | None = None  # the AutoAttack implementation that ran
+    adversarial: torch.Tensor | None = None  # the attacked images (the adversarial point where one was found)
+    predictions: torch.Tensor | None = None  # the model's prediction on each of them
 
 
 class EvalAttack:
-    """Base class: ``name`` (as reports show it), :meth:`describe`, and :meth:`run` on one batch."""
+    """Base class: ``name`` (as reports show it), :meth:`describe`, and :meth:`run` on one batch. ``passes`` is the
+    number of forward passes a batch takes, where it is known (the progress bar's total)."""
 
     name = ""
     norms: tuple[str, ...] = ATTACK_NORMS
+    passes: int | None = None
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def backend(self) -> str | None:
+        """The library that runs the attack, with its version, where it is not robust-sabn."""
+        return None
 
     def check_norm(self, norm: str) -> None:
         if norm not in self.norms:
@@ -50,7 +60,8 @@ class EvalAttack:
                               "use autoattack or apgd-ce")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, *, eps: float,
-            norm: str, seed: int, device: torch.device, progress: bool) -> AttackOutcome:
+            norm: str, seed: int, device: torch.device, progress: PassProgress) -> AttackOutcome:
+        """Attack the images of ``x`` that ``correct`` marks; ``progress`` counts the model's forward passes."""
         raise NotImplementedError
 
 
@@ -65,20 +76,27 @@ class PGDEval(EvalAttack):
     def name(self) -> str:
         return f"{self.loss}-{self.steps}"
 
+    @property
+    def passes(self) -> int:
+        return self.steps + 1  # one per step, and the prediction on the result
+
     def describe(self) -> str:
         loss = "cross-entropy" if self.loss == "pgd" else "CW margin loss (kappa 50)"
         return f"PGD-{self.steps} on the {loss}, step eps/4, random start"
 
     def run(self, model, x, y, correct, *, eps, norm, seed, device, progress) -> AttackOutcome:
-        robust = torch.zeros_like(correct)
+        robust, adversarial, predictions = torch.zeros_like(correct), x.clone(), torch.full_like(y, -1)
         (todo,) = correct.nonzero(as_tuple=True)
         if len(todo):
             cls = PGD if self.loss == "pgd" else CWPGD
             adversary = cls(model, eps=eps, alpha=eps / 4, steps=self.steps, random_start=True, norm=norm)
             xb, yb = x[todo].to(device), y[todo].to(device)
+            adv = adversary(xb, yb)
             with torch.no_grad():
-                robust[todo] = (model(adversary(xb, yb)).argmax(1) == yb).cpu()
-        return AttackOutcome(robust)
+                predicted = model(adv).argmax(1).cpu()
+            robust[todo] = predicted == yb.cpu()
+            adversarial[todo], predictions[todo] = adv.cpu().to(x.dtype), predicted
+        return AttackOutcome(robust, adversarial=adversarial, predictions=predictions)
 
 
 @dataclass
@@ -89,6 +107,7 @@ class AutoAttackEval(EvalAttack):
     aa_attacks: tuple[str, ...] | None = None  # for version "custom"
     restarts: int | None = None  # APGD's restarts (None: the version's)
     label: str = "autoattack"
+    standard_apgd: bool = False  # APGD as in the standard version of the threat model (the "apgd-ce" check)
     norms = THREAT_MODELS
 
     def __post_init__(self) -> None:
@@ -100,17 +119,21 @@ class AutoAttackEval(EvalAttack):
 
     def describe(self) -> str:
         if self.label == "apgd-ce":
-            return "APGD-CE (AutoAttack's; 100 iterations, 1 restart)"
+            return "APGD-CE (AutoAttack's; 100 iterations; restarts as in its standard version: 1, 5 for L1)"
         if self.version != "custom":
             return f"AutoAttack, {self.version} version"
         restarts = f", APGD restarts {self.restarts}" if self.restarts is not None else ""
         return f"AutoAttack, custom version ({', '.join(self.aa_attacks)}{restarts})"
 
+    def backend(self) -> str:
+        return autoattack_backend().name
+
     def run(self, model, x, y, correct, *, eps, norm, seed, device, progress) -> AttackOutcome:
         result = run_autoattack(model, x, y, eps=eps, norm=norm, version=self.version, seed=seed, batch_size=len(x),
-                                attacks=self.aa_attacks, device=device, progress=progress, restarts=self.restarts)
+                                attacks=self.aa_attacks, device=device, progress=progress, restarts=self.restarts,
+                                standard_apgd=self.standard_apgd)
         return AttackOutcome(result.robust & correct, result.broken, result.flags, result.seconds, result.attacks,
-                             result.backend)
+                             result.backend, result.adversarial, result.predictions)
 
 
 EVAL_ATTACKS: Registry[Callable[..., EvalAttack]] = Registry("evaluation attack")
@@ -137,7 +160,7 @@ def _autoattack(steps: int | None, version: str = "standard", aa_attacks: Sequen
 @EVAL_ATTACKS.register("apgd-ce")
 def _apgd_ce(steps: int | None) -> EvalAttack:
     _no_steps("apgd-ce", steps)
-    return AutoAttackEval("custom", ("apgd-ce",), 1, label="apgd-ce")
+    return AutoAttackEval("custom", ("apgd-ce",), label="apgd-ce", standard_apgd=True)
 
 
 @EVAL_ATTACKS.register("pgd")

@@ -15,17 +15,19 @@ import importlib.metadata as metadata
 import re
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..constants import AA_ATTACKS, AA_VERSIONS
 from ..devices import model_device
 from ..errors import ConfigError
+from .progress import PassProgress
 
 _BATCH_LINE = re.compile(r"^(?P<attack>[\w-]+) - (?P<batch>\d+)/(?P<batches>\d+) - (?P<broken>\d+) out of \d+ ")
+_RUNNING_LINE = re.compile(r"^running (?P<attack>[\w-]+)$")  # pyautoattack's line before each attack
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,14 @@ def _version(distribution: str) -> str:
 
 
 class AttackLog:
-    """Stands in for AutoAttack's logger (upstream calls ``log``; pyautoattack uses logging's methods)."""
+    """Stands in for AutoAttack's logger (upstream calls ``log``; pyautoattack uses logging's methods): keeps the
+    warnings, counts the points each attack breaks, and names the running attack on the progress bar."""
 
-    def __init__(self, progress: bool = True) -> None:
+    def __init__(self, progress: PassProgress | None = None) -> None:
         self.flags: list[str] = []
         self.broken: dict[str, int] = {}
         self.finished: dict[str, float] = {}  # attack -> perf_counter() at its last batch
         self.progress = progress
-        self._bar: tqdm | None = None
 
     def log(self, message: str) -> None:
         message = str(message)
@@ -75,25 +77,20 @@ class AttackLog:
             self.flags.append(message)
 
     def debug(self, message: str, *args, **_) -> None:
-        match = _BATCH_LINE.match(str(message) % args if args else str(message))
+        message = str(message) % args if args else str(message)
+        running = _RUNNING_LINE.match(message)
+        if running is not None and self.progress is not None:
+            self.progress.phase(running["attack"])
+        match = _BATCH_LINE.match(message)
         if match is None:
             return
-        attack, batch, batches = match["attack"], int(match["batch"]), int(match["batches"])
+        attack = match["attack"]
         self.broken[attack] = self.broken.get(attack, 0) + int(match["broken"])
         self.finished[attack] = time.perf_counter()
-        if self.progress:
-            if batch == 1:
-                self.close()
-                self._bar = tqdm(total=batches, desc=f"AutoAttack {attack}", unit="batch", leave=False)
-            if self._bar is not None:
-                self._bar.update(1)
+        if self.progress is not None:
+            self.progress.note(broken=sum(self.broken.values()))
 
     info = error = critical = debug
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 @dataclass
@@ -104,18 +101,26 @@ class AutoAttackResult:
     seconds: dict[str, float]
     flags: list[str] = field(default_factory=list)
     backend: str = ""
+    adversarial: torch.Tensor | None = None  # AutoAttack's x_adv: the adversarial point where one was found
+    predictions: torch.Tensor | None = None  # the model's prediction on each point of ``adversarial``
 
     def per_attack(self, clean_correct: int) -> dict[str, float]:
         """Robust accuracy after each attack (cumulative, as AutoAttack reports it), given the number of points
         classified correctly before attacking; empty when the log lines do not add up to the result."""
-        n = len(self.robust)
-        if clean_correct - sum(self.broken.values()) != int(self.robust.sum()):
-            return {}
-        accuracies, correct = {}, clean_correct
-        for attack in self.attacks:
-            correct -= self.broken.get(attack, 0)
-            accuracies[attack] = correct / n
-        return accuracies
+        return per_attack_accuracy(self.attacks, self.broken, clean_correct, int(self.robust.sum()), len(self.robust))
+
+
+def per_attack_accuracy(attacks: Sequence[str], broken: dict[str, int], correct: int, robust: int,
+                        n: int) -> dict[str, float]:
+    """Robust accuracy after each attack (cumulative, as AutoAttack reports it) from the points each one broke;
+    empty when AutoAttack's log lines do not add up to its result."""
+    if correct - sum(broken.values()) != robust:
+        return {}
+    accuracies = {}
+    for attack in attacks:
+        correct -= broken.get(attack, 0)
+        accuracies[attack] = correct / n
+    return accuracies
 
 
 def check_settings(version: str, attacks: Sequence[str] | None, restarts: int | None) -> None:
@@ -133,45 +138,60 @@ def check_settings(version: str, attacks: Sequence[str] | None, restarts: int | 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                    version: str = "standard", seed: int = 0, batch_size: int = 250,
                    attacks: Sequence[str] | None = None, device: torch.device | str | None = None,
-                   progress: bool = True, restarts: int | None = None) -> AutoAttackResult:
+                   progress: bool | PassProgress = True, restarts: int | None = None,
+                   standard_apgd: bool = False) -> AutoAttackResult:
     """AutoAttack ``version`` (``attacks`` for "custom") on a deterministic ``model`` in eval mode.
 
     ``device`` defaults to the model's (the images may live anywhere, e.g. a CUDA model and CPU test images).
-    ``restarts`` overrides APGD's restarts (robust-sabn's "apgd-ce" check runs it with 1, as the standard
-    version does). Returns which points stay robust, per-attack robust accuracy and the flags AutoAttack raised.
+    ``restarts`` overrides APGD's restarts. ``standard_apgd`` gives APGD the standard version's settings for
+    ``norm`` (robust-sabn's "apgd-ce" check): 1 restart for Linf and L2; for L1, 5 restarts and the schedule of
+    growing radii of APGD-L1 (``use_largereps``). ``progress`` is a bar of :class:`PassProgress` or a switch.
+    Returns which points stay robust, per-attack robust accuracy, the flags AutoAttack raised and its
+    adversarial points.
     """
     check_settings(version, attacks, restarts)
     backend = autoattack_backend()
-    log = AttackLog(progress)
     device = device if device is not None else model_device(model)
     adversary = backend.AutoAttack(model, norm=norm, eps=eps, seed=seed, verbose=False, version=version,
                                    attacks_to_run=list(attacks) if version == "custom" else [], device=device)
     adversary.verbose = True  # per-batch lines go to the recorder, not to stdout
-    for owner in (adversary, adversary.apgd, adversary.apgd_targeted):
-        owner.logger = log
+    if standard_apgd:
+        adversary.apgd.n_restarts = 5 if norm == "L1" else 1
+        adversary.apgd.use_largereps = norm == "L1"
     if restarts is not None:
         adversary.apgd.n_restarts = restarts
     to_run = list(adversary.attacks_to_run)
-
+    bar = nullcontext(progress) if isinstance(progress, PassProgress) else PassProgress(model, "AutoAttack",
+                                                                                         enabled=progress)
     start = time.perf_counter()
-    try:
+    with bar as bar:
+        log = AttackLog(bar)
+        for owner in (adversary, adversary.apgd, adversary.apgd_targeted):
+            owner.logger = log
         x_adv, y_adv = adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
-    finally:
-        log.close()
     robust = (y_adv.to(y.device) == y)
-    _check_perturbation(x, x_adv.to(x.device), eps, norm, log)
+    x_adv = x_adv.to(x.device)
+    _check_perturbation(x, x_adv, eps, norm, log)
 
     seconds, previous = {}, start
     for attack in to_run:
         if attack in log.finished:
             seconds[attack], previous = log.finished[attack] - previous, log.finished[attack]
-    return AutoAttackResult(robust.cpu(), to_run, dict(log.broken), seconds, log.flags, backend.name)
+    return AutoAttackResult(robust.cpu(), to_run, dict(log.broken), seconds, log.flags, backend.name, x_adv.cpu(),
+                            y_adv.cpu())
+
+
+def perturbation_size(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """The ``norm`` (Linf, L2 or L1) of each image's perturbation in ``delta``."""
+    delta = delta.flatten(1)
+    if norm == "Linf":
+        return delta.abs().amax(1)
+    return delta.norm(p=2 if norm == "L2" else 1, dim=1)
 
 
 def _check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, log: AttackLog) -> None:
     """Flag adversarial points outside the threat model (they would make the robust accuracy meaningless)."""
-    delta = (x_adv - x).flatten(1)
-    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
-    if (size > eps + 1e-5).any() or x_adv.min() < 0 or x_adv.max() > 1:
+    size = perturbation_size(x_adv - x, norm)
+    if (size > eps + 1e-5 * max(1.0, eps)).any() or x_adv.min() < 0 or x_adv.max() > 1:
         log.warning(f"adversarial points outside the {norm} ball of radius {eps:.5f} or outside [0, 1] "
                     f"(largest perturbation {size.max().item():.5f})")

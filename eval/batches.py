@@ -16,7 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..rng import derive_seed
-from .attacks import EvalAttack
+from .attacks import AttackOutcome, EvalAttack
+from .progress import PassProgress
 
 SEEDING = "batch i attacked with seed derived from (seed, i) by numpy's SeedSequence; batch 0 with the seed itself"
 
@@ -42,6 +43,7 @@ class BatchResult:
     flags: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "clean", "attack" and per AutoAttack attack
     backend: str | None = None
+    adversarials: dict[str, torch.Tensor] | None = None  # the points that broke: see :func:`broken_points`
 
 
 @torch.no_grad()
@@ -58,36 +60,58 @@ def seed_generators(seed: int, device: torch.device) -> None:
         torch.cuda.manual_seed(seed)
 
 
+def broken_points(x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, robust: torch.Tensor,
+                  adversarial: torch.Tensor, predictions: torch.Tensor, offset: int) -> dict[str, torch.Tensor]:
+    """The points the attack broke (classified correctly, then not): their ``indices`` among all images (the batch
+    starts at ``offset``), adversarial ``images``, true ``labels`` and the model's ``predictions`` on them."""
+    (broken,) = (correct & ~robust).nonzero(as_tuple=True)
+    return {"indices": broken + offset, "images": adversarial[broken].clone(), "labels": y[broken].clone(),
+            "predictions": predictions[broken].clone()}
+
+
 def run_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: EvalAttack | None, index: int, *,
-              eps: float, norm: str, seed: int, device: torch.device, progress: bool = False) -> BatchResult:
-    """Clean predictions of batch ``index`` and, unless ``attack`` is None or ``eps`` is 0, the attack on its
-    correctly classified images, seeded by :func:`batch_seed`."""
+              eps: float, norm: str, seed: int, device: torch.device, progress: bool = False, offset: int = 0,
+              keep_adversarials: bool = False, desc: str | None = None) -> BatchResult:
+    """Clean predictions of batch ``index`` (its first image is image ``offset``) and, unless ``attack`` is None
+    or ``eps`` is 0, the attack on its correctly classified images, seeded by :func:`batch_seed`, with a bar
+    ``desc`` counting the model's forward passes (``progress``); ``keep_adversarials`` keeps the points that
+    broke."""
     start = time.perf_counter()
     correct = predict(model, x, device) == y
     seconds = {"clean": time.perf_counter() - start}
     if attack is None or eps == 0:
-        return BatchResult(index, correct, correct.clone(), seconds=seconds)
-    bseed = batch_seed(seed, index)
-    seed_generators(bseed, device)
-    start = time.perf_counter()
-    outcome = attack.run(model, x, y, correct, eps=eps, norm=norm, seed=bseed, device=device, progress=progress)
-    seconds["attack"] = time.perf_counter() - start
-    return BatchResult(index, correct, outcome.robust & correct, outcome.broken, outcome.attacks, outcome.flags,
-                       {**seconds, **outcome.seconds}, outcome.backend)
+        outcome = AttackOutcome(correct.clone(), adversarial=x, predictions=y)
+    else:
+        bseed = batch_seed(seed, index)
+        seed_generators(bseed, device)
+        start = time.perf_counter()
+        with PassProgress(model, desc or attack.name, attack.passes, enabled=progress) as bar:
+            outcome = attack.run(model, x, y, correct, eps=eps, norm=norm, seed=bseed, device=device, progress=bar)
+        seconds["attack"] = time.perf_counter() - start
+    robust = outcome.robust & correct
+    adversarials = None
+    if keep_adversarials:
+        adversarials = broken_points(x, y, correct, robust, outcome.adversarial, outcome.predictions, offset)
+    return BatchResult(index, correct, robust, outcome.broken, outcome.attacks, outcome.flags,
+                       {**seconds, **outcome.seconds}, outcome.backend, adversarials)
 
 
 def robust_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: EvalAttack | None, *, eps: float,
                   norm: str, seed: int, batch_size: int, device: torch.device, indices: Iterable[int] | None = None,
-                  progress: bool = False, on_batch: Callable[[BatchResult], None] | None = None) -> list[BatchResult]:
+                  progress: bool = False, on_batch: Callable[[BatchResult], None] | None = None,
+                  keep_adversarials: bool = False) -> list[BatchResult]:
     """:func:`run_batch` on the batches ``indices`` (default: all) of ``x``/``y`` split into ``batch_size``;
-    ``on_batch`` sees each result as it is finished (e.g. to store it)."""
-    indices = list(range(num_batches(len(x), batch_size)) if indices is None else indices)
+    ``on_batch`` sees each result as it is finished (e.g. to store it). With ``progress``, one bar counts the
+    batches and another the model's forward passes within each batch."""
+    total = num_batches(len(x), batch_size)
+    indices = list(range(total) if indices is None else indices)
+    name = getattr(attack, "name", "clean")
     results = []
-    for index in tqdm(indices, desc=getattr(attack, "name", "clean"), unit="batch", leave=False,
-                      disable=not progress or len(indices) < 2):
+    for index in tqdm(indices, desc=name, unit="batch", leave=False, disable=not progress or len(indices) < 2):
         part = slice(index * batch_size, (index + 1) * batch_size)
         result = run_batch(model, x[part], y[part], attack, index, eps=eps, norm=norm, seed=seed, device=device,
-                           progress=progress)
+                           progress=progress, offset=part.start, keep_adversarials=keep_adversarials,
+                           desc=f"{name} batch {index + 1}/{total}")
         results.append(result)
         if on_batch is not None:
             on_batch(result)

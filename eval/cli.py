@@ -3,33 +3,46 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ..constants import AA_VERSIONS, CLEAN_ROUTE, THREAT_MODELS
 from ..data import test_images
-from ..devices import resolve_device
+from ..distributed import Processes, start_processes
+from ..errors import UserError
 from ..flags import add_common_flags
 from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..model_files import LoadedModel, load_trained_model
 from ..parsing import format_eps, parse_json_object, parse_number_list
 from ..tables import markdown_table
 from .evaluate import evaluate
-from .report import write_report
+from .numerics import NUMERICS
+from .report import ADVERSARIALS, write_adversarials, write_report
+from .state import STATE, remove_state
 from .sweep import eps_sweep, plot_sweep
 
 DEFAULT_SWEEP_ATTACK = "pgd-20"
 
 
 def report_stem(loaded: LoadedModel, out: str | None, attack: str, version: str | None, route: str | None,
-                norm: str, eps: str) -> Path:
+                norm: str, eps: str, numerics: str = "exact") -> Path:
     if out:
         path = Path(out)
         return path.with_suffix("") if path.suffix in (".json", ".md", ".png") else path
-    parts = [loaded.path.stem, attack, version, route or "plain", norm, eps.replace("/", "_")]
+    parts = [loaded.path.stem, attack, version, route or "plain", norm, eps.replace("/", "_"),
+             None if numerics == "exact" else numerics]
     return loaded.path.parent / "eval" / "-".join(p for p in parts if p)
 
 
 def run(args: argparse.Namespace) -> int:
+    processes = start_processes(args.device)  # one process, or this one of torchrun's
+    try:
+        return _run(args, processes)
+    finally:
+        processes.close()
+
+
+def _run(args: argparse.Namespace, processes: Processes) -> int:
     loaded = load_trained_model(args.checkpoint, args.model, parse_json_object(args.model_kwargs))
     route = loaded.route(args.route)
     norm, eps = loaded.threat(args.threat_model, args.eps)
@@ -37,36 +50,68 @@ def run(args: argparse.Namespace) -> int:
     clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
     sweep = parse_number_list(args.eps_sweep, "--eps-sweep value") if args.eps_sweep else None
     attack = args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack")
-    device = resolve_device(args.device)
     version = args.version if attack == "autoattack" else None
-    stem = report_stem(loaded, args.out, attack, version, route, norm, "sweep" if sweep else format_eps(eps, norm))
-    for suffix in (".json", ".md", ".png") if sweep else (".json", ".md"):
+    stem = report_stem(loaded, args.out, attack, version, route, norm, "sweep" if sweep else format_eps(eps, norm),
+                       args.numerics)
+    suffixes = [".json", ".md", ".png"] if sweep else [".json", ".md"]
+    if args.save_adversarials and not sweep:
+        suffixes.append(ADVERSARIALS)
+    for suffix in suffixes:
         check_writable(stem.with_name(stem.name + suffix))  # before the attack, not after it
+    state_dir = stem.with_name(stem.name + STATE)
     x, y = test_images(dataset, args.data_dir or loaded.config.get("data_dir"), args.n_examples)
     common = dict(norm=norm, route=route, seed=args.seed, batch_size=args.batch_size, clean_route=clean_route,
-                  device=device, progress=args.progress)
-    print(f"evaluating {loaded.path} ({loaded.source}) on {len(y)} {dataset} test images, route {route or '-'}",
-          flush=True)
+                  device=processes.device, progress=args.progress and processes.is_main, state_dir=state_dir,
+                  processes=processes, save_adversarials=args.save_adversarials, numerics=args.numerics)
+    if processes.is_main:
+        shards = f", {processes.world_size} processes" if processes.distributed else ""
+        print(f"evaluating {loaded.path} ({loaded.source}) on {len(y)} {dataset} test images, route {route or '-'}"
+              f"{shards}; finished batches are kept in {state_dir} until the report is written", flush=True)
+    model = loaded.model.to(processes.device)
 
     if sweep is not None:
-        reports = eps_sweep(loaded.model.to(device), x, y, sweep, attack=attack, **common)
+        reports = eps_sweep(model, x, y, sweep, attack=attack, **common)
         rows = [[r.eps_str, f"{100 * r.clean_acc:.2f}", f"{100 * r.robust_acc:.2f}"] for r in reports]
         table = markdown_table(["eps", "clean acc (%)", f"{reports[0].attack_description} robust acc (%)"], rows)
-        with all_or_nothing():
-            atomic_write_text(stem.with_name(stem.name + ".json"),
-                              json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
-            atomic_write_text(stem.with_name(stem.name + ".md"), table + "\n")
-            png = plot_sweep(reports, stem.with_name(stem.name + ".png"), title=f"{loaded.path.name}, {len(y)} images")
-        print(table)
-        print(f"wrote {stem}.json, .md and {png}")
+
+        def write() -> None:
+            with all_or_nothing():
+                atomic_write_text(stem.with_name(stem.name + ".json"),
+                                  json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+                atomic_write_text(stem.with_name(stem.name + ".md"), table + "\n")
+                plot_sweep(reports, stem.with_name(stem.name + ".png"), title=f"{loaded.path.name}, {len(y)} images")
+                for r in reports:
+                    if r.adversarials is not None:
+                        write_adversarials(r, stem.with_name(f"{stem.name}-eps-{r.eps_str.replace('/', '_')}"))
+            print(table)
+            print(f"wrote {stem}.json, .md and .png")
+        finish(processes, state_dir, write)
         return 0
 
-    report = evaluate(loaded.model.to(device), x, y, eps, attack=attack, version=args.version, **common)
+    report = evaluate(model, x, y, eps, attack=attack, version=args.version, **common)
     report.checkpoint, report.source, report.dataset = str(loaded.path), loaded.source, dataset
-    json_path, md_path = write_report(report, stem)
-    print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}")
+
+    def write() -> None:
+        paths = write_report(report, stem)
+        print(paths[1].read_text())
+        print(f"wrote {', '.join(str(path) for path in paths)}")
+    finish(processes, state_dir, write)
     return 0
+
+
+def finish(processes: Processes, state_dir: Path, write: Callable[[], None]) -> None:
+    """The first process writes the report; once it is written, every process deletes its state folder (they may
+    be on different machines). A failed write keeps the state, so that the same command finishes at once."""
+    error = None
+    if processes.is_main:
+        try:
+            write()
+        except UserError as err:
+            error = err
+    if processes.broadcast(error is None):
+        remove_state(state_dir)
+    if error is not None:
+        raise error
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,4 +143,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="report path without suffix (default: <checkpoint folder>/eval/<settings>)")
     parser.add_argument("--eps-sweep", metavar="EPS,EPS,...",
                         help="robust accuracy at each radius, drawn as a PNG (PGD-20 unless --attack apgd-ce/pgd-K/cw)")
+    parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
+                        help="exact (default: the model's own float32 computation), or a faster form that can change "
+                             "a prediction and is named in the report: channels-last, bf16")
+    parser.add_argument("--save-adversarials", action="store_true",
+                        help=f"also write <report>{ADVERSARIALS}: the adversarial images of the points that broke, "
+                             "with their indices, labels and predictions (tensors only)")
     add_common_flags(parser)

@@ -13,10 +13,11 @@ fixed, independently seeded batches.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,12 +28,17 @@ from ..attacks.base import check_eps
 from ..constants import CLEAN_ROUTE, ORACLE_ROUTING, SINGLE_ROUTE, THREAT_MODELS
 from ..convert import fold_route
 from ..devices import model_device
+from ..distributed import Processes
 from ..errors import ConfigError
 from ..nn import check_model_route
 from ..parsing import format_eps, parse_number
 from ..rng import check_seed, preserved_rng
-from .attacks import EvalAttack, make_eval_attack
-from .batches import SEEDING, BatchResult, robust_points
+from .attacks import make_eval_attack
+from .autoattack import per_attack_accuracy
+from .batches import SEEDING, BatchResult
+from .numerics import check_numerics, describe_numerics, evaluation_form
+from .shards import shared_points
+from .state import EvalState, fingerprint
 
 
 @dataclass
@@ -65,6 +71,8 @@ class EvaluationReport:
     clean_acc: float  # single-route protocol
     robust_acc: float
     per_attack: dict[str, float]  # robust accuracy after each of AutoAttack's attacks (cumulative)
+    per_class: list[dict[str, Any]]  # per class: n, correct, robust, clean_acc, robust_acc (single route)
+    per_image: dict[str, str]  # "correct" and "robust": one character "0" or "1" per image, image 0 first
     protocols: dict[str, ProtocolResult]
     flags: list[str]  # AutoAttack's gradient-masking warnings and threat-model violations
     warnings: list[str]
@@ -72,12 +80,18 @@ class EvaluationReport:
     environment: dict[str, Any]
     protocol: str = SINGLE_ROUTE
     seeding: str = SEEDING
+    numerics: str = "exact"  # the form the model was evaluated in (robust_sabn.eval.numerics)
     checkpoint: str | None = None  # where the model came from (set by the command line)
     source: str | None = None
     dataset: str | None = None
+    # the adversarial points that broke ("indices", "images", "labels", "predictions"), with save_adversarials
+    adversarials: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The JSON report (everything but the adversarial images)."""
+        values = dataclasses.asdict(dataclasses.replace(self, adversarials=None))
+        del values["adversarials"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
@@ -145,26 +159,14 @@ def freeze(model: nn.Module, route: str | None, device: torch.device) -> nn.Modu
     return fold_route(model, route).to(device).eval().requires_grad_(False)
 
 
-def per_attack_accuracy(attacks: Sequence[str], broken: dict[str, int], correct: int, robust: int,
-                        n: int) -> dict[str, float]:
-    """Robust accuracy after each attack (cumulative, as AutoAttack reports it) from the points each one broke;
-    empty when AutoAttack's log lines do not add up to its result."""
-    if correct - sum(broken.values()) != robust:
-        return {}
-    accuracies = {}
-    for attack in attacks:
-        correct -= broken.get(attack, 0)
-        accuracies[attack] = correct / n
-    return accuracies
-
-
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str, norm: str = "Linf",
              attack: str = "autoattack", version: str = "standard", route: str | None = None, seed: int = 0,
              batch_size: int = 256, *, clean_route: str | None = CLEAN_ROUTE, aa_attacks: Sequence[str] | None = None,
-             aa_restarts: int | None = None, device: torch.device | str | None = None,
-             progress: bool = True) -> EvaluationReport:
+             aa_restarts: int | None = None, device: torch.device | str | None = None, progress: bool = True,
+             state_dir: str | os.PathLike | None = None, processes: Processes | None = None,
+             save_adversarials: bool = False, numerics: str = "exact") -> EvaluationReport:
     """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``, at radius ``eps`` (a
-    number, or a fraction such as ``"8/255"``).
+    number, or a fraction such as ``"8/255"``), in the ``norm`` threat model (Linf, L2 or L1).
 
     The model is folded on ``route`` (required for routed models, None for plain ones) and evaluated in eval
     mode; ``model`` itself is not changed, and the caller's RNG states are restored afterwards. The images are
@@ -172,6 +174,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | st
     AutoAttack's attacks for ``version="custom"``; ``aa_restarts`` sets APGD's restarts (AutoAttack's custom
     version uses 5, the standard version 1). ``clean_route`` (None: skip) adds the oracle-routing protocol for a
     routed model.
+
+    ``state_dir`` makes the evaluation resumable: each finished batch is stored there, and a later call with the
+    same model, images and settings skips the batches it finds (see :mod:`robust_sabn.eval.state`). The folder
+    is left in place: remove it once the report is safe (``robust-sabn eval`` does). ``processes`` (from
+    :func:`robust_sabn.distributed.start_processes` under torchrun) share the batches; every process gets the
+    whole report. ``save_adversarials`` keeps the adversarial points that broke in ``report.adversarials``.
+    ``numerics`` other than "exact" evaluates a faster form that can change predictions (see
+    :mod:`robust_sabn.eval.numerics`); the report names it.
     """
     start = time.perf_counter()
     if norm not in THREAT_MODELS:
@@ -179,32 +189,52 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | st
     eps = parse_number(eps, "eps")
     check_eps(eps, norm)
     check_seed(seed)
+    check_numerics(numerics)
     adversary = make_eval_attack(attack, version, aa_attacks, aa_restarts)
     adversary.check_norm(norm)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     routes = check_model_route(model, route, "evaluate")
     device = torch.device(device) if device is not None else model_device(model)
+    processes = processes or Processes(device=device)
     check_inputs(x, y)
     frozen = freeze(model, route, device)
     x, y = x.detach().cpu().to(_dtype(frozen)), y.detach().cpu().long()
-    check_inputs(x, y, check_model_inputs(frozen, x, device))
-    common = dict(eps=eps, norm=norm, seed=seed, batch_size=batch_size, device=device, progress=progress)
+    num_classes = check_model_inputs(frozen, x, device)
+    check_inputs(x, y, num_classes)
+    is_aa = adversary.name == "autoattack"
+    settings = dict(attack=adversary.name, attack_description=adversary.describe(),
+                    version=version if is_aa else None,
+                    aa_attacks=list(aa_attacks) if is_aa and version == "custom" else None,
+                    aa_restarts=aa_restarts if is_aa else None, norm=norm, eps=eps, route=route, seed=seed,
+                    batch_size=batch_size, numerics=numerics)
+    state = None
+    if state_dir is not None:
+        identity = {**settings, "seeding": SEEDING, "adversarials": save_adversarials, "robust_sabn": __version__,
+                    "torch": torch.__version__, "backend": adversary.backend()}
+        state = EvalState(state_dir, fingerprint(frozen, x, y, identity))
+    common = dict(eps=eps, norm=norm, seed=seed, batch_size=batch_size, device=device, progress=progress,
+                  processes=processes)
     with preserved_rng():
-        results = robust_points(frozen, x, y, adversary, **common)
+        with evaluation_form(frozen, device, numerics) as form:
+            results, resumed = shared_points(form, x, y, adversary, state=state,
+                                             keep_adversarials=save_adversarials, **common)
         oracle = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
-            oracle = robust_points(freeze(model, clean_route, device), x, y, None, **common)
-    return build_report(results, adversary, oracle, route=route, clean_route=clean_route, eps=eps, norm=norm,
-                        seed=seed, batch_size=batch_size, device=device, seconds=time.perf_counter() - start,
-                        version=version, aa_attacks=aa_attacks, aa_restarts=aa_restarts)
+            with evaluation_form(freeze(model, clean_route, device), device, numerics) as form:
+                oracle = shared_points(form, x, y, None, state=None, **common)[0]
+    report = build_report(results, oracle, y, num_classes, settings, clean_route=clean_route)
+    report.time["total_s"] = time.perf_counter() - start
+    report.time["resumed_batches"] = resumed
+    report.environment = {**environment(device, processes.world_size),
+                          "numerics": describe_numerics(numerics, device)}
+    return report
 
 
-def build_report(results: Sequence[BatchResult], attack: EvalAttack, oracle: Sequence[BatchResult] | None, *,
-                 route: str | None, clean_route: str | None, eps: float, norm: str, seed: int, batch_size: int,
-                 device: torch.device, seconds: float, version: str, aa_attacks: Sequence[str] | None,
-                 aa_restarts: int | None) -> EvaluationReport:
-    """The report of finished batches (in any order; a resumed or sharded run gives the same report)."""
+def build_report(results: Sequence[BatchResult], oracle: Sequence[BatchResult] | None, y: torch.Tensor,
+                 num_classes: int, settings: dict[str, Any], *, clean_route: str | None) -> EvaluationReport:
+    """The report of finished batches (in any order; a resumed or sharded run gives the same report) of the
+    evaluation ``settings`` on labels ``y``."""
     results = sorted(results, key=lambda r: r.index)
     correct = torch.cat([r.correct for r in results])
     robust = torch.cat([r.robust for r in results])
@@ -220,25 +250,44 @@ def build_report(results: Sequence[BatchResult], attack: EvalAttack, oracle: Seq
             timing[name] = timing.get(name, 0.0) + value
     attacks = next((r.attacks for r in results if r.attacks), [])
     per_attack = per_attack_accuracy(attacks, broken, int(correct.sum()), int(robust.sum()), n) if attacks else {}
+    route = settings["route"]
     protocols = {SINGLE_ROUTE: ProtocolResult(route, route, clean_acc, robust_acc)}
     if oracle is not None:
         oracle_clean = torch.cat([r.correct for r in sorted(oracle, key=lambda r: r.index)]).float().mean().item()
         protocols[ORACLE_ROUTING] = ProtocolResult(clean_route, route, oracle_clean, robust_acc)
     warnings = list(flags)
-    if attacks and eps > 0 and not per_attack:
+    if attacks and settings["eps"] > 0 and not per_attack:
         warnings.append("per-attack accuracies unavailable: AutoAttack's log lines did not add up to its result")
-    is_aa = attack.name == "autoattack"
+    adversarials = None
+    if results[0].adversarials is not None:
+        adversarials = {key: torch.cat([r.adversarials[key] for r in results]) for key in results[0].adversarials}
     return EvaluationReport(
-        attack=attack.name, attack_description=attack.describe(), version=version if is_aa else None,
-        aa_attacks=list(aa_attacks) if is_aa and version == "custom" else None,
-        aa_restarts=aa_restarts if is_aa else None, backend=next((r.backend for r in results if r.backend), None),
-        norm=norm, eps=eps, eps_str=format_eps(eps, norm), route=route, n=n, seed=seed, batch_size=batch_size,
-        clean_acc=clean_acc, robust_acc=robust_acc, per_attack=per_attack, protocols=protocols, flags=flags,
-        warnings=warnings, environment=environment(device),
-        time={"total_s": seconds, "clean_s": timing.pop("clean", 0.0), "attack_s": timing.pop("attack", 0.0),
-              "per_attack_s": timing})
+        **settings, backend=next((r.backend for r in results if r.backend), None),
+        eps_str=format_eps(settings["eps"], settings["norm"]), n=n, clean_acc=clean_acc, robust_acc=robust_acc,
+        per_attack=per_attack, per_class=per_class(y, correct, robust, num_classes),
+        per_image={"correct": _bits(correct), "robust": _bits(robust)}, protocols=protocols, flags=flags,
+        warnings=warnings, environment={},
+        time={"total_s": 0.0, "clean_s": timing.pop("clean", 0.0), "attack_s": timing.pop("attack", 0.0),
+              "per_attack_s": timing}, adversarials=adversarials)
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def per_class(y: torch.Tensor, correct: torch.Tensor, robust: torch.Tensor, num_classes: int) -> list[dict[str, Any]]:
+    """Images, clean and robust counts and accuracies of every class (None where a class has no image)."""
+    rows = []
+    for label in range(num_classes):
+        mine = y == label
+        n, c, r = int(mine.sum()), int(correct[mine].sum()), int(robust[mine].sum())
+        rows.append({"class": label, "n": n, "correct": c, "robust": r, "clean_acc": c / n if n else None,
+                     "robust_acc": r / n if n else None})
+    return rows
+
+
+def _bits(flags: torch.Tensor) -> str:
+    """Per-image flags as a string of 0s and 1s, image 0 first."""
+    return "".join("1" if flag else "0" for flag in flags.tolist())
+
+
+def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
     return {"robust_sabn": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "threads": torch.get_num_threads(), "platform": platform.platform()}
+            "device": str(device), "threads": torch.get_num_threads(), "processes": processes,
+            "platform": platform.platform()}

@@ -1,4 +1,5 @@
-"""Evaluation reports: a Markdown table for people, JSON for programs, both written atomically."""
+"""Evaluation reports: Markdown tables for people, JSON for programs, and the adversarial points that broke as
+tensors, all written atomically."""
 from __future__ import annotations
 
 import json
@@ -6,9 +7,11 @@ import os
 from pathlib import Path
 
 from ..constants import PROTOCOLS
-from ..io import all_or_nothing, atomic_write_text
+from ..io import all_or_nothing, atomic_write_text, save_checkpoint
 from ..tables import markdown_table
 from .evaluate import EvaluationReport
+
+ADVERSARIALS = ".adversarials.pt"
 
 
 def _pct(value: float | None) -> str:
@@ -16,7 +19,8 @@ def _pct(value: float | None) -> str:
 
 
 def to_markdown(report: EvaluationReport) -> str:
-    """The protocols table, the per-attack table (AutoAttack) and every warning, as Markdown."""
+    """The protocols table, the per-attack table (AutoAttack), the per-class table (single route) and every
+    warning, as Markdown."""
     lines = [f"**{report.attack_description}**, {report.norm} eps {report.eps_str}, {report.n} images, "
              f"seed {report.seed}" + (f", {report.backend}" if report.backend else "")]
     rows = [[f"{name} ({PROTOCOLS[name]})", p.clean_route or "-", p.adv_route or "-", _pct(p.clean_acc),
@@ -28,18 +32,36 @@ def to_markdown(report: EvaluationReport) -> str:
         rows = [[attack, _pct(acc), f"{seconds[attack]:.1f}" if attack in seconds else "-"]
                 for attack, acc in report.per_attack.items()]
         lines += ["", markdown_table(["after attack", "robust acc (%)", "time (s)"], rows)]
-    lines += ["", f"Total time {report.time['total_s']:.1f} s on {report.environment['device']}; batches of "
-              f"{report.batch_size}, {report.seeding}."]
+    if report.per_class:
+        rows = [[c["class"], c["n"], _pct(c["clean_acc"]), _pct(c["robust_acc"])] for c in report.per_class]
+        lines += ["", markdown_table(["class", "images", "clean acc (%)", "robust acc (%)"], rows)]
+    processes = report.environment.get("processes", 1)
+    resumed = report.time.get("resumed_batches", 0)
+    lines += ["", f"Total time {report.time['total_s']:.1f} s on {report.environment['device']}"
+              + (f" ({report.environment['numerics']})" if "numerics" in report.environment else "")
+              + (f" in {processes} processes" if processes > 1 else "")
+              + (f" ({resumed} batches finished by an earlier run)" if resumed else "")
+              + f"; batches of {report.batch_size}, {report.seeding}."]
     for message in report.warnings:
         lines += ["", f"> **Warning:** {message}"]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: EvaluationReport, path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``<path>.json`` and ``<path>.md`` (``path`` without suffix), both or neither; returns both paths."""
+def write_report(report: EvaluationReport, path: str | os.PathLike) -> tuple[Path, ...]:
+    """Write ``<path>.json``, ``<path>.md`` (``path`` without suffix) and, when the report holds adversarial points,
+    ``<path>.adversarials.pt``: all or none of them; returns their paths."""
     path = Path(path)
-    json_path, md_path = path.with_name(path.name + ".json"), path.with_name(path.name + ".md")
+    paths = [path.with_name(path.name + ".json"), path.with_name(path.name + ".md")]
     with all_or_nothing():
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
-        atomic_write_text(md_path, to_markdown(report))
-    return json_path, md_path
+        atomic_write_text(paths[0], json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write_text(paths[1], to_markdown(report))
+        if report.adversarials is not None:
+            paths.append(write_adversarials(report, path))
+    return tuple(paths)
+
+
+def write_adversarials(report: EvaluationReport, path: str | os.PathLike) -> Path:
+    """Write ``<path>.adversarials.pt``: a dict of tensors (``indices`` of the images that broke, their adversarial
+    ``images``, true ``labels`` and the model's ``predictions``), loadable with ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    return save_checkpoint(report.adversarials, path.with_name(path.name + ADVERSARIALS))

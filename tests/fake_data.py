@@ -29,12 +29,16 @@ def _pickle_py2_style(obj: dict, path: Path) -> None:
     path.write_bytes(data)
 
 
-def write_cifar10(root: str | Path, n_train: int = 50, n_test: int = 10, seed: int = 0) -> Written:
-    """``root/cifar-10-batches-py/``: five training batches, a test batch and batches.meta."""
+def write_cifar10(root: str | Path, n_train: int = 50, n_test: int = 10, seed: int = 0,
+                  test_labels: torch.Tensor | None = None) -> Written:
+    """``root/cifar-10-batches-py/``: five training batches, a test batch (labelled ``test_labels`` if given) and
+    batches.meta."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     train = _random(n_train, 3, 32, 10, seed)
     test = _random(n_test, 3, 32, 10, seed + 1)
+    if test_labels is not None:
+        test = (test[0], test_labels.clone())
     parts = np.array_split(np.arange(n_train), 5)
     for i, idx in enumerate(parts, start=1):
         _pickle_py2_style({

@@ -1,9 +1,13 @@
 """Shared test utilities."""
+import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from fake_data import write_cifar10
 from torch import nn
+
+from robust_sabn import convert_norms, fold_route
 
 
 def randomize_bn_state(model: nn.Module) -> nn.Module:
@@ -57,17 +61,43 @@ def assert_split_equals_separate(model: nn.Module, x_clean: torch.Tensor, x_adv:
     return separate
 
 
-def write_run_dir(root: Path, eps: float = 8 / 255, n_test: int = 6) -> Path:
+def write_run_dir(root: Path, eps: float = 8 / 255, n_test: int = 6, width: int = 4, labelled: bool = False) -> Path:
     """``root/run``: a run folder as the training loop writes it (``last.pt`` with a tiny SaBN resnet_small,
-    its model_spec and config) for fake CIFAR-10 files in ``root/data``."""
+    its model_spec and config) for fake CIFAR-10 files in ``root/data``. ``labelled``: the test images carry the
+    labels the model predicts on its adv route, so every one is classified correctly and worth attacking."""
     from robust_sabn import create_model
     from robust_sabn.io import save_checkpoint
 
-    write_cifar10(root / "data", n_train=10, n_test=n_test)
-    model = randomize_bn_state(create_model("resnet_small", width=4, norm="sandwich"))
+    written = write_cifar10(root / "data", n_train=10, n_test=n_test)
+    model = randomize_bn_state(create_model("resnet_small", width=width, norm="sandwich"))
+    if labelled:
+        with torch.no_grad():
+            labels = fold_route(model, "adv")(written["test"][0].float() / 255).argmax(1)
+        write_cifar10(root / "data", n_train=10, n_test=n_test, test_labels=labels)
     config = {"dataset": "cifar10", "data_dir": str(root / "data"), "eps": eps, "attack_norm": "Linf"}
     checkpoint = {"model": model.state_dict(), "model_spec": model.model_spec, "config": config, "epoch": 1, "step": 2}
     save_checkpoint(checkpoint, root / "run" / "last.pt")
+    return root / "run"
+
+
+def write_fitted_run_dir(root: Path, n_test: int = 12) -> Path:
+    """``root/run``: a plain-BN resnet_small (width 8) fitted to the fake CIFAR-10 test images in ``root/data``:
+    every image classified correctly, and at 5/255 APGD-CE breaks some of them but not all."""
+    from robust_sabn import create_model
+    from robust_sabn.io import save_checkpoint
+
+    written = write_cifar10(root / "data", n_train=10, n_test=n_test)
+    x, y = written["test"][0].float() / 255, written["test"][1]
+    torch.manual_seed(0)
+    model = create_model("resnet_small", width=8, norm="bn")
+    optimizer = torch.optim.Adam(model.parameters(), 0.01)
+    for _ in range(40):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    config = {"dataset": "cifar10", "data_dir": str(root / "data"), "eps": 5 / 255, "attack_norm": "Linf"}
+    save_checkpoint({"model": model.state_dict(), "model_spec": model.model_spec, "config": config},
+                    root / "run" / "last.pt")
     return root / "run"
 
 
@@ -92,3 +122,52 @@ def fill_disk(monkeypatch, fails=lambda target: True) -> None:
         return fd, name
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+# ------------------------------------------------------------------- tiny fitted models for evaluation tests
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+IMAGES = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+LABELS = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
+
+
+@functools.lru_cache(maxsize=1)
+def trained_state() -> dict:
+    """A tiny CNN fitted to 32 random images: confident on them, but not robust at 8/255."""
+    torch.manual_seed(0)
+    net = tiny_net()
+    optimizer = torch.optim.Adam(net.parameters(), 0.02)
+    for _ in range(60):
+        optimizer.zero_grad()
+        F.cross_entropy(net(IMAGES), LABELS).backward()
+        optimizer.step()
+    return net.state_dict()
+
+
+def plain_model() -> nn.Module:
+    net = tiny_net()
+    net.load_state_dict(trained_state())
+    return net.eval()
+
+
+def routed_model() -> nn.Module:
+    """The fitted CNN converted to SaBN (as a user's own model would be); its two routes differ."""
+    model = convert_norms(plain_model(), "sandwich")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "route" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    return model.eval()
+
+
+def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", wrong: int = 2):
+    """Images with the labels the model predicts on ``route``, except the first ``wrong`` ones: a known clean
+    accuracy and points worth attacking."""
+    x = IMAGES[:n]
+    with torch.no_grad():
+        y = fold_route(model, route)(x).argmax(1)
+    y[:wrong] = (y[:wrong] + 1) % 10
+    return x, y

@@ -1,5 +1,7 @@
 """``robust-sabn bench norms`` and ``bench eval`` with tiny settings: every row present, ratios computed, and the
 AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live in README.md, not in tests)."""
+import os
+
 import pytest
 import torch
 from helpers import write_run_dir
@@ -39,16 +41,22 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, wid
 def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, tmp_path, case):
     model = ["--width", "4", "--image-size", "8", "--eps", "8/255"]
     if case == "checkpoint":
-        model = ["--checkpoint", str(write_run_dir(tmp_path, eps=2 / 255, n_test=8))]
-    argv = ["bench", "eval", *model, "--n-examples", "8", "--batch-size", "8", "--version", "custom",
-            "--aa-attacks", "apgd-ce", "--repeats", "1"]
+        model = ["--checkpoint", str(write_run_dir(tmp_path, eps=2 / 255, n_test=8)), "--sharded-attack", "pgd-2"]
+    argv = ["bench", "eval", *model, "--n-examples", "8", "--batch-size", "4", "--version", "custom",
+            "--aa-attacks", "apgd-ce", "--repeats", "1", "--numerics", "exact", "bf16"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     rows = table_rows(out)
-    assert [row[0] for row in rows] == ["AutoAttack custom (apgd-ce)", "PGD-10 (eps/4 steps)"]
+    sharded = [f"robust-sabn eval --attack pgd-2: 2 processes x 1 thread vs {baseline} thread(s)"
+               for baseline in ("1 x 1", f"1 x {len(os.sched_getaffinity(0))}")]
+    assert [row[0] for row in rows] == ["AutoAttack custom (apgd-ce), numerics exact",
+                                        "AutoAttack custom (apgd-ce), numerics bf16", "PGD-10 (eps/4 steps)",
+                                        *(sharded if case == "checkpoint" else [])]
     ours, baseline = rows[0][-1].split(" / ")
-    assert ours == baseline
+    assert ours == baseline  # the exact form gives pyautoattack's own answer
+    assert rows[0][4] == "0.800" and rows[1][4] == ""  # the target applies to the exact form only
     assert all(float(row[3]) > 0 for row in rows)
+    assert all(row[-1].endswith("(identical per-image results)") for row in rows[3:])
     assert ("last.pt (cifar10, route adv), first 8 test images" in out) == (case == "checkpoint")
     assert f"eps {(2 if case == 'checkpoint' else 8) / 255:.4f}" in out
 

@@ -1,5 +1,4 @@
 """robust_sabn.eval.evaluate: the real AutoAttack, both protocols, flags, reproducibility, bad input."""
-import functools
 import random
 import sys
 import types
@@ -7,65 +6,17 @@ import types
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import images_labelled_by, plain_model, routed_model
 from pyautoattack import AutoAttack as PyAutoAttack
 from torch import nn
 
-from robust_sabn import convert_norms, fold_route, use_route
+from robust_sabn import fold_route, use_route
 from robust_sabn.attacks import PGD
 from robust_sabn.errors import ConfigError, RouteError
 from robust_sabn.eval import autoattack_backend, eps_sweep, evaluate, plot_sweep, to_markdown, write_report
 from robust_sabn.eval.batches import batch_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
-                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-
-IMAGES = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-LABELS = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
-
-
-@functools.lru_cache(maxsize=1)
-def trained_state() -> dict:
-    """A tiny CNN fitted to 32 random images: confident on them, but not robust at 8/255."""
-    torch.manual_seed(0)
-    net = tiny_net()
-    optimizer = torch.optim.Adam(net.parameters(), 0.02)
-    for _ in range(60):
-        optimizer.zero_grad()
-        F.cross_entropy(net(IMAGES), LABELS).backward()
-        optimizer.step()
-    return net.state_dict()
-
-
-def plain_model() -> nn.Module:
-    net = tiny_net()
-    net.load_state_dict(trained_state())
-    return net.eval()
-
-
-def routed_model() -> nn.Module:
-    """The fitted CNN converted to SaBN (as a user's own model would be); its two routes differ."""
-    model = convert_norms(plain_model(), "sandwich")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "route" in name:
-                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    return model.eval()
-
-
-def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", wrong: int = 2):
-    """Images with the labels the model predicts on ``route``, except the first ``wrong`` ones: a known clean
-    accuracy and points worth attacking."""
-    x = IMAGES[:n]
-    with torch.no_grad():
-        y = fold_route(model, route)(x).argmax(1)
-    y[:wrong] = (y[:wrong] + 1) % 10
-    return x, y
 
 
 def robust_acc_direct(model, x, y, attacks, seed=0, eps=8 / 255, restarts=1):
@@ -293,3 +244,23 @@ def test_run_autoattack_runs_on_the_models_device_not_the_images(monkeypatch):
         autoattack_runner.run_autoattack(routed_model(), torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long),
                                          eps=8 / 255)
     assert seen["device"] == torch.device("cuda", 0)
+
+
+def test_faster_numerics_are_asked_for_by_name_and_named_in_the_report():
+    from robust_sabn import create_model
+    from robust_sabn.eval.numerics import NUMERICS
+
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    exact = evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", progress=False)
+    assert exact.numerics == "exact" and exact.environment["numerics"] == NUMERICS["exact"]
+    for numerics in ("channels-last", "bf16"):
+        report = evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", progress=False, numerics=numerics)
+        assert report.numerics == numerics and report.environment["numerics"] == NUMERICS[numerics]
+        assert f"({NUMERICS[numerics]})" in to_markdown(report)
+    hazard = create_model("resnet_small", width=4).eval()  # strided 1x1 convolutions of 4 input channels
+    with pytest.raises(ConfigError, match="oneDNN issue 6035"):
+        evaluate(hazard, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), 0.1, attack="pgd-1", progress=False,
+                 numerics="channels-last", device="cpu")
+    with pytest.raises(ConfigError, match="unknown numerics 'fp8'"):
+        evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", numerics="fp8")

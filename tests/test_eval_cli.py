@@ -114,3 +114,30 @@ def test_bad_cli_input_is_one_line_and_exit_two(run_dir, tmp_path, capsys):
     bad(["export", str(run_dir), "--name", "Rice2020Overfitting", "--model-dir", str(tmp_path / "m")], capsys,
         "already a RobustBench model")
     assert not Path(tmp_path / "m").exists()
+
+
+def test_an_l1_export_is_filed_under_l1_and_says_robustbench_cannot_load_it(run_dir, tmp_path, capsys):
+    models = tmp_path / "models"
+    assert main(["export", str(run_dir), "--name", "CliL1", "--model-dir", str(models), "--threat-model", "L1",
+                 "--eps", "12"]) == 0
+    assert (models / "cifar10" / "L1" / "CliL1.pt").is_file()
+    card = json.loads((tmp_path / "model_info" / "cifar10" / "L1" / "CliL1.json").read_text())
+    assert card["eps"] == "12" and card["autoattack_acc"] is None
+    out = capsys.readouterr().out
+    assert "RobustBench 1.1.1 has no L1 threat model, so its load_model cannot reach this export" in out
+
+
+@pytest.mark.slow
+def test_an_l1_export_eval_fills_the_card_with_autoattacks_l1_version(run_dir, tmp_path):
+    models = tmp_path / "models"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # a radius that APGD-CE's first pass breaks every point at, so the standard version ends quickly
+        assert main(["export", str(run_dir), "--name", "CliL1Card", "--model-dir", str(models), "--threat-model",
+                     "L1", "--eps", "200", "--eval", "--n-examples", "4", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    card = json.loads((tmp_path / "model_info" / "cifar10" / "L1" / "CliL1Card.json").read_text())
+    report = json.loads((models / "cifar10" / "L1" / "CliL1Card.eval.json").read_text())
+    assert report["norm"] == "L1" and report["version"] == "standard" and report["eps_str"] == "200"
+    assert card["eps"] == "200" and card["autoattack_acc"] == f"{100 * report['robust_acc']:.2f}"

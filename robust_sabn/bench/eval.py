@@ -1,11 +1,15 @@
-"""``robust-sabn bench eval``: evaluation through robust-sabn against the libraries called directly.
+"""``robust-sabn bench eval``: evaluation through robust-sabn against the libraries called directly, and sharded.
 
 Rows: AutoAttack via :func:`robust_sabn.eval.evaluate` vs ``pyautoattack.AutoAttack`` on the folded model
-(target ratio <= 1.02, identical robust accuracy), and ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD``
-(10 steps of eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy
-within noise). Both baselines get ``fold_route(model, route)``, folded once before timing. Every variant runs once per
-round, rounds interleaved (:func:`robust_sabn.bench.timing.interleaved_medians`). robust-sabn's AutoAttack runs
-in one batch of all the images, so that it must give pyautoattack's own result.
+(target ratio <= 0.80, identical robust accuracy), once for each ``numerics`` (the exact default, then the opt-in
+faster forms, which may change a prediction); ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD`` (10 steps of
+eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy within noise);
+and, for a checkpoint, the ``robust-sabn eval`` command sharded over 2 torchrun processes (one thread each) against
+one process with one thread and with every thread (whole commands, start-up included; the report says whether
+the per-image results are identical). Both library baselines get ``fold_route(model, route)``, folded once before
+timing. Every variant runs once per round, rounds interleaved (:func:`robust_sabn.bench.timing.interleaved_medians`).
+robust-sabn's AutoAttack and pyautoattack run in one batch of all the images, so that the exact form must give
+pyautoattack's own result.
 
 The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
 SaBN ``resnet_small`` on random images labelled by its own predictions, a quarter of them wrongly.
@@ -13,7 +17,14 @@ SaBN ``resnet_small`` on random images labelled by its own predictions, a quarte
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,12 +33,13 @@ from .. import create_model, fold_route
 from ..constants import AA_VERSIONS
 from ..data import test_images
 from ..eval import evaluate
+from ..eval.numerics import NUMERICS
 from ..model_files import load_trained_model
 from ..parsing import parse_number
 from ..tables import markdown_table
 from .timing import interleaved_medians
 
-TARGETS = {"autoattack": 1.02, "pgd-10": 0.90}
+TARGETS = {"autoattack": 0.80, "pgd-10": 0.90}
 
 
 def _pyautoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str, attacks: list[str],
@@ -67,11 +79,35 @@ def synthetic_case(width: int, n: int, image_size: int) -> tuple[nn.Module, torc
     return model, x, y, f"resnet_small (SaBN, width {width}, untrained), {n} random images {image_size}x{image_size}"
 
 
+def _eval_command(checkpoint: str, out: Path, attack: str, n: int, batch_size: int, eps: float, seed: int,
+                  processes: int, threads: int) -> Callable[[], dict]:
+    """Run ``robust-sabn eval`` on ``checkpoint`` as a user would, in ``processes`` torchrun processes (or one plain
+    process) of ``threads`` threads each; the call returns the report's per-image results."""
+    launcher = [sys.executable, "-m", "robust_sabn"]
+    if processes > 1:
+        launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={processes}",
+                    "-m", "robust_sabn"]
+    argv = [*launcher, "eval", checkpoint, "--attack", attack, "--n-examples", str(n), "--batch-size",
+            str(batch_size), "--eps", repr(eps), "--seed", str(seed), "--device", "cpu", "--no-progress", "--out",
+            str(out)]
+
+    def call() -> dict:
+        done = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr[-2000:]}")
+        return json.loads(out.with_name(out.name + ".json").read_text())["per_image"]
+    return call
+
+
 def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: int = 32, eps: float | None = None,
                version: str = "standard", attacks: list[str] | None = None, repeats: int = 3, warmup: int = 0,
-               seed: int = 0, checkpoint: str | None = None) -> str:
-    """Time both pairs on one model and one image set; a Markdown table of ratios. ``eps`` defaults to the
-    checkpoint's training eps, else 8/255."""
+               seed: int = 0, checkpoint: str | None = None, numerics: Sequence[str] = ("exact",),
+               sharded_attack: str | None = "autoattack") -> str:
+    """Time the pairs on one model and one image set; a Markdown table of ratios. ``eps`` defaults to the
+    checkpoint's training eps, else 8/255. ``numerics``: the forms robust-sabn's AutoAttack runs in (one row each).
+    ``sharded_attack`` (None: no sharded rows) is the attack of the ``robust-sabn eval`` commands timed with 2
+    processes and with 1, on a checkpoint only."""
     torch.manual_seed(seed)
     if checkpoint is None:
         model, x, y, case = synthetic_case(width, n, image_size)
@@ -84,33 +120,50 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
             eps = config.get("eps", 8 / 255) if config.get("attack_norm", "Linf") == "Linf" else 8 / 255
         case = f"{loaded.path} ({config.get('dataset', 'cifar10')}, route {route or '-'}), first {len(y)} test images"
     folded = fold_route(model, route)
-    acc: dict[str, float] = {}
+    acc: dict[str, Any] = {}
 
-    def run(label: str, fn: Callable[[], float]) -> Callable[[], None]:
+    def run(label: str, fn: Callable[[], Any]) -> Callable[[], None]:
         def call() -> None:
             acc[label] = fn()
         return call
 
     common = dict(route=route, seed=seed, clean_route=None, progress=False)
-    variants = {
-        "AutoAttack via robust-sabn": run("aa ours", lambda: evaluate(
-            model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks, batch_size=len(x),
-            **common).robust_acc),
+
+    def ours(form: str) -> Callable[[], float]:
+        return lambda: evaluate(model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks,
+                                batch_size=len(x), numerics=form, **common).robust_acc
+
+    variants = {f"AutoAttack via robust-sabn ({form})": run(form, ours(form)) for form in numerics}
+    variants.update({
         "pyautoattack directly": run("aa direct", lambda: _pyautoattack(
-            folded, x, y, eps, version, attacks or [], seed, batch_size)),
+            folded, x, y, eps, version, attacks or [], seed, len(x))),
         "PGD-10 via robust-sabn": run("pgd ours", lambda: evaluate(
             model, x, y, eps, attack="pgd-10", batch_size=batch_size, **common).robust_acc),
         "torchattacks PGD-10": run("pgd direct", lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size)),
-    }
-    times = interleaved_medians(variants, repeats=repeats, warmup=warmup)
-    names = list(variants)
+    })
+    cores = len(os.sched_getaffinity(0))
+    shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
+    with tempfile.TemporaryDirectory() as scratch:
+        if checkpoint is not None and sharded_attack is not None:
+            variants.update({label: run(label, _eval_command(checkpoint, Path(scratch) / label.replace(" ", ""),
+                                                             sharded_attack, len(y), batch_size, eps, seed, *setting))
+                             for label, setting in shards.items()})
+        times = interleaved_medians(variants, repeats=repeats, warmup=warmup)
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
-    rows = [
-        [label, times[names[0]], times[names[1]], times[names[0]] / times[names[1]], TARGETS["autoattack"],
-         f"{100 * acc['aa ours']:.2f} / {100 * acc['aa direct']:.2f}"],
-        ["PGD-10 (eps/4 steps)", times[names[2]], times[names[3]], times[names[2]] / times[names[3]],
-         TARGETS["pgd-10"], f"{100 * acc['pgd ours']:.2f} / {100 * acc['pgd direct']:.2f}"],
-    ]
+    direct = times["pyautoattack directly"]
+    rows = [[f"{label}, numerics {form}", times[f"AutoAttack via robust-sabn ({form})"], direct,
+             times[f"AutoAttack via robust-sabn ({form})"] / direct, TARGETS["autoattack"] if form == "exact" else "",
+             f"{100 * acc[form]:.2f} / {100 * acc['aa direct']:.2f}"] for form in numerics]
+    rows.append(["PGD-10 (eps/4 steps)", times["PGD-10 via robust-sabn"], times["torchattacks PGD-10"],
+                 times["PGD-10 via robust-sabn"] / times["torchattacks PGD-10"], TARGETS["pgd-10"],
+                 f"{100 * acc['pgd ours']:.2f} / {100 * acc['pgd direct']:.2f}"])
+    if "2 x 1" in acc:
+        robust = f"{100 * acc['2 x 1']['robust'].count('1') / len(y):.2f}"
+        for baseline in list(shards)[1:]:
+            same = "identical" if acc[baseline] == acc["2 x 1"] else "DIFFERENT"
+            rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
+                         f"thread(s)", times["2 x 1"], times[baseline], times["2 x 1"] / times[baseline], "",
+                         f"{robust} ({same} per-image results)"])
     header = (f"{case}, batch {batch_size}, Linf eps {eps:.4f}, median of {repeats}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
@@ -121,22 +174,29 @@ def run(args: argparse.Namespace) -> int:
     attacks = [a for a in (args.aa_attacks or "").split(",") if a] or None
     eps = None if args.eps is None else parse_number(args.eps, "--eps")
     print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, eps, args.version, attacks,
-                     args.repeats, args.warmup, args.seed, args.checkpoint))
+                     args.repeats, args.warmup, args.seed, args.checkpoint, args.numerics,
+                     None if args.sharded_attack == "none" else args.sharded_attack))
     return 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "AutoAttack and PGD-10 through robust-sabn against pyautoattack and torchattacks called directly."
+    p.description = ("AutoAttack and PGD-10 through robust-sabn against pyautoattack and torchattacks called directly; "
+                     "robust-sabn eval in 2 torchrun processes against 1.")
     p.add_argument("--checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a trained model and its dataset's first test images (default: an untrained SaBN resnet_small "
                         "on random images)")
     p.add_argument("--width", type=int, default=16, help="width of the untrained resnet_small SaBN model")
     p.add_argument("--n-examples", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="batch of the PGD pair and of the sharded commands (AutoAttack runs on all images at once)")
     p.add_argument("--eps", help="Linf radius; fractions allowed (default: the checkpoint's training eps, else 8/255)")
     p.add_argument("--version", default="standard", choices=AA_VERSIONS)
     p.add_argument("--aa-attacks", help="for --version custom, e.g. apgd-ce,apgd-t")
+    p.add_argument("--numerics", nargs="+", default=list(NUMERICS), choices=list(NUMERICS),
+                   help="forms of robust-sabn's AutoAttack to time, one row each (default: all)")
+    p.add_argument("--sharded-attack", default="autoattack",
+                   help="attack of the sharded robust-sabn eval commands (checkpoint only; 'none' to skip them)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)

@@ -15,7 +15,7 @@ from ..model_files import LoadedModel, load_trained_model
 from ..parsing import format_eps, parse_json_object, parse_number
 from ..tables import markdown_table
 from . import card_path, export, fill_card, weights_path
-from .robustbench import robustbench_names
+from .robustbench import unreachable
 
 
 def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         report.checkpoint, report.dataset = str(weights), trained or dataset
         report.source = f"exported model ({describe(route)})"
         fill_card(card, report)
-        json_path, _ = write_report(report, report_stem)
+        json_path = write_report(report, report_stem)[0]
         rows += [["evaluation report", json_path],
                  ["clean / AutoAttack accuracy (%)",
                   f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
@@ -72,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {loaded.path} ({loaded.source}, {describe(route)}) as {args.name}
 ")
     print(markdown_table(["", ""], rows))
-    if robustbench_names(dataset, norm):
+    reason = unreachable(dataset, norm)
+    if reason is None:
         print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
               f"dataset={dataset!r}, threat_model={norm!r}) after `import robust_sabn`")
     else:
-        print(f"\nRobustBench has no {dataset} models, so its load_model cannot reach this export; "
-              f"evaluate it with `robust-sabn eval {weights}`")
+        print(f"\n{reason}, so its load_model cannot reach this export; evaluate it with "
+              f"`robust-sabn eval {weights}`")
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
+import importlib.metadata as metadata
 import inspect
 import os
 import sys
@@ -85,6 +86,20 @@ def robustbench_names(dataset: str, threat_model: str) -> set[str]:
     if entries is None:
         return set()
     return {name for name in entries if (dataset, threat_model, name) not in _ours}
+
+
+def unreachable(dataset: str, threat_model: str) -> str | None:
+    """Why RobustBench's ``load_model`` cannot reach an export filed under ``dataset``/``threat_model`` (it knows
+    neither), or None when it can."""
+    import_robustbench()
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    release = f"RobustBench {metadata.version('robustbench')}"
+    if dataset not in {d.value for d in BenchmarkDataset}:
+        return f"{release} has no {dataset} models"
+    if threat_model not in {t.value for t in ThreatModel}:
+        return f"{release} has no {threat_model} threat model"
+    return None
 
 
 def check_name_free(name: str, dataset: str, threat_model: str) -> None:

@@ -1,0 +1,68 @@
+"""The form in which the folded model is evaluated: its own float32 computation unless a faster form is asked for.
+
+- ``exact`` (default): the model as saved, float32, no parameter gradients; on CUDA with cuDNN's autotuner
+  (``cudnn.benchmark``), which picks the fastest float32 kernel for each shape.
+- ``channels-last``: the same float32 arithmetic in the channels_last memory format, which runs other kernels:
+  logits differ in the last digits (measured: up to 2e-6 on the quickstart's model), so a borderline point can
+  change. Refused on the CPU for models oneDNN mishandles in that format (robust_sabn.memory_format).
+- ``bf16``: autocast to bfloat16 (logits returned in float32): faster on GPUs, less precise.
+
+Every form but ``exact`` can change a prediction, so it is asked for by name, and the report names it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..memory_format import choose_memory_format
+
+NUMERICS = {
+    "exact": "float32, the model's own memory format",
+    "channels-last": "float32 in channels_last (other kernels: last-digit differences)",
+    "bf16": "bfloat16 autocast, float32 logits (lower precision)",
+}
+
+
+class Autocast(nn.Module):
+    """``model`` run under autocast to ``dtype``; its logits converted back to float32."""
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device.type, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x).float()
+
+
+def check_numerics(numerics: str) -> str:
+    if numerics not in NUMERICS:
+        raise ConfigError(f"unknown numerics {numerics!r}; choose one of {list(NUMERICS)}")
+    return numerics
+
+
+@contextmanager
+def evaluation_form(model: nn.Module, device: torch.device, numerics: str = "exact") -> Iterator[nn.Module]:
+    """``model`` (frozen, on ``device``) in the form ``numerics``; on CUDA cuDNN's autotuner is on inside the block
+    and restored afterwards."""
+    check_numerics(numerics)
+    if numerics == "channels-last":
+        choose_memory_format(model, device, requested=True)  # one-line error for models oneDNN gets wrong
+        model = model.to(memory_format=torch.channels_last)
+    elif numerics == "bf16":
+        model = Autocast(model, device, torch.bfloat16)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = benchmark or device.type == "cuda"
+    try:
+        yield model
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def describe_numerics(numerics: str, device: torch.device) -> str:
+    """The report's words for the form a model was evaluated in on ``device``."""
+    return NUMERICS[numerics] + ("; cuDNN autotuned kernels" if device.type == "cuda" else "")
