@@ -97,7 +97,8 @@ def tamper_checksum_too(path):
 @pytest.mark.parametrize("damage, message", [
     (tamper_flags, "does not match its checksum (it was modified or damaged)"),
     (tamper_checksum_too, "does not hold batch 1 of this evaluation"),
-    (lambda path: path.write_bytes(path.read_bytes()[:100]), "cannot be read (it is truncated, damaged or not a batch file)"),
+    (lambda path: path.write_bytes(path.read_bytes()[:100]),
+     "cannot be read (it is truncated, damaged or not a batch file)"),
     (lambda path: path.rename(path.with_name("batch-000009.pt")), "does not hold batch 9 of this evaluation"),
     (lambda path: path.with_name("batch-1.pt").write_bytes(b""), "is not a batch file of robust-sabn"),
     (lambda path: path.with_name(MANIFEST).write_text("{"), "cannot read"),

@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
                   f"{args.version}, {norm} eps {format_eps(eps, norm)})"]]
         rows += [["AutoAttack flag", flag] for flag in report.flags]
-    print(f"exported {loaded.path} ({loaded.source}, {describe(route)}) as {args.name}
-")
+    print(f"exported {loaded.path} ({loaded.source}, {describe(route)}) as {args.name}\n")
     print(markdown_table(["", ""], rows))
     reason = unreachable(dataset, norm)
     if reason is None:
