@@ -9,13 +9,16 @@ from pathlib import Path
 from ..constants import AA_VERSIONS, CLEAN_ROUTE, THREAT_MODELS
 from ..data import test_images
 from ..distributed import Processes, start_processes
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..flags import add_common_flags
 from ..io import all_or_nothing, atomic_write_text, check_writable
+from ..mixing import parse_tradeoffs
 from ..model_files import LoadedModel, load_trained_model
+from ..nn import routed_layers
 from ..parsing import format_eps, parse_json_object, parse_number_list
 from ..tables import markdown_table
 from .evaluate import evaluate
+from .front import front_table, mixture_front, write_front
 from .numerics import NUMERICS
 from .report import ADVERSARIALS, write_adversarials, write_report
 from .state import STATE, remove_state
@@ -49,12 +52,13 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     dataset = args.dataset or loaded.trained_on() or "cifar10"
     clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
     sweep = parse_number_list(args.eps_sweep, "--eps-sweep value") if args.eps_sweep else None
+    tradeoffs = route_mix(args, loaded, sweep)
     attack = args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack")
     version = args.version if attack == "autoattack" else None
-    stem = report_stem(loaded, args.out, attack, version, route, norm, "sweep" if sweep else format_eps(eps, norm),
-                       args.numerics)
-    suffixes = [".json", ".md", ".png"] if sweep else [".json", ".md"]
-    if args.save_adversarials and not sweep:
+    stem = report_stem(loaded, args.out, attack, version, "route-mix" if tradeoffs else route, norm,
+                       "sweep" if sweep else format_eps(eps, norm), args.numerics)
+    suffixes = [".json", ".md", ".png"] if sweep or tradeoffs else [".json", ".md"]
+    if args.save_adversarials and not (sweep or tradeoffs):
         suffixes.append(ADVERSARIALS)
     for suffix in suffixes:
         check_writable(stem.with_name(stem.name + suffix))  # before the attack, not after it
@@ -68,6 +72,19 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         print(f"evaluating {loaded.path} ({loaded.source}) on {len(y)} {dataset} test images, route {route or '-'}"
               f"{shards}; finished batches are kept in {state_dir} until the report is written", flush=True)
     model = loaded.model.to(processes.device)
+
+    if tradeoffs is not None:
+        adv_route = route
+        points = mixture_front(model, x, y, eps, tradeoffs, clean_route, adv_route, attack=attack,
+                               version=args.version, **{k: v for k, v in common.items()
+                                                        if k not in ("route", "clean_route", "save_adversarials")})
+
+        def write() -> None:
+            write_front(points, stem, clean_route, adv_route, title=f"{loaded.path.name}, {len(y)} images")
+            print(front_table(points, clean_route, adv_route))
+            print(f"wrote {stem}.json, .md and .png")
+        finish(processes, state_dir, write)
+        return 0
 
     if sweep is not None:
         reports = eps_sweep(model, x, y, sweep, attack=attack, **common)
@@ -97,6 +114,19 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         print(f"wrote {', '.join(str(path) for path in paths)}")
     finish(processes, state_dir, write)
     return 0
+
+
+def route_mix(args: argparse.Namespace, loaded: LoadedModel, sweep: list | None) -> list[float] | None:
+    """The trade-offs of ``--route-mix`` (None without it), after checking it combines with the other flags."""
+    if args.route_mix is None:
+        return None
+    if sweep is not None or args.save_adversarials:
+        raise ConfigError("--route-mix evaluates one model per mixture at one eps; drop --eps-sweep and "
+                          "--save-adversarials, or evaluate one route or mixture at a time")
+    if not routed_layers(loaded.model):
+        raise ConfigError(f"{loaded.path} has no routes to mix; --route-mix needs a dual-route (SaBN, AuxBN, UBN) "
+                          "model")
+    return parse_tradeoffs(args.route_mix)
 
 
 def finish(processes: Processes, state_dir: Path, write: Callable[[], None]) -> None:
@@ -143,6 +173,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="report path without suffix (default: <checkpoint folder>/eval/<settings>)")
     parser.add_argument("--eps-sweep", metavar="EPS,EPS,...",
                         help="robust accuracy at each radius, drawn as a PNG (PGD-20 unless --attack apgd-ce/pgd-K/cw)")
+    parser.add_argument("--route-mix", metavar="GRID",
+                        help="evaluate the mixture (1-t) clean route + t adv route (--clean-route, --route) for each t "
+                             "of GRID, 'start:stop:step' or 't,t,...' (e.g. 0:1:0.1): a table and a Pareto plot of "
+                             "clean against robust accuracy (docs/route-mixing.md)")
     parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
                         help="exact (default: the model's own float32 computation), or a faster form that can change "
                              "a prediction and is named in the report: channels-last, bf16")

@@ -4,17 +4,21 @@ two routes and the paper's oracle routing marked."""
 from __future__ import annotations
 
 import io
+import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
-from ..constants import ORACLE_ROUTING
-from ..io import atomic_write
-from ..mixing import mix_routes, mixture_weights
-from .evaluate import EvaluationReport
+from ..io import all_or_nothing, atomic_write, atomic_write_text
+from ..mixing import describe_mixture, mix_routes, mixture_weights
+from ..tables import markdown_table
+from .evaluate import EvaluationReport, evaluate
+from .state import part
 
 
 @dataclass
@@ -25,11 +29,23 @@ class FrontPoint:
     report: EvaluationReport
 
 
-def mixture_front(model: nn.Module, tradeoffs: Sequence[float], evaluate_one: Callable[[nn.Module], EvaluationReport],
-                  clean: str, adv: str) -> list[FrontPoint]:
-    """``evaluate_one`` (an evaluation of a plain model, e.g. ``functools.partial`` of
-    :func:`~robust_sabn.eval.evaluate` with images, eps and attack) on the mixture of each trade-off ``t``."""
-    return [FrontPoint(t, evaluate_one(mix_routes(model, mixture_weights(model, t, clean, adv)))) for t in tradeoffs]
+def mixture_front(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str,
+                  tradeoffs: Sequence[float], clean: str, adv: str, *,
+                  state_dir: str | os.PathLike | None = None, **kwargs: Any) -> list[FrontPoint]:
+    """:func:`~robust_sabn.eval.evaluate` (single route: one plain model each) of the mixture
+    ``{clean: 1 - t, adv: t}`` of every trade-off ``t``. ``kwargs`` go to ``evaluate`` (attack, norm, seed,
+    batch_size, processes, ...); each mixture keeps its finished batches in its own folder ``t-<t>`` of
+    ``state_dir``, so an interrupted front resumes where it stopped."""
+    kwargs = {**kwargs, "route": None, "clean_route": None}
+    return [FrontPoint(t, evaluate(mix_routes(model, mixture_weights(model, t, clean, adv)), x, y, eps,
+                                   state_dir=part(state_dir, f"t-{t:g}"), **kwargs)) for t in tradeoffs]
+
+
+def oracle_point(points: Sequence[FrontPoint]) -> tuple[float, float] | None:
+    """Oracle routing's (clean, robust) accuracy: the clean route's (t = 0) clean accuracy and the adv route's
+    (t = 1) robust accuracy; None unless both ends are on the front."""
+    ends = {p.t: p.report for p in points if p.t in (0, 1)}
+    return (ends[0].clean_acc, ends[1].robust_acc) if len(ends) == 2 else None
 
 
 def dominating(points: Sequence[FrontPoint], tolerance: float = 0.01) -> list[FrontPoint]:
@@ -42,8 +58,7 @@ def dominating(points: Sequence[FrontPoint], tolerance: float = 0.01) -> list[Fr
             and p.report.robust_acc >= adv.report.robust_acc - tolerance]
 
 
-def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, oracle: EvaluationReport | None = None,
-               title: str = "") -> Path:
+def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, title: str = "") -> Path:
     """Clean against robust accuracy (%) of every mixture, labelled by t; the clean route (t = 0), the adv route
     (t = 1) and oracle routing (clean route's clean accuracy, adv route's robust accuracy) marked. Atomic PNG."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
@@ -60,9 +75,9 @@ def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, oracle: Ev
         if end is not None:
             ax.scatter([100 * end.report.robust_acc], [100 * end.report.clean_acc], marker=marker, s=60,
                        zorder=3, label=label)
-    if oracle is not None and ORACLE_ROUTING in oracle.protocols:
-        point = oracle.protocols[ORACLE_ROUTING]
-        ax.scatter([100 * point.robust_acc], [100 * point.clean_acc], marker="*", s=120, color="tab:red", zorder=3,
+    oracle = oracle_point(points)
+    if oracle is not None:
+        ax.scatter([100 * oracle[1]], [100 * oracle[0]], marker="*", s=120, color="tab:red", zorder=3,
                    label="oracle routing (not deployable)")
     first = points[0].report
     ax.set_xlabel(f"robust accuracy (%), {first.attack_description.split(',')[0]}, {first.norm} {first.eps_str}")
@@ -73,3 +88,35 @@ def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, oracle: Ev
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def front_table(points: Sequence[FrontPoint], clean: str, adv: str) -> str:
+    """Markdown: one row per mixture (single route), then oracle routing; mixtures that dominate the adv route
+    (:func:`dominating`) are marked."""
+    better = {p.t for p in dominating(points)}
+    rows = [[f"{p.t:g}", describe_mixture({clean: 1 - p.t, adv: p.t}), f"{100 * p.report.clean_acc:.2f}",
+             f"{100 * p.report.robust_acc:.2f}", "yes" if p.t in better else ""] for p in points]
+    oracle = oracle_point(points)
+    if oracle is not None:
+        rows.append(["-", f"oracle routing ({clean} for clean, {adv} for attacked; not deployable)",
+                     f"{100 * oracle[0]:.2f}", f"{100 * oracle[1]:.2f}", ""])
+    first = points[0].report
+    return markdown_table(["t", "model", "clean acc (%)", f"{first.attack_description} robust acc (%)",
+                           f"dominates the {adv} route"], rows)
+
+
+def write_front(points: Sequence[FrontPoint], stem: Path, clean: str, adv: str, title: str = "") -> list[Path]:
+    """``<stem>.json`` (every mixture's full report), ``.md`` (:func:`front_table`) and ``.png``
+    (:func:`plot_front`), all or nothing."""
+    oracle = oracle_point(points)
+    data = {"clean_route": clean, "adv_route": adv,
+            "oracle_routing": None if oracle is None else {"clean_acc": oracle[0], "robust_acc": oracle[1]},
+            "dominating_adv_route": [p.t for p in dominating(points)],
+            "mixtures": [{"t": p.t, "weights": {clean: 1 - p.t, adv: p.t}, "report": p.report.to_dict()}
+                         for p in points]}
+    paths = [stem.with_name(stem.name + suffix) for suffix in (".json", ".md", ".png")]
+    with all_or_nothing():
+        atomic_write_text(paths[0], json.dumps(data, indent=2) + "\n")
+        atomic_write_text(paths[1], front_table(points, clean, adv) + "\n")
+        plot_front(points, paths[2], title)
+    return paths

@@ -268,23 +268,74 @@ def test_an_exported_mixture_reloads_through_robustbench_with_identical_logits(t
 
 
 def test_the_mixture_front_evaluates_each_mixture_and_draws_the_pareto_plot(tmp_path):
-    from functools import partial
-
     from robust_sabn.eval import evaluate
-    from robust_sabn.eval.front import dominating, mixture_front, plot_front
+    from robust_sabn.eval.front import dominating, mixture_front, oracle_point, write_front
 
     model = randomize_norms(create_model("resnet_small", width=4, norm="sandwich")).eval()
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad(), use_route(model, "clean"):
         y = model(x).argmax(1)
-    one = partial(evaluate, x=x, y=y, eps=8 / 255, attack="pgd-2", batch_size=8, progress=False)
-    points = mixture_front(model, [0.0, 0.5, 1.0], one, "clean", "adv")
+    settings = dict(attack="pgd-2", batch_size=4, progress=False)
+    points = mixture_front(model, x, y, 8 / 255, [0.0, 0.5, 1.0], "clean", "adv", **settings)
     assert [p.t for p in points] == [0.0, 0.5, 1.0] and points[0].report.clean_acc == 1.0
-    clean_end = one(fold_route(model, "clean"))
-    assert (points[0].report.clean_acc, points[0].report.robust_acc) == (clean_end.clean_acc, clean_end.robust_acc)
-    oracle = evaluate(model, x, y, 8 / 255, attack="pgd-2", route="adv", batch_size=8, progress=False)
-    png = plot_front(points, tmp_path / "front.png", oracle)
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    for point, route in ((points[0], "clean"), (points[2], "adv")):  # the ends are the folded routes
+        end = evaluate(fold_route(model, route), x, y, 8 / 255, **settings)
+        assert point.report.per_image == end.per_image and point.report.robust_acc == end.robust_acc
+    routed = evaluate(model, x, y, 8 / 255, route="adv", **settings)  # the evaluation's own oracle protocol
+    assert oracle_point(points) == (routed.protocols["oracle routing"].clean_acc, routed.robust_acc)
     better = [p for p in points[:2] if p.report.clean_acc > points[2].report.clean_acc
               and p.report.robust_acc >= points[2].report.robust_acc - 0.01]
     assert dominating(points) == better
+    paths = write_front(points, tmp_path / "front", "clean", "adv")
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    data = json.loads(paths[0].read_text())
+    assert [m["weights"] for m in data["mixtures"]][1] == {"clean": 0.5, "adv": 0.5}
+    assert "oracle routing" in paths[1].read_text()
+
+
+@pytest.mark.slow
+def test_eval_route_mix_writes_the_front_and_resumes_after_an_interruption(tmp_path, capsys, monkeypatch):
+    from robust_sabn.eval import front
+
+    run = write_run_dir(tmp_path, n_test=8, labelled=True)
+    args = ["eval", str(run), "--route-mix", "0:1:0.5", "--attack", "pgd-2", "--batch-size", "4", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert [m["t"] for m in whole["mixtures"]] == [0.0, 0.5, 1.0] and (tmp_path / "whole.png").is_file()
+    assert main(["eval", str(run), "--route", "adv", "--attack", "pgd-2", "--batch-size", "4", "--no-progress",
+                 "--out", str(tmp_path / "adv")]) == 0
+    adv = json.loads((tmp_path / "adv.json").read_text())
+    assert whole["mixtures"][2]["report"]["per_image"] == adv["per_image"]
+    assert whole["oracle_routing"]["robust_acc"] == adv["robust_acc"]
+
+    real, calls = front.evaluate, []
+
+    def interrupted(*a, **kw):  # killed while evaluating the last mixture
+        calls.append(kw["state_dir"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(front, "evaluate", interrupted)
+    assert main([*args, "--out", str(tmp_path / "again")]) == 130  # Ctrl-C
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "again.state").iterdir()) == ["t-0", "t-0.5"]
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert [m["report"]["time"]["resumed_batches"] for m in again["mixtures"]] == [2, 2, 0]
+    for a, b in zip(whole["mixtures"], again["mixtures"]):
+        assert a["report"]["per_image"] == b["report"]["per_image"]
+    assert not (tmp_path / "again.state").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--eps-sweep", "0,1/255"], "drop --eps-sweep"),
+    (["--route-mix", "0:2:0.5"], "start <= stop <= 1"),
+])
+def test_bad_route_mix_input_is_one_line_and_exit_two(tmp_path, capsys, extra, match):
+    run = write_run_dir(tmp_path)
+    args = ["eval", str(run), "--attack", "pgd-2", "--no-progress", *extra]
+    if "--route-mix" not in extra:
+        args += ["--route-mix", "0:1:0.5"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err

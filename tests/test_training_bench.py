@@ -1,14 +1,16 @@
 """``robust-sabn bench train`` with tiny settings: one row per registered variant, both protocols."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from fake_data import write_fashion_mnist
 
-from robust_sabn.bench.train import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved
+from robust_sabn import ConfigError
+from robust_sabn.bench.train import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved, variant_configs
 from robust_sabn.cli import main
-from robust_sabn.io import load_checkpoint
+from robust_sabn.io import load_checkpoint, save_checkpoint
 from robust_sabn.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,3 +72,33 @@ def test_interleaved_runs_compute_what_they_compute_alone(tmp_path):
     together = load_checkpoint(tmp_path / "SaBN" / "last.pt")["model"]
     alone = load_checkpoint(tmp_path / "alone" / "last.pt")["model"]
     assert all(torch.equal(together[k], alone[k]) for k in alone)
+
+
+@pytest.mark.slow
+def test_an_interrupted_bench_resumes_bit_for_bit_and_refuses_other_settings(tmp_path):
+    """Variants cut after their first epoch (as a killed bench leaves them) continue to what an uninterrupted
+    bench computes; a variant started with other settings is refused."""
+    write_fashion_mnist(tmp_path / "data", n_train=64, n_test=8)
+    base = TrainConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data"), arch="resnet_small", width=4,
+                       eps=0.1, steps=1, val_steps=1, val_size=16, epochs=2, batch_size=16, device="cpu",
+                       progress=False)
+    variants = {"BN": {"norm": "bn"}, "SaBN": {"norm": "sandwich"}}
+    whole = train_interleaved(variant_configs(base, tmp_path / "whole", variants))
+    cut = variant_configs(dataclasses.replace(base, epochs=1), tmp_path / "cut", variants)
+    train_interleaved(cut)
+    with pytest.raises(ConfigError, match="epochs cannot change"):
+        train_interleaved(variant_configs(base, tmp_path / "cut", variants), resume=True)  # they were for 1 epoch
+    for config in cut.values():  # as if killed after epoch 1 of 2: the saved config is the 2-epoch one
+        checkpoint = load_checkpoint(Path(config.out_dir) / "last.pt")
+        checkpoint["config"]["epochs"] = 2
+        save_checkpoint(checkpoint, Path(config.out_dir) / "last.pt")
+    resumed = train_interleaved(variant_configs(base, tmp_path / "cut", variants), resume=True)
+    for label in variants:
+        assert resumed[label].step == whole[label].step
+        a = load_checkpoint(tmp_path / "whole" / label / "last.pt")["model"]
+        b = load_checkpoint(tmp_path / "cut" / label / "last.pt")["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    again = train_interleaved(variant_configs(base, tmp_path / "cut", variants), resume=True)  # finished: no training
+    assert again["SaBN"].step == whole["SaBN"].step
+    final = load_checkpoint(tmp_path / "cut" / "SaBN" / "last.pt")["model"]
+    assert torch.equal(final["conv1.weight"], b["conv1.weight"])

@@ -29,7 +29,7 @@ from ..tables import markdown_table
 from ..training.config import TrainConfig
 from ..training.holdout import write_heldout
 from ..training.loop import Trainer, TrainResult
-from ..training.run_dir import BEST
+from ..training.run_dir import BEST, LAST, resume_config
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {
@@ -83,15 +83,21 @@ def score(config: TrainConfig, checkpoint: Path, test: tuple[torch.Tensor, torch
     return result
 
 
-def train_interleaved(configs: dict[str, TrainConfig]) -> dict[str, TrainResult]:
+def train_interleaved(configs: dict[str, TrainConfig], resume: bool = False) -> dict[str, TrainResult]:
     """Train several runs one epoch each in turn, so that load drifting on the machine slows all of them alike.
-    Each run keeps its own random generators: it computes exactly what it computes alone."""
+    Each run keeps its own random generators: it computes exactly what it computes alone. With ``resume``, a run
+    whose folder holds a checkpoint continues from it (as ``robust-sabn train --resume``; a finished run only
+    reports), after checking that it was started with the same config."""
     processes = start_processes(next(iter(configs.values())).device)
     trainers: dict[str, Trainer] = {}
     try:
         states = {}
         for label, config in configs.items():
-            trainers[label] = Trainer(config, processes, resume=False)
+            again = resume and (Path(config.out_dir) / LAST).is_file()
+            if again:
+                # the bench's settings as overrides: any that differs from the run's own config is refused
+                resume_config(config.out_dir, **{k: v for k, v in config.to_dict().items() if k != "out_dir"})
+            trainers[label] = Trainer(config, processes, resume=again)
             states[label] = rng_state(processes.device)
         while not all(t.done() for t in trainers.values()):
             for label, trainer in trainers.items():
@@ -126,15 +132,16 @@ def variant_configs(base: TrainConfig, out_dir: str | Path, variants: dict[str, 
 
 
 def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 1000, pgd_steps: int = 20,
-                variants: dict[str, dict] | None = None, aa_size: int = 500) -> str:
-    """Train every variant in ``out_dir/<label>`` and return a Markdown table of their accuracies and times."""
+                variants: dict[str, dict] | None = None, aa_size: int = 500, resume: bool = False) -> str:
+    """Train every variant in ``out_dir/<label>`` and return a Markdown table of their accuracies and times;
+    ``resume`` continues the variants an earlier call left in ``out_dir`` (see :func:`train_interleaved`)."""
     variants = TRAIN_BENCH_VARIANTS if variants is None else variants
     splits = load_dataset(base.dataset, base.data_dir, download=base.download, val_size=base.val_size,
                           seed=base.seed)
     test = as_tensors(fixed_subset(splits.test, min(test_size, len(splits.test)) if test_size else None, base.seed))
     aa_size = min(aa_size, len(test[1]))
     configs = variant_configs(base, out_dir, variants)
-    results = train_interleaved(configs)
+    results = train_interleaved(configs, resume)
     rows, first = [], None
     for label, result in results.items():
         times = [r["epoch_time"] for r in result.records if r["kind"] == "epoch"] or [result.records[-1]["time"]]
@@ -169,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
                               f"{', '.join(map(repr, variants))}")
         variants = {v: variants[v] for v in args.variants}
     out_dir = args.out_dir or f"runs/bench-train-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(bench_train(base, out_dir, args.test_size, args.pgd_steps, variants, args.aa_size))
+    if args.resume and not args.out_dir:
+        raise ConfigError("--resume continues the variants of an earlier bench; name its folder with --out-dir")
+    print(bench_train(base, out_dir, args.test_size, args.pgd_steps, variants, args.aa_size, args.resume))
     return 0
 
 
@@ -193,4 +202,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aa-size", type=int, default=500,
                         help="test images attacked by AutoAttack's APGD-CE + APGD-T (0: none)")
     parser.add_argument("--out-dir", help="folder for the variants' run folders (default runs/bench-train-<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the variants left in --out-dir by an interrupted bench (finished ones are "
+                             "only scored); each must have been started with the same settings")
     add_common_flags(parser, seed=None)
