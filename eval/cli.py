@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
                                                         if k not in ("route", "clean_route", "save_adversarials")})
 
         def write() -> None:
-            write_front(points, stem, clean_route, adv_route, title=f"{loaded.path.name}, {len(y)} images")
+            write_front(points, stem, clean_route, adv_route, title=f"{loaded.path}, {len(y)} {dataset} test images")
             print(front_table(points, clean_route, adv_route))
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)

@@ -80,7 +80,7 @@ def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, title: str
         ax.scatter([100 * oracle[1]], [100 * oracle[0]], marker="*", s=120, color="tab:red", zorder=3,
                    label="oracle routing (not deployable)")
     first = points[0].report
-    ax.set_xlabel(f"robust accuracy (%), {first.attack_description.split(',')[0]}, {first.norm} {first.eps_str}")
+    ax.set_xlabel(f"robust accuracy (%), {first.attack.upper()}, {first.norm} {first.eps_str}")
     ax.set_ylabel("clean accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
