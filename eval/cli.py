@@ -14,7 +14,6 @@ from ..flags import add_common_flags
 from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..mixing import parse_tradeoffs
 from ..model_files import LoadedModel, load_trained_model
-from ..nn import routed_layers
 from ..parsing import format_eps, parse_json_object, parse_number_list
 from ..tables import markdown_table
 from .evaluate import evaluate
@@ -52,7 +51,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     dataset = args.dataset or loaded.trained_on() or "cifar10"
     clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
     sweep = parse_number_list(args.eps_sweep, "--eps-sweep value") if args.eps_sweep else None
-    tradeoffs = route_mix(args, loaded, sweep)
+    tradeoffs = route_mix(args, sweep)
     attack = args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack")
     version = args.version if attack == "autoattack" else None
     stem = report_stem(loaded, args.out, attack, version, "route-mix" if tradeoffs else route, norm,
@@ -74,14 +73,12 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     model = loaded.model.to(processes.device)
 
     if tradeoffs is not None:
-        adv_route = route
-        points = mixture_front(model, x, y, eps, tradeoffs, clean_route, adv_route, attack=attack,
-                               version=args.version, **{k: v for k, v in common.items()
-                                                        if k not in ("route", "clean_route", "save_adversarials")})
+        points = mixture_front(model, x, y, eps, tradeoffs, clean_route, route, attack=attack, version=args.version,
+                               **{k: v for k, v in common.items() if k != "save_adversarials"})
 
         def write() -> None:
-            write_front(points, stem, clean_route, adv_route, title=f"{loaded.path}, {len(y)} {dataset} test images")
-            print(front_table(points, clean_route, adv_route))
+            write_front(points, stem, clean_route, route, title=f"{loaded.path}, {len(y)} {dataset} test images")
+            print(front_table(points, clean_route, route))
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)
         return 0
@@ -116,16 +113,13 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     return 0
 
 
-def route_mix(args: argparse.Namespace, loaded: LoadedModel, sweep: list | None) -> list[float] | None:
+def route_mix(args: argparse.Namespace, sweep: list | None) -> list[float] | None:
     """The trade-offs of ``--route-mix`` (None without it), after checking it combines with the other flags."""
     if args.route_mix is None:
         return None
     if sweep is not None or args.save_adversarials:
         raise ConfigError("--route-mix evaluates one model per mixture at one eps; drop --eps-sweep and "
                           "--save-adversarials, or evaluate one route or mixture at a time")
-    if not routed_layers(loaded.model):
-        raise ConfigError(f"{loaded.path} has no routes to mix; --route-mix needs a dual-route (SaBN, AuxBN, UBN) "
-                          "model")
     return parse_tradeoffs(args.route_mix)
 
 

@@ -36,7 +36,7 @@ def mixture_front(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     ``{clean: 1 - t, adv: t}`` of every trade-off ``t``. ``kwargs`` go to ``evaluate`` (attack, norm, seed,
     batch_size, processes, ...); each mixture keeps its finished batches in its own folder ``t-<t>`` of
     ``state_dir``, so an interrupted front resumes where it stopped."""
-    kwargs = {**kwargs, "route": None, "clean_route": None}
+    kwargs = {**kwargs, "route": None, "clean_route": None}  # each mixture is a plain model
     return [FrontPoint(t, evaluate(mix_routes(model, mixture_weights(model, t, clean, adv)), x, y, eps,
                                    state_dir=part(state_dir, f"t-{t:g}"), **kwargs)) for t in tradeoffs]
 

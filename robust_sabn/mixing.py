@@ -53,13 +53,18 @@ def mix_routes(model: nn.Module, weights: Mapping[str, float]) -> nn.Module:
     return replace_modules(mixed, replace).eval()
 
 
-def check_weights(model: nn.Module, weights: Mapping[str, float]) -> dict[str, float]:
-    """``weights`` checked against ``model``'s routes and divided by their sum: one float per route of the model,
-    in the model's route order (0 for routes not named)."""
+def _routes_to_mix(model: nn.Module) -> list[str]:
     routes = routes_of(model)
     if not routes:
         raise RouteError("this model has no routed layers, so there are no routes to mix; mix a model with routed "
                          "norms (e.g. norm='sandwich')")
+    return list(routes)
+
+
+def check_weights(model: nn.Module, weights: Mapping[str, float]) -> dict[str, float]:
+    """``weights`` checked against ``model``'s routes and divided by their sum: one float per route of the model,
+    in the model's route order (0 for routes not named)."""
+    routes = _routes_to_mix(model)
     example = f"{{{routes[0]!r}: 0.5, {routes[-1]!r}: 0.5}}"
     if not isinstance(weights, Mapping) or not weights:
         raise ConfigError(f"route weights must be a non-empty mapping of route to weight, e.g. {example}")
@@ -88,7 +93,7 @@ def mixture_weights(model: nn.Module, t: float, clean: str = CLEAN_ROUTE, adv: s
     if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 <= t <= 1:
         raise ConfigError(f"the trade-off t must be a number in [0, 1] (0 = route {clean!r}, 1 = route {adv!r}), "
                           f"got {t!r}")
-    routes = routes_of(model)
+    routes = _routes_to_mix(model)
     missing = [route for route in (clean, adv) if route not in routes]
     if missing:
         raise RouteError(f"this model has no route(s) {missing} to trade off (its routes are {list(routes)}); "

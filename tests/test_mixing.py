@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from helpers import max_diff, write_run_dir
+from helpers import max_diff, write_fitted_run_dir, write_run_dir
 from torch import nn
 
 from robust_sabn import (
@@ -339,3 +339,10 @@ def test_bad_route_mix_input_is_one_line_and_exit_two(tmp_path, capsys, extra, m
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
+
+
+def test_route_mix_of_a_model_without_routes_is_one_line_and_exit_two(tmp_path, capsys):
+    run = write_fitted_run_dir(tmp_path)
+    assert main(["eval", str(run), "--route-mix", "0:1:0.5", "--attack", "pgd-2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no routed layers, so there are no routes to mix" in err and "\n" not in err
