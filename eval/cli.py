@@ -37,11 +37,8 @@ def report_stem(loaded: LoadedModel, out: str | None, attack: str, version: str 
 
 
 def run(args: argparse.Namespace) -> int:
-    processes = start_processes(args.device)  # one process, or this one of torchrun's
-    try:
+    with start_processes(args.device) as processes:  # one process, or this one of torchrun's
         return _run(args, processes)
-    finally:
-        processes.close()
 
 
 def _run(args: argparse.Namespace, processes: Processes) -> int:
@@ -63,6 +60,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         check_writable(stem.with_name(stem.name + suffix))  # before the attack, not after it
     state_dir = stem.with_name(stem.name + STATE)
     x, y = test_images(dataset, args.data_dir or loaded.config.get("data_dir"), args.n_examples)
+    loaded.check_images(x, f"{dataset} test images")
     common = dict(norm=norm, route=route, seed=args.seed, batch_size=args.batch_size, clean_route=clean_route,
                   device=processes.device, progress=args.progress and processes.is_main, state_dir=state_dir,
                   processes=processes, save_adversarials=args.save_adversarials, numerics=args.numerics)

@@ -3,14 +3,23 @@ sharded evaluation."""
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .devices import resolve_device
+
+# DDP's keyword for "no buffer sync at every forward" (the training loop averages BN statistics itself). Newer torch
+# names it forward_sync_buffers and warns about the old broadcast_buffers; the new one still syncs once at
+# construction, which changes nothing here: every process starts from the same seed or checkpoint.
+NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
 
 
 @dataclass
@@ -55,13 +64,25 @@ class Processes:
                 dist.all_reduce(buffer)
                 buffer.div_(self.world_size)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         """Leave the process group, first freeing the garbage that still holds it. Whatever wraps a model in DDP
         must have let go of the wrapper by now (``Trainer.release``): a gloo group that is only released during
-        interpreter shutdown can abort the process at exit."""
+        interpreter shutdown can abort the process at exit.
+
+        ``finished`` (the work ended without an error on this process): wait for every process first. Otherwise the
+        first one to leave closes its gloo connections while a peer still reads from them, and gloo aborts that
+        peer (``Connection closed by peer``, SIGABRT). After an error nobody waits: the peers may never arrive."""
         if self.distributed and dist.is_initialized():
+            if finished:
+                dist.barrier()
             gc.collect()  # e.g. DDP objects pinned in reference cycles by frames of torch's lazy imports
             dist.destroy_process_group()
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.close(finished=error_type is None)
 
 
 def start_processes(device: str) -> Processes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from .constants import ADV_ROUTE
 from .errors import CheckpointError, ConfigError
@@ -38,6 +38,7 @@ class LoadedModel:
     spec: dict  # the architecture spec it was rebuilt from
     source: str  # "training checkpoint", "training checkpoint (EMA weights)", "exported model" or "state dict"
     config: dict = field(default_factory=dict)  # the training config, when the checkpoint holds one
+    input_shape: tuple[int, int, int] | None = None  # (channels, height, width) of its training images, if recorded
 
     def route(self, route: str | None = None) -> str | None:
         """``route`` as given; for a routed model without one, the route its training attacked (``adv_route``,
@@ -58,6 +59,15 @@ class LoadedModel:
             record = read_arch_file(arch_file(self.path))
             return record.get("trained_on") or record.get("dataset")
         return None
+
+    def check_images(self, images: Tensor, described: str) -> None:
+        """Refuse ``images`` of another shape than the model's training images, where its file records that shape
+        (a model with global pooling runs on any size, and would be scored on images it never saw the like of)."""
+        if self.input_shape is not None and tuple(images.shape[1:]) != self.input_shape:
+            shape, trained = ("x".join(map(str, s)) for s in (images.shape[1:], self.input_shape))
+            raise ConfigError(f"{described} are {shape} (channels x height x width) but {self.path} was trained on "
+                              f"{trained} images; evaluate it on images of that shape (its training set: "
+                              f"{self.trained_on() or 'unknown'})")
 
     def threat(self, norm: str | None = None, eps: float | str | None = None) -> tuple[str, float]:
         """The threat model and radius: as given, else the training attack's, else RobustBench's (Linf, 8/255)."""
@@ -124,14 +134,29 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
     averaged = ema and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("ema"), Mapping)
     state_dict = extract_state_dict({"model": checkpoint["ema"]} if averaged else checkpoint, str(path))
     config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    record: Mapping = {}
     if isinstance(checkpoint, Mapping) and "model_spec" in checkpoint:
-        file_spec, source = checkpoint["model_spec"], f"{path} (model_spec)"
-        kind = "training checkpoint (EMA weights)" if averaged else "training checkpoint"
+        record, source = checkpoint, f"{path} (model_spec)"
+        file_spec, kind = checkpoint["model_spec"], ("training checkpoint (EMA weights)" if averaged
+                                                     else "training checkpoint")
     elif arch_file(path).is_file():
-        file_spec, source, kind = read_arch_file(arch_file(path))["spec"], str(arch_file(path)), "exported model"
+        record, source = read_arch_file(arch_file(path)), str(arch_file(path))
+        file_spec, kind = record["spec"], "exported model"
     else:
         file_spec, source, kind = None, str(path), "state dict"
     spec, trusted = resolve_spec(file_spec, source, arch, arch_kwargs, hint)
     model = build_model(spec, trusted)
     load_weights(model, state_dict, str(path))
-    return LoadedModel(model.eval(), path, spec, kind, dict(config) if isinstance(config, Mapping) else {})
+    return LoadedModel(model.eval(), path, spec, kind, dict(config) if isinstance(config, Mapping) else {},
+                       _input_shape(record.get("input_shape"), source))
+
+
+def _input_shape(value: Any, source: str) -> tuple[int, int, int] | None:
+    """A recorded ``input_shape`` as (channels, height, width); files written before it was recorded have none."""
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise CheckpointError(f"{source}: input_shape must be three positive integers (channels, height, width), "
+                              f"got {value!r}; re-save or re-export the model")
+    return tuple(value)

@@ -124,7 +124,7 @@ def export_and_reload(qs: Quickstart) -> None:
     model_dir = qs.run_dir / "robustbench" / "models"
     path = export(qs.model, EXPORT_NAME, route=config.adv_route, model_dir=model_dir, dataset="cifar10",
                   threat_model=config.attack_norm, eps=config.eps, overwrite=True, trained_on=config.dataset,
-                  allow_dataset_mismatch=True)
+                  allow_dataset_mismatch=True, input_shape=qs.x.shape[1:])
     loaded = load_model(EXPORT_NAME, model_dir=model_dir, dataset="cifar10", threat_model=config.attack_norm)
     loaded = loaded.to(qs.device)
     logits, expected = [], []

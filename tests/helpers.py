@@ -1,5 +1,9 @@
 """Shared test utilities."""
 import functools
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -75,7 +79,8 @@ def write_run_dir(root: Path, eps: float = 8 / 255, n_test: int = 6, width: int 
             labels = fold_route(model, "adv")(written["test"][0].float() / 255).argmax(1)
         write_cifar10(root / "data", n_train=10, n_test=n_test, test_labels=labels)
     config = {"dataset": "cifar10", "data_dir": str(root / "data"), "eps": eps, "attack_norm": "Linf"}
-    checkpoint = {"model": model.state_dict(), "model_spec": model.model_spec, "config": config, "epoch": 1, "step": 2}
+    checkpoint = {"model": model.state_dict(), "model_spec": model.model_spec, "config": config, "epoch": 1, "step": 2,
+                  "input_shape": [3, 32, 32]}
     save_checkpoint(checkpoint, root / "run" / "last.pt")
     return root / "run"
 
@@ -171,3 +176,21 @@ def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", 
         y = fold_route(model, route)(x).argmax(1)
     y[:wrong] = (y[:wrong] + 1) % 10
     return x, y
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, processes: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun -m robust_sabn ARGS`` with one thread per process; asserts that it succeeded, showing what the
+    processes wrote before torchrun's own summary (which alone would hide why a process died)."""
+    argv = [str(Path(sys.executable).with_name("torchrun")), f"--nproc_per_node={processes}",
+            f"--master_port={free_port()}", "-m", "robust_sabn", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    err = done.stderr
+    assert done.returncode == 0, err if len(err) < 6000 else f"{err[:4000]}\n[...]\n{err[-2000:]}"
+    return done

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from fake_data import write_fashion_mnist
-from test_training_ddp import free_port, worker
+from helpers import free_port
+from test_training_ddp import worker
 
 from robust_sabn import create_model, use_route
 from robust_sabn.bench.gpu import bench_gpu

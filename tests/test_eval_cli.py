@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_data import write_cifar100
+from fake_data import write_cifar100, write_imagefolder
 from helpers import write_run_dir
 
 from robust_sabn.cli import main
@@ -48,6 +48,25 @@ def test_export_then_eval_the_exported_file_and_a_state_dict_with_module_callabl
                  json.dumps({"name": spec["arch"], **spec["kwargs"]}), "--attack", "pgd-2", "--n-examples", "4",
                  "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["source"] == "state dict"
+
+
+def test_images_of_another_shape_than_the_training_images_are_refused(run_dir, tmp_path, capsys):
+    write_imagefolder(tmp_path / "folder", n_test=10, num_classes=10, size=16)  # 3x16x16: global pooling would run them
+    smaller = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "folder"), "--attack", "pgd-2"]
+    refusal = "imagefolder test images are 3x16x16 (channels x height x width) but"
+    bad(["eval", str(run_dir), *smaller], capsys, refusal)
+    models = tmp_path / "models"
+    assert main(["export", str(run_dir), "--name", "ShapeKept2026", "--model-dir", str(models)]) == 0
+    exported = models / "cifar10" / "Linf" / "ShapeKept2026.pt"
+    assert json.loads(exported.with_name("ShapeKept2026.arch.json").read_text())["input_shape"] == [3, 32, 32]
+    bad(["eval", str(exported), *smaller], capsys, refusal)  # the export keeps the shape
+
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
+    torch.save({**checkpoint, "input_shape": [3, 32]}, run_dir / "last.pt")
+    bad(["eval", str(run_dir), "--attack", "pgd-2"], capsys, "input_shape must be three positive integers")
+    del checkpoint["input_shape"]  # written before the shape was recorded: nothing to check against
+    torch.save(checkpoint, run_dir / "last.pt")
+    assert main(["eval", str(run_dir), *smaller, "--n-examples", "2", "--out", str(tmp_path / "r")]) == 0
 
 
 @pytest.mark.slow

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import write_fitted_run_dir
-from test_training_ddp import free_port
+from helpers import torchrun, write_fitted_run_dir
 
 from robust_sabn.cli import main
 
@@ -74,11 +73,8 @@ def test_killed_with_sigkill_in_the_middle_the_same_command_finishes_with_the_sa
 
 
 def test_two_torchrun_processes_give_the_report_of_one(run_dir, uninterrupted, tmp_path):
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", f"--master_port={free_port()}",
-                "-m", "robust_sabn"]
     out = tmp_path / "sharded"
-    done = subprocess.run([*torchrun, *command(run_dir, out)], env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun(*command(run_dir, out))
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["environment"]["processes"] == 2 and "2 processes" in done.stdout
     assert results(out.with_suffix(".json")) == uninterrupted  # per-image flags, per-attack accuracies, flags
@@ -86,7 +82,5 @@ def test_two_torchrun_processes_give_the_report_of_one(run_dir, uninterrupted, t
 
     sweep = ["--attack", "pgd-5", "--eps-sweep", "0,2/255,5/255"]
     assert main([*command(run_dir, tmp_path / "one-sweep"), *sweep]) == 0
-    done = subprocess.run([*torchrun, *command(run_dir, tmp_path / "two-sweep"), *sweep], env=ENV, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(*command(run_dir, tmp_path / "two-sweep"), *sweep)
     assert report_list(tmp_path / "two-sweep.json") == report_list(tmp_path / "one-sweep.json")

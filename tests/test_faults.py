@@ -26,6 +26,7 @@ from robust_sabn.io import (
     remove_temp_files,
     save_checkpoint,
 )
+from robust_sabn.model_files import load_trained_model
 from robust_sabn.training.metrics import read_records
 from robust_sabn.training.run_dir import RunDirLock
 
@@ -159,6 +160,34 @@ def test_an_export_that_fails_on_its_last_file_leaves_none(tmp_path, monkeypatch
     monkeypatch.undo()
     weights = export(create_model("resnet_small", width=4), "Partial2026", model_dir=tmp_path / "models")
     assert weights.is_file() and (tmp_path / "model_info" / "cifar10" / "Linf" / "Partial2026.json").is_file()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_export_killed_between_its_renames_leaves_no_loadable_model(tmp_path, monkeypatch, overwrite):
+    """The weights are renamed into place last (and old ones removed first): an export stopped after some of its
+    files has no weights file, so nothing loads a mixture of two exports, and the same export again works."""
+    import robust_sabn.io as io
+    from robust_sabn import export
+
+    weights = tmp_path / "models" / "cifar10" / "Linf" / "Killed2026.pt"
+    if overwrite:
+        export(create_model("resnet_small", width=4), "Killed2026", model_dir=tmp_path / "models")
+    renamed = []
+
+    def killed_after_the_first(tmp, path):
+        if renamed:
+            raise KeyboardInterrupt  # as a kill at this point would stop it
+        renamed.append(path)
+        os.rename(tmp, path)
+
+    monkeypatch.setattr(io.os, "replace", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        export(create_model("resnet_small", width=8), "Killed2026", model_dir=tmp_path / "models", overwrite=True)
+    monkeypatch.undo()
+    assert renamed == [weights.with_name("Killed2026.arch.json")] and not weights.exists()
+    assert not [p for p in tmp_path.rglob("*.tmp*")]  # no temporary file left behind
+    export(create_model("resnet_small", width=8), "Killed2026", model_dir=tmp_path / "models", overwrite=overwrite)
+    assert load_trained_model(weights).spec["kwargs"]["width"] == 8
 
 
 def test_export_in_a_shared_folder_is_readable_by_the_group_also_after_overwrite(tmp_path):

@@ -1,14 +1,11 @@
 """DistributedDataParallel on the CPU: two gloo processes end with identical models."""
 import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from fake_data import write_fashion_mnist
+from helpers import free_port, torchrun
 
 from robust_sabn.distributed import start_processes
 from robust_sabn.io import load_checkpoint
@@ -16,26 +13,17 @@ from robust_sabn.training.config import TrainConfig
 from robust_sabn.training.loop import Trainer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def worker(rank: int, world_size: int, port: int, config: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
-    processes = start_processes(config["device"])  # gloo on the CPU, NCCL on GPUs
-    try:
+    with start_processes(config["device"]) as processes:  # gloo on the CPU, NCCL on GPUs
         trainer = Trainer(TrainConfig.from_dict(config), processes, resume=False)
         result = trainer.run()
         released = trainer.net is trainer.model  # DDP let go of the group, so it can be torn down cleanly
         ema = trainer.scored_model().state_dict() if trainer.ema is not None else {}
         torch.save({"state": trainer.model.state_dict(), "ema": ema, "step": result.step, "released": released},
                    os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        processes.close()
 
 
 @pytest.mark.slow
@@ -67,14 +55,10 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path, objective, norm
 @pytest.mark.slow
 def test_torchrun_launches_the_train_command(tmp_path):
     write_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    argv = [str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "robust_sabn", "train",
-            "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--arch", "resnet_small",
-            "--width", "4", "--eps", "0.1", "--steps", "1", "--val-steps", "1", "--val-size", "16", "--epochs", "1",
-            "--batch-size", "8", "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun("train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--arch",
+                    "resnet_small", "--width", "4", "--eps", "0.1", "--steps", "1", "--val-steps", "1", "--val-size",
+                    "16", "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path / "run"), "--device", "cpu",
+                    "--no-progress")
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
     assert (saved["world_size"], saved["step"], saved["epoch"]) == (2, 5, 1)
     assert "best robust validation accuracy" in done.stdout

@@ -87,6 +87,7 @@ def test_short_cifar_run_writes_the_whole_run_folder(tmp_path):
     for key in ("model", "model_spec", "config", "epoch", "step", "batch", "optimizer", "scheduler", "scaler", "rng"):
         assert key in last
     assert (last["epoch"], last["step"], last["batch"]) == (2, 6, 0)
+    assert last["input_shape"] == [3, 32, 32]  # so that eval refuses images of another shape
     assert set(last["rng"][0]) == {"torch", "cuda", "python", "numpy"}
     assert last["config"] == config.to_dict()
     model = load_weights(build_model(last["model_spec"]), extract_state_dict(last)).eval()

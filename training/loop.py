@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import as_tensors, fixed_subset, load_dataset, read_image_npz
-from ..distributed import Processes, start_processes
+from ..distributed import NO_FORWARD_BUFFER_SYNC, Processes, start_processes
 from ..errors import ConfigError, UserError
 from ..eval import make_eval_attack, robust_points
 from ..eval.batches import num_batches as num_eval_batches
@@ -54,15 +54,14 @@ class TrainResult:
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train as ``config`` says, in ``config.out_dir``; with ``resume`` continue the run saved there (use
     :func:`robust_sabn.training.resume_config` to read its config). Under ``torchrun`` every process calls this."""
-    processes = start_processes(config.device)
     flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
              torch.backends.cudnn.benchmark)
     try:
-        return Trainer(config, processes, resume).run()
+        with start_processes(config.device) as processes:
+            return Trainer(config, processes, resume).run()
     finally:
         torch.use_deterministic_algorithms(flags[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1:]
-        processes.close()
 
 
 def set_determinism(deterministic: bool) -> None:
@@ -94,6 +93,7 @@ class Trainer:
             config.extra_data, num_classes=self.splits.num_classes, in_channels=self.splits.in_channels,
             image_size=self.splits.image_size)
         self.val_images = as_tensors(self.splits.val)
+        self.input_shape = [self.splits.in_channels, self.splits.image_size, self.splits.image_size]
         self.steps_per_epoch = num_batches(len(self.train_set), config.batch_size, drop_last=True,
                                            world_size=processes.world_size)
         if self.steps_per_epoch < 1:
@@ -131,15 +131,15 @@ class Trainer:
         # training forward; attacks and validation use self.model itself.
         self.net: nn.Module = self.model
         if processes.distributed:
-            # broadcast_buffers=False: each process keeps the BN statistics of its own shard, and the trainer averages
-            # them before every validation and checkpoint (broadcasting would overwrite them with the first
+            # No buffer sync at each forward: each process keeps the BN statistics of its own shard, and the trainer
+            # averages them before every validation and checkpoint (syncing would overwrite them with the first
             # process's at every forward). Unused parameters exist only where the objective trains one route of a
             # routed model (madry, fast: the clean route's own parameters), and searching for them costs a graph
             # traversal per step.
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-                find_unused_parameters=self.objective.single_route and bool(routes_of(self.model)))
+                find_unused_parameters=self.objective.single_route and bool(routes_of(self.model)),
+                **NO_FORWARD_BUFFER_SYNC)
 
     def _check_device(self) -> None:
         config, device = self.config, self.device
@@ -398,7 +398,7 @@ class Trainer:
         averaged = {"ema": self.scored_model().state_dict()} if self.ema is not None else {}
         save_checkpoint({
             "model": self.model.state_dict(), **averaged, "model_spec": self.model.model_spec,
-            "config": self.config.to_dict(),
+            "config": self.config.to_dict(), "input_shape": self.input_shape,
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": states, "best": dict(self.best),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def score(config: TrainConfig, checkpoint: Path, test: tuple[torch.Tensor, torch
     version) through the adv route on the first ``aa_size`` of the test images."""
     loaded = load_trained_model(checkpoint)
     common = dict(norm=config.attack_norm, route=loaded.route(), seed=config.seed, batch_size=2 * config.batch_size,
-                  clean_route=config.clean_route, device=resolve_device(config.device), progress=False)
+                  clean_route=config.clean_route, device=resolve_device(config.device), progress=config.progress)
     report = evaluate(loaded.model, *test, config.eps, attack=f"pgd-{pgd_steps}", **common)
     oracle = report.protocols.get(ORACLE_ROUTING)
     result = {"clean": report.clean_acc, "pgd": report.robust_acc,
@@ -88,32 +89,31 @@ def train_interleaved(configs: dict[str, TrainConfig], resume: bool = False) -> 
     Each run keeps its own random generators: it computes exactly what it computes alone. With ``resume``, a run
     whose folder holds a checkpoint continues from it (as ``robust-sabn train --resume``; a finished run only
     reports), after checking that it was started with the same config."""
-    processes = start_processes(next(iter(configs.values())).device)
-    trainers: dict[str, Trainer] = {}
-    try:
-        states = {}
-        for label, config in configs.items():
-            again = resume and (Path(config.out_dir) / LAST).is_file()
-            if again:
-                # the bench's settings as overrides: any that differs from the run's own config is refused
-                resume_config(config.out_dir, **{k: v for k, v in config.to_dict().items() if k != "out_dir"})
-            trainers[label] = Trainer(config, processes, resume=again)
-            states[label] = rng_state(processes.device)
-        while not all(t.done() for t in trainers.values()):
+    with start_processes(next(iter(configs.values())).device) as processes:
+        trainers: dict[str, Trainer] = {}
+        try:
+            states = {}
+            for label, config in configs.items():
+                again = resume and (Path(config.out_dir) / LAST).is_file()
+                if again:
+                    # the bench's settings as overrides: any that differs from the run's own config is refused
+                    resume_config(config.out_dir, **{k: v for k, v in config.to_dict().items() if k != "out_dir"})
+                trainers[label] = Trainer(config, processes, resume=again)
+                states[label] = rng_state(processes.device)
+            while not all(t.done() for t in trainers.values()):
+                for label, trainer in trainers.items():
+                    if not trainer.done():
+                        set_rng_state(states[label], processes.device)
+                        trainer.run_epoch()
+                        states[label] = rng_state(processes.device)
+            results = {}
             for label, trainer in trainers.items():
-                if not trainer.done():
-                    set_rng_state(states[label], processes.device)
-                    trainer.run_epoch()
-                    states[label] = rng_state(processes.device)
-        results = {}
-        for label, trainer in trainers.items():
-            set_rng_state(states[label], processes.device)
-            results[label] = trainer.finish_run()
-        return results
-    finally:
-        for trainer in trainers.values():
-            trainer.release()
-        processes.close()
+                set_rng_state(states[label], processes.device)
+                results[label] = trainer.finish_run()
+            return results
+        finally:
+            for trainer in trainers.values():
+                trainer.release()
 
 
 def variant_configs(base: TrainConfig, out_dir: str | Path, variants: dict[str, dict]) -> dict[str, TrainConfig]:
@@ -147,6 +147,8 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
         times = [r["epoch_time"] for r in result.records if r["kind"] == "epoch"] or [result.records[-1]["time"]]
         per_epoch = sum(times) / len(times)
         first = first or per_epoch
+        if base.progress:
+            print(f"scoring {label}: {result.run_dir / BEST}", file=sys.stderr, flush=True)
         acc = score(configs[label], result.run_dir / BEST, test, pgd_steps, aa_size)
         pct = {k: f"{100 * v:.1f}" for k, v in acc.items()}
         rows.append([label, pct["clean"], pct["pgd"], pct.get("aa", "-"), pct["clean_oracle"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
            dataset: str = "cifar10", threat_model: str = "Linf", arch: str | Mapping | None = None, *,
            arch_kwargs: Mapping[str, Any] | None = None, eps: float = 8 / 255,
            info_dir: str | os.PathLike | None = None, overwrite: bool = False, trained_on: str | None = None,
-           allow_dataset_mismatch: bool = False) -> Path:
+           allow_dataset_mismatch: bool = False, input_shape: Sequence[int] | None = None) -> Path:
     """Fold ``route`` of ``model`` and write it in RobustBench's layout; returns the checkpoint path.
 
     ``route`` is required for a model with routed layers and must be None otherwise; a mapping of route weights
@@ -173,8 +173,9 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
 
     ``trained_on`` names the dataset the model was trained on (default: ``dataset``). A model is filed under another
     dataset only with ``allow_dataset_mismatch=True`` (a demonstration: RobustBench would feed it that dataset's
-    images); its card and architecture file name the dataset it was trained on. The three files are written all
-    or nothing, after every check.
+    images); its card and architecture file name the dataset it was trained on. ``input_shape`` (channels, height,
+    width of the training images) goes into the architecture file, so that evaluating the export on images of
+    another shape is refused. The three files are written all or nothing, after every check, the weights last.
     """
     from . import robustbench
 
@@ -207,12 +208,15 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
         architecture += f" ({describe_mixture(route)} of the routes, folded)"
     elif route is not None:
         architecture = f"{architecture} ({route} route folded)"
+    # Renamed into place in this order, the weights last: they are what load_model looks for, so a process killed
+    # between two renames leaves no loadable model (and an overwritten one no old weights beside new files).
     with all_or_nothing():
-        save_checkpoint(state_dict, weights)
         write_arch_file(arch_file(weights), spec, name=name, dataset=dataset, trained_on=trained_on,
                         threat_model=threat_model, route=route, source_spec=getattr(model, "model_spec", None),
-                        robust_sabn=__version__)
+                        robust_sabn=__version__, **({"input_shape": list(input_shape)} if input_shape else {}))
         write_card(card, name=name, dataset=trained_on, threat_model=threat_model, eps=eps,
                    architecture=architecture)
+        save_checkpoint(state_dict, weights)
+        weights.unlink(missing_ok=True)
     robustbench.remember(model_dir)
     return weights

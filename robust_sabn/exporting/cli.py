@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             check_writable(report_stem.with_name(report_stem.name + suffix))
     weights = export(model, args.name, route, args.model_dir, dataset, norm, arch, eps=eps,
                      info_dir=args.info_dir, overwrite=args.overwrite, trained_on=trained,
-                     allow_dataset_mismatch=args.allow_dataset_mismatch)
+                     allow_dataset_mismatch=args.allow_dataset_mismatch, input_shape=loaded.input_shape)
     card = card_path(args.name, args.model_dir, dataset, norm, args.info_dir)
     rows = [["weights (state dict)", weights], ["architecture", weights.with_name(f"{args.name}.arch.json")],
             ["leaderboard card", card]]
