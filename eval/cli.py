@@ -19,6 +19,7 @@ from ..tables import markdown_table
 from .evaluate import evaluate
 from .front import front_table, mixture_front, write_front
 from .numerics import NUMERICS
+from .recalibration import training_recalibration
 from .report import ADVERSARIALS, write_adversarials, write_report
 from .state import STATE, remove_state
 from .sweep import eps_sweep, plot_sweep
@@ -49,9 +50,12 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
     sweep = parse_number_list(args.eps_sweep, "--eps-sweep value") if args.eps_sweep else None
     tradeoffs = route_mix(args, sweep)
+    recalibration = (training_recalibration(loaded, args.recalibrate, eps, norm, args.data_dir, args.seed)
+                     if args.recalibrate is not None else None)  # only with --route-mix (route_mix checks)
     attack = args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack")
     version = args.version if attack == "autoattack" else None
-    stem = report_stem(loaded, args.out, attack, version, "route-mix" if tradeoffs else route, norm,
+    mixes = "route-mix" + (f"-recalibrated-{args.recalibrate}" if args.recalibrate is not None else "")
+    stem = report_stem(loaded, args.out, attack, version, mixes if tradeoffs else route, norm,
                        "sweep" if sweep else format_eps(eps, norm), args.numerics)
     suffixes = [".json", ".md", ".png"] if sweep or tradeoffs else [".json", ".md"]
     if args.save_adversarials and not (sweep or tradeoffs):
@@ -72,10 +76,12 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
 
     if tradeoffs is not None:
         points = mixture_front(model, x, y, eps, tradeoffs, clean_route, route, attack=attack, version=args.version,
+                               recalibration=recalibration,
                                **{k: v for k, v in common.items() if k != "save_adversarials"})
 
         def write() -> None:
-            write_front(points, stem, clean_route, route, title=f"{loaded.path}, {len(y)} {dataset} test images")
+            write_front(points, stem, clean_route, route, title=f"{loaded.path}, {len(y)} {dataset} test images",
+                        recalibration=recalibration)
             print(front_table(points, clean_route, route))
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)
@@ -114,6 +120,9 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
 def route_mix(args: argparse.Namespace, sweep: list | None) -> list[float] | None:
     """The trade-offs of ``--route-mix`` (None without it), after checking it combines with the other flags."""
     if args.route_mix is None:
+        if args.recalibrate is not None:
+            raise ConfigError("--recalibrate re-estimates the BN statistics of route mixtures; use it with "
+                              "--route-mix, or drop it")
         return None
     if sweep is not None or args.save_adversarials:
         raise ConfigError("--route-mix evaluates one model per mixture at one eps; drop --eps-sweep and "
@@ -154,6 +163,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per batch; each batch is attacked with its own seed (default 256)")
 
 
+def add_recalibrate_flag(parser: argparse.ArgumentParser) -> None:
+    """``--recalibrate N``, shared by ``eval --route-mix`` and ``export --route-mix``."""
+    parser.add_argument("--recalibrate", type=int, metavar="N",
+                        help="with --route-mix: re-estimate each mixture's BN statistics on N training images, a share "
+                             "t of them PGD-5 adversarials (docs/route-mixing.md; e.g. 2000)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Evaluate on the first N test images with the model folded on one route, in eval mode, in "
                           "fixed batches seeded from --seed. Reports both protocols for routed models: single route "
@@ -169,6 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate the mixture (1-t) clean route + t adv route (--clean-route, --route) for each t "
                              "of GRID, 'start:stop:step' or 't,t,...' (e.g. 0:1:0.1): a table and a Pareto plot of "
                              "clean against robust accuracy (docs/route-mixing.md)")
+    add_recalibrate_flag(parser)
     parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
                         help="exact (default: the model's own float32 computation), or a faster form that can change "
                              "a prediction and is named in the report: channels-last, bf16")

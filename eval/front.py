@@ -3,6 +3,7 @@
 two routes and the paper's oracle routing marked."""
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -14,10 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed import Processes
 from ..io import all_or_nothing, atomic_write, atomic_write_text
 from ..mixing import describe_mixture, mix_routes, mixture_weights
 from ..tables import markdown_table
 from .evaluate import EvaluationReport, evaluate
+from .recalibration import Recalibration
 from .state import part
 
 
@@ -31,14 +34,35 @@ class FrontPoint:
 
 def mixture_front(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str,
                   tradeoffs: Sequence[float], clean: str, adv: str, *,
-                  state_dir: str | os.PathLike | None = None, **kwargs: Any) -> list[FrontPoint]:
+                  state_dir: str | os.PathLike | None = None, recalibration: Recalibration | None = None,
+                  **kwargs: Any) -> list[FrontPoint]:
     """:func:`~robust_sabn.eval.evaluate` (single route: one plain model each) of the mixture
     ``{clean: 1 - t, adv: t}`` of every trade-off ``t``. ``kwargs`` go to ``evaluate`` (attack, norm, seed,
-    batch_size, processes, ...); each mixture keeps its finished batches in its own folder ``t-<t>`` of
-    ``state_dir``, so an interrupted front resumes where it stopped."""
+    batch_size, device, processes, ...); each mixture keeps its finished batches in its own folder ``t-<t>`` of
+    ``state_dir``, so an interrupted front resumes where it stopped. With ``recalibration`` every mixture strictly
+    between the routes has its BN statistics re-estimated first; the routes themselves (t = 0, 1) stay as trained.
+    """
     kwargs = {**kwargs, "route": None, "clean_route": None}  # each mixture is a plain model
-    return [FrontPoint(t, evaluate(mix_routes(model, mixture_weights(model, t, clean, adv)), x, y, eps,
-                                   state_dir=part(state_dir, f"t-{t:g}"), **kwargs)) for t in tradeoffs]
+    points = []
+    for t in tradeoffs:
+        mixed = mix_routes(model, mixture_weights(model, t, clean, adv))
+        if recalibration is not None and 0 < t < 1:
+            mixed = recalibrated(mixed, t, recalibration, kwargs.get("device") or "cpu", kwargs.get("processes"))
+        points.append(FrontPoint(t, evaluate(mixed, x, y, eps, state_dir=part(state_dir, f"t-{t:g}"), **kwargs)))
+    return points
+
+
+def recalibrated(model: nn.Module, t: float, recalibration: Recalibration, device: torch.device | str,
+                 processes: Processes | None = None) -> nn.Module:
+    """``recalibration(model, t)``, computed by the first process and sent to the others (processes with other
+    thread counts could round differently, and every shard must attack the same model)."""
+    if processes is None or not processes.distributed:
+        return recalibration(model, t, device)
+    state = processes.broadcast({k: v.cpu() for k, v in recalibration(model, t, device).state_dict().items()}
+                                if processes.is_main else None)
+    model = copy.deepcopy(model).to(device)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def oracle_point(points: Sequence[FrontPoint]) -> tuple[float, float] | None:
@@ -105,11 +129,17 @@ def front_table(points: Sequence[FrontPoint], clean: str, adv: str) -> str:
                            f"dominates the {adv} route"], rows)
 
 
-def write_front(points: Sequence[FrontPoint], stem: Path, clean: str, adv: str, title: str = "") -> list[Path]:
+def write_front(points: Sequence[FrontPoint], stem: Path, clean: str, adv: str, title: str = "",
+                recalibration: Recalibration | None = None) -> list[Path]:
     """``<stem>.json`` (every mixture's full report), ``.md`` (:func:`front_table`) and ``.png``
-    (:func:`plot_front`), all or nothing."""
+    (:func:`plot_front`), all or nothing; ``recalibration`` is the one :func:`mixture_front` applied."""
     oracle = oracle_point(points)
+    table = front_table(points, clean, adv)
+    if recalibration is not None:
+        table += f"\n\nMixtures strictly between the routes (0 < t < 1): {recalibration.describe()}."
+        title = f"{title}; mixtures recalibrated" if title else "mixtures recalibrated"
     data = {"clean_route": clean, "adv_route": adv,
+            "recalibration": None if recalibration is None else recalibration.to_dict(),
             "oracle_routing": None if oracle is None else {"clean_acc": oracle[0], "robust_acc": oracle[1]},
             "dominating_adv_route": [p.t for p in dominating(points)],
             "mixtures": [{"t": p.t, "weights": {clean: 1 - p.t, adv: p.t}, "report": p.report.to_dict()}
@@ -117,6 +147,6 @@ def write_front(points: Sequence[FrontPoint], stem: Path, clean: str, adv: str, 
     paths = [stem.with_name(stem.name + suffix) for suffix in (".json", ".md", ".png")]
     with all_or_nothing():
         atomic_write_text(paths[0], json.dumps(data, indent=2) + "\n")
-        atomic_write_text(paths[1], front_table(points, clean, adv) + "\n")
+        atomic_write_text(paths[1], table + "\n")
         plot_front(points, paths[2], title)
     return paths

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -346,3 +347,73 @@ def test_route_mix_of_a_model_without_routes_is_one_line_and_exit_two(tmp_path, 
     assert main(["eval", str(run), "--route-mix", "0:1:0.5", "--attack", "pgd-2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no routed layers, so there are no routes to mix" in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------------------- recalibration
+def test_recalibration_re_estimates_the_statistics_on_the_images_a_share_t_of_them_attacked(monkeypatch):
+    from robust_sabn.eval import recalibration as module
+    from robust_sabn.eval.recalibration import Recalibration
+
+    model = randomize_norms(create_model("resnet_small", width=4, norm="sandwich")).eval()
+    mixed = mix_routes(model, {"clean": 0.5, "adv": 0.5})
+    before = copy.deepcopy(mixed.state_dict())
+    x, y = torch.rand(12, 3, 32, 32), torch.randint(0, 10, (12,))
+    recalibrate = Recalibration(x, y, eps=8 / 255, batch_size=12)
+    seen = []
+    real = module.update_bn
+    monkeypatch.setattr(module, "update_bn", lambda batches, m: (seen.extend(batches), real(batches, m)))
+    out = recalibrate(mixed, 0.25)
+    assert len(seen) == 1 and recalibrate.attacked(0.25) == 3
+    images = seen[0]
+    assert not torch.equal(images[:3], x[:3]) and torch.equal(images[3:], x[3:])  # the first 3 attacked
+    assert (images[:3] - x[:3]).abs().max() <= 8 / 255 + 1e-6
+    assert mixed.state_dict().keys() == out.state_dict().keys() and not out.training
+    for key, value in mixed.state_dict().items():  # the model given is left alone
+        assert torch.equal(value, before[key]), key
+    with torch.no_grad():  # the first BN sees the first convolution's output: its statistics over these images
+        features = out.conv1(out.normalize(images))
+    assert torch.allclose(out.bn1.running_mean, features.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(out.bn1.running_var, features.transpose(0, 1).flatten(1).var(1), rtol=1e-4)
+    assert not torch.allclose(out.bn1.running_mean, mixed.bn1.running_mean)
+    for name, p in out.named_parameters():  # the affine parameters stay
+        assert torch.equal(p, mixed.state_dict()[name]), name
+    again = recalibrate(mixed, 0.25)  # seeded: the same statistics again
+    assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ConfigError, match="plain model"):
+        recalibrate(model, 0.5)
+
+
+def test_eval_and_export_recalibrate_the_mixtures_strictly_between_the_routes(tmp_path, capsys):
+    from robust_sabn.eval.recalibration import training_recalibration
+    from robust_sabn.model_files import load_trained_model
+
+    run = write_run_dir(tmp_path, n_test=8, labelled=True)
+    args = ["eval", str(run), "--route-mix", "0:1:0.5", "--attack", "pgd-2", "--batch-size", "4", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--recalibrate", "8", "--out", str(tmp_path / "recal")]) == 0
+    plain, recal = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "recal"))
+    assert plain["recalibration"] is None and recal["recalibration"]["images"] == 8
+    for end in (0, 2):  # the routes stay as trained
+        assert recal["mixtures"][end]["report"]["per_image"] == plain["mixtures"][end]["report"]["per_image"]
+    assert "0 < t < 1): BN statistics re-estimated on 8 training images" in (tmp_path / "recal.md").read_text()
+
+    models = tmp_path / "models"
+    assert main(["export", str(run), "--name", "Recal2026", "--route-mix", "0.5", "--recalibrate", "8",
+                 "--model-dir", str(models)]) == 0
+    weights = models / "cifar10" / "Linf" / "Recal2026.pt"
+    assert "8 training images, 4 of them PGD-5" in json.loads(weights.with_name("Recal2026.arch.json").read_text())[
+        "note"]
+    loaded = load_trained_model(run)
+    expected = training_recalibration(loaded, 8, loaded.threat()[1], "Linf")(
+        mix_routes(loaded.model, {"clean": 0.5, "adv": 0.5}), 0.5)
+    exported = load_trained_model(weights).model.state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in expected.state_dict().items())
+
+    capsys.readouterr()
+    for argv, match in ((["eval", str(run), "--attack", "pgd-2", "--recalibrate", "8"], "use it with --route-mix"),
+                        (["export", str(run), "--name", "Recal2027", "--route-mix", "1", "--recalibrate", "8",
+                          "--model-dir", str(models)], "strictly between the routes"),
+                        ([*args, "--recalibrate", "0"], "positive number of training images")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and "\n" not in err

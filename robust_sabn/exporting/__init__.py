@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,8 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
            dataset: str = "cifar10", threat_model: str = "Linf", arch: str | Mapping | None = None, *,
            arch_kwargs: Mapping[str, Any] | None = None, eps: float = 8 / 255,
            info_dir: str | os.PathLike | None = None, overwrite: bool = False, trained_on: str | None = None,
-           allow_dataset_mismatch: bool = False, input_shape: Sequence[int] | None = None) -> Path:
+           allow_dataset_mismatch: bool = False, input_shape: Sequence[int] | None = None,
+           prepare: Callable[[nn.Module], nn.Module] | None = None, note: str | None = None) -> Path:
     """Fold ``route`` of ``model`` and write it in RobustBench's layout; returns the checkpoint path.
 
     ``route`` is required for a model with routed layers and must be None otherwise; a mapping of route weights
@@ -175,7 +176,9 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
     dataset only with ``allow_dataset_mismatch=True`` (a demonstration: RobustBench would feed it that dataset's
     images); its card and architecture file name the dataset it was trained on. ``input_shape`` (channels, height,
     width of the training images) goes into the architecture file, so that evaluating the export on images of
-    another shape is refused. The three files are written all or nothing, after every check, the weights last.
+    another shape is refused. ``prepare`` changes the folded (or mixed) plain model before it is checked and
+    written, e.g. a BN recalibration; ``note`` says what it did, in the card's architecture and the architecture
+    file. The three files are written all or nothing, after every check, the weights last.
     """
     from . import robustbench
 
@@ -197,6 +200,8 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
     robustbench.check_name_free(name, dataset, threat_model)
 
     folded = (fold_route(model, route) if mixture is None else mix_routes(model, mixture)).cpu().eval()
+    if prepare is not None:
+        folded = prepare(folded).cpu().eval()
     spec = exported_spec(model, arch, arch_kwargs)
     state_dict = {k: v.detach().clone().contiguous() for k, v in folded.state_dict().items()}
     _check_keys(state_dict)
@@ -208,12 +213,15 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
         architecture += f" ({describe_mixture(route)} of the routes, folded)"
     elif route is not None:
         architecture = f"{architecture} ({route} route folded)"
+    if note:
+        architecture += f"; {note}"
     # Renamed into place in this order, the weights last: they are what load_model looks for, so a process killed
     # between two renames leaves no loadable model (and an overwritten one no old weights beside new files).
     with all_or_nothing():
         write_arch_file(arch_file(weights), spec, name=name, dataset=dataset, trained_on=trained_on,
                         threat_model=threat_model, route=route, source_spec=getattr(model, "model_spec", None),
-                        robust_sabn=__version__, **({"input_shape": list(input_shape)} if input_shape else {}))
+                        robust_sabn=__version__, **({"input_shape": list(input_shape)} if input_shape else {}),
+                        **({"note": note} if note else {}))
         write_card(card, name=name, dataset=trained_on, threat_model=threat_model, eps=eps,
                    architecture=architecture)
         save_checkpoint(state_dict, weights)

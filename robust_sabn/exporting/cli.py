@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+
+from torch import nn
 
 from ..constants import ADV_ROUTE, CLEAN_ROUTE
 from ..data import test_images
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..eval.cli import add_model_arguments
+from ..eval.cli import add_model_arguments, add_recalibrate_flag
 from ..flags import add_common_flags
 from ..io import check_writable
 from ..mixing import describe_mixture, mixture_weights
@@ -25,6 +28,21 @@ def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
     config = loaded.config
     return mixture_weights(loaded.model, parse_number(args.route_mix, "--route-mix"),
                            clean=config.get("clean_route", CLEAN_ROUTE), adv=config.get("adv_route", ADV_ROUTE))
+
+
+def recalibration(loaded: LoadedModel, args: argparse.Namespace, route: str | dict[str, float] | None, eps: float,
+                  norm: str) -> tuple[Callable[[nn.Module], nn.Module] | None, str | None]:
+    """``--recalibrate N``: what re-estimates the mixture's BN statistics before it is written, and its note."""
+    if args.recalibrate is None:
+        return None, None
+    t = route.get(loaded.config.get("adv_route", ADV_ROUTE), 0.0) if isinstance(route, dict) else None
+    if t is None or not 0 < t < 1:
+        raise ConfigError("--recalibrate re-estimates the BN statistics of a mixture strictly between the routes; "
+                          "use it with --route-mix T, 0 < T < 1 (the routes themselves stay as trained)")
+    from ..eval.recalibration import training_recalibration
+
+    recalibrate = training_recalibration(loaded, args.recalibrate, eps, norm, args.data_dir, args.seed)
+    return (lambda mixed: recalibrate(mixed, t, resolve_device(args.device))), recalibrate.describe(t)
 
 
 def describe(route: str | dict[str, float] | None) -> str:
@@ -45,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         for suffix in (".json", ".md"):
             check_writable(report_stem.with_name(report_stem.name + suffix))
+    prepare, note = recalibration(loaded, args, route, eps, norm)
     weights = export(model, args.name, route, args.model_dir, dataset, norm, arch, eps=eps,
                      info_dir=args.info_dir, overwrite=args.overwrite, trained_on=trained,
-                     allow_dataset_mismatch=args.allow_dataset_mismatch, input_shape=loaded.input_shape)
+                     allow_dataset_mismatch=args.allow_dataset_mismatch, input_shape=loaded.input_shape,
+                     prepare=prepare, note=note)
     card = card_path(args.name, args.model_dir, dataset, norm, args.info_dir)
     rows = [["weights (state dict)", weights], ["architecture", weights.with_name(f"{args.name}.arch.json")],
             ["leaderboard card", card]]
@@ -69,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
                   f"{args.version}, {norm} eps {format_eps(eps, norm)})"]]
         rows += [["AutoAttack flag", flag] for flag in report.flags]
-    print(f"exported {loaded.path} ({loaded.source}, {describe(route)}) as {args.name}\n")
+    print(f"exported {loaded.path} ({loaded.source}, {describe(route)}{f'; {note}' if note else ''}) as {args.name}\n")
     print(markdown_table(["", ""], rows))
     reason = unreachable(dataset, norm)
     if reason is None:
@@ -93,6 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--route-mix", metavar="T",
                         help="export the mixture of the routes (1 - T) clean + T adv instead of one route (0: the "
                              "clean route, 1: the adv route; see docs/route-mixing.md)")
+    add_recalibrate_flag(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export of the same name")
     parser.add_argument("--allow-dataset-mismatch", action="store_true",
                         help="file a model under a --dataset other than the one it was trained on (a demonstration; "
