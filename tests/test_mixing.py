@@ -410,7 +410,11 @@ def test_eval_and_export_recalibrate_the_mixtures_strictly_between_the_routes(tm
     assert all(torch.equal(exported[k], v) for k, v in expected.state_dict().items())
 
     capsys.readouterr()
+    torch.save(torch.load(run / "last.pt", weights_only=True)["model"], tmp_path / "bare.pt")
+    bare = ["eval", str(tmp_path / "bare.pt"), "--model", "resnet_small", "--model-kwargs",
+            '{"width": 4, "norm": "sandwich"}', *args[2:], "--recalibrate", "8"]
     for argv, match in ((["eval", str(run), "--attack", "pgd-2", "--recalibrate", "8"], "use it with --route-mix"),
+                        (bare, "does not record the dataset it was trained on"),
                         (["export", str(run), "--name", "Recal2027", "--route-mix", "1", "--recalibrate", "8",
                           "--model-dir", str(models)], "strictly between the routes"),
                         ([*args, "--recalibrate", "0"], "positive number of training images")):
