@@ -59,9 +59,9 @@ class Recalibration:
                 k = max(0, min(len(x), attacked - start))
                 if k:
                     x = torch.cat([attack(x[:k], self.labels[start:start + k].to(device)), x[k:]])
-                batches.append(x)
+                batches.append(x.cpu())  # all attacked first: update_bn puts the model in train mode
         with torch.no_grad():
-            update_bn(batches, model)
+            update_bn(batches, model, device=torch.device(device))
         return model.eval()
 
     def attacked(self, t: float) -> int:

@@ -361,7 +361,7 @@ def test_recalibration_re_estimates_the_statistics_on_the_images_a_share_t_of_th
     recalibrate = Recalibration(x, y, eps=8 / 255, batch_size=12)
     seen = []
     real = module.update_bn
-    monkeypatch.setattr(module, "update_bn", lambda batches, m: (seen.extend(batches), real(batches, m)))
+    monkeypatch.setattr(module, "update_bn", lambda batches, m, **kw: (seen.extend(batches), real(batches, m, **kw)))
     out = recalibrate(mixed, 0.25)
     assert len(seen) == 1 and recalibrate.attacked(0.25) == 3
     images = seen[0]
