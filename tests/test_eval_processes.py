@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import torchrun, write_fitted_run_dir
+from helpers import torchrun, write_fitted_run_dir, write_run_dir
 
 from robust_sabn.cli import main
 
@@ -84,3 +84,16 @@ def test_two_torchrun_processes_give_the_report_of_one(run_dir, uninterrupted, t
     assert main([*command(run_dir, tmp_path / "one-sweep"), *sweep]) == 0
     torchrun(*command(run_dir, tmp_path / "two-sweep"), *sweep)
     assert report_list(tmp_path / "two-sweep.json") == report_list(tmp_path / "one-sweep.json")
+
+
+def test_a_recalibrated_front_over_two_torchrun_processes_equals_the_one_process_front(tmp_path):
+    """The first process recalibrates each mixture and sends it to the other: both shards attack the same model."""
+    run = write_run_dir(tmp_path, n_test=8, labelled=True)
+    args = ["eval", str(run), "--route-mix", "0:1:0.5", "--recalibrate", "8", "--attack", "pgd-2", "--batch-size",
+            "2", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    torchrun(*args, "--out", str(tmp_path / "two"))
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert two["mixtures"][1]["report"]["environment"]["processes"] == 2
+    assert [m["report"]["per_image"] for m in one["mixtures"]] == [m["report"]["per_image"] for m in two["mixtures"]]
+    assert one["recalibration"] == two["recalibration"]
