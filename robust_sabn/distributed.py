@@ -70,7 +70,7 @@ class Processes:
         interpreter shutdown can abort the process at exit.
 
         ``finished`` (the work ended without an error on this process): wait for every process first. Otherwise the
-        first one to leave closes its gloo connections while a peer still reads from them, and gloo aborts that
+        first one to leave closes its gloo connections while a peer may still read from them, and gloo can abort that
         peer (``Connection closed by peer``, SIGABRT). After an error nobody waits: the peers may never arrive."""
         if self.distributed and dist.is_initialized():
             if finished:
