@@ -53,7 +53,7 @@ class Recalibration:
         batches = []
         with preserved_rng():
             torch.manual_seed(self.seed)
-            attack = PGD(model, eps=self.eps, alpha=self.step_size or self.eps / 4, steps=self.steps, norm=self.norm)
+            attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm)
             for start in range(0, len(self.labels), self.batch_size):
                 x = self.images[start:start + self.batch_size].to(device)
                 k = max(0, min(len(x), attacked - start))
@@ -63,6 +63,11 @@ class Recalibration:
         with torch.no_grad():
             update_bn(batches, model, device=torch.device(device))
         return model.eval()
+
+    @property
+    def alpha(self) -> float:
+        """The PGD step: ``step_size``, else ``eps / 4``."""
+        return self.step_size or self.eps / 4
 
     def attacked(self, t: float) -> int:
         """How many of the images are attacked for trade-off ``t``."""
@@ -76,7 +81,7 @@ class Recalibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": len(self.labels), "eps": self.eps, "norm": self.norm, "steps": self.steps,
-                "step_size": self.step_size or self.eps / 4, "seed": self.seed}
+                "step_size": self.alpha, "seed": self.seed}
 
 
 def training_recalibration(loaded: LoadedModel, n: int, eps: float, norm: str, data_dir: str | None = None,

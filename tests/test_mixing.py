@@ -383,18 +383,29 @@ def test_recalibration_re_estimates_the_statistics_on_the_images_a_share_t_of_th
         recalibrate(model, 0.5)
 
 
-def test_eval_and_export_recalibrate_the_mixtures_strictly_between_the_routes(tmp_path, capsys):
+def test_eval_and_export_recalibrate_the_mixtures_strictly_between_the_routes(tmp_path, capsys, monkeypatch):
+    from robust_sabn.eval import front
     from robust_sabn.eval.recalibration import training_recalibration
     from robust_sabn.model_files import load_trained_model
 
+    def same_state(a: nn.Module, b: nn.Module) -> bool:
+        return all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
     run = write_run_dir(tmp_path, n_test=8, labelled=True)
+    loaded = load_trained_model(run)
+    expected = training_recalibration(loaded, 8, loaded.threat()[1], "Linf")(
+        mix_routes(loaded.model, {"clean": 0.5, "adv": 0.5}), 0.5)
     args = ["eval", str(run), "--route-mix", "0:1:0.5", "--attack", "pgd-2", "--batch-size", "4", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    evaluated, real = [], front.evaluate
+    monkeypatch.setattr(front, "evaluate", lambda model, *a, **kw: (evaluated.append(model), real(model, *a, **kw))[1])
     assert main([*args, "--recalibrate", "8", "--out", str(tmp_path / "recal")]) == 0
+    monkeypatch.undo()
+    assert same_state(evaluated[1], expected)  # the mixture between the routes is the recalibrated one
+    for model, route in ((evaluated[0], "clean"), (evaluated[2], "adv")):  # the routes stay as trained
+        assert same_state(model, fold_route(loaded.model, route))
     plain, recal = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "recal"))
     assert plain["recalibration"] is None and recal["recalibration"]["images"] == 8
-    for end in (0, 2):  # the routes stay as trained
-        assert recal["mixtures"][end]["report"]["per_image"] == plain["mixtures"][end]["report"]["per_image"]
     assert "0 < t < 1): BN statistics re-estimated on 8 training images" in (tmp_path / "recal.md").read_text()
 
     models = tmp_path / "models"
@@ -403,11 +414,7 @@ def test_eval_and_export_recalibrate_the_mixtures_strictly_between_the_routes(tm
     weights = models / "cifar10" / "Linf" / "Recal2026.pt"
     assert "8 training images, 4 of them PGD-5" in json.loads(weights.with_name("Recal2026.arch.json").read_text())[
         "note"]
-    loaded = load_trained_model(run)
-    expected = training_recalibration(loaded, 8, loaded.threat()[1], "Linf")(
-        mix_routes(loaded.model, {"clean": 0.5, "adv": 0.5}), 0.5)
-    exported = load_trained_model(weights).model.state_dict()
-    assert all(torch.equal(exported[k], v) for k, v in expected.state_dict().items())
+    assert same_state(load_trained_model(weights).model, expected)
 
     capsys.readouterr()
     torch.save(torch.load(run / "last.pt", weights_only=True)["model"], tmp_path / "bare.pt")
