@@ -6,10 +6,12 @@ faster forms, which may change a prediction); ``evaluate(attack="pgd-10")`` vs t
 eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy within noise);
 and, for a checkpoint, the ``robust-sabn eval`` command sharded over 2 torchrun processes (one thread each) against
 one process with one thread and with every thread (whole commands, start-up included; the report says whether
-the per-image results are identical). Both library baselines get ``fold_route(model, route)``, folded once before
-timing. Every variant runs once per round, rounds interleaved (:func:`robust_sabn.bench.timing.interleaved_medians`).
-robust-sabn's AutoAttack and pyautoattack run in one batch of all the images, so that the exact form must give
-pyautoattack's own result.
+the per-image results are identical). Each library call runs in a fresh Python process, as a user's script would,
+and is timed there without the start-up: a process-wide setting of one variant (robust-sabn's allocator, see
+:mod:`robust_sabn.allocator`) then cannot speed up another. Both library baselines get ``fold_route(model,
+route)``, folded before timing. Every variant runs once per round, rounds interleaved
+(:func:`robust_sabn.bench.timing.interleaved_medians`). robust-sabn's AutoAttack and pyautoattack run in one batch
+of all the images, so that the exact form must give pyautoattack's own result.
 
 The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
 SaBN ``resnet_small`` on random images labelled by its own predictions, a quarter of them wrongly.
@@ -17,11 +19,14 @@ SaBN ``resnet_small`` on random images labelled by its own predictions, a quarte
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,10 +84,82 @@ def synthetic_case(width: int, n: int, image_size: int) -> tuple[nn.Module, torc
     return model, x, y, f"resnet_small (SaBN, width {width}, untrained), {n} random images {image_size}x{image_size}"
 
 
+@dataclasses.dataclass
+class Case:
+    """The model, images and radius every variant of one benchmark run works on; the same in every process."""
+
+    model: nn.Module
+    route: str | None
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: float
+    description: str
+
+    @classmethod
+    def build(cls, checkpoint: str | None, width: int, n: int, image_size: int, eps: float | None,
+              seed: int) -> Case:
+        """A trained checkpoint with the first ``n`` test images of its dataset (``eps`` defaults to its Linf
+        training radius), or else :func:`synthetic_case` (eps 8/255), drawn from ``seed``."""
+        torch.manual_seed(seed)
+        if checkpoint is None:
+            model, x, y, description = synthetic_case(width, n, image_size)
+            return cls(model, "adv", x, y, 8 / 255 if eps is None else eps, description)
+        loaded = load_trained_model(checkpoint)
+        config = loaded.config
+        x, y = test_images(config.get("dataset", "cifar10"), config.get("data_dir"), n)
+        if eps is None:  # the training radius when it was a Linf one (the benchmark's attacks are Linf)
+            eps = config.get("eps", 8 / 255) if config.get("attack_norm", "Linf") == "Linf" else 8 / 255
+        description = (f"{loaded.path} ({config.get('dataset', 'cifar10')}, route {loaded.route() or '-'}), "
+                       f"first {len(y)} test images")
+        return cls(loaded.model, loaded.route(), x, y, eps, description)
+
+
+def time_variant(spec: dict[str, Any]) -> dict[str, float]:
+    """Run one variant of ``spec`` on its :class:`Case` and time the call alone (model and images are ready, the
+    baselines' model folded, before the clock starts): ``{"seconds", "robust_acc"}``."""
+    torch.set_num_threads(spec["threads"])
+    case = Case.build(*spec["case"])
+    model, route, x, y, eps, seed = case.model, case.route, case.x, case.y, case.eps, spec["seed"]
+    folded = fold_route(model, route)
+    common = dict(route=route, seed=seed, clean_route=None, progress=False)
+    variant, batch_size = spec["variant"], spec["batch_size"]
+
+    def autoattack(form: str) -> float:
+        return evaluate(model, x, y, eps, attack="autoattack", version=spec["version"], aa_attacks=spec["attacks"],
+                        batch_size=len(x), numerics=form, **common).robust_acc
+    calls: dict[str, Callable[[], float]] = {
+        "pyautoattack": lambda: _pyautoattack(folded, x, y, eps, spec["version"], spec["attacks"] or [], seed,
+                                              len(x)),
+        "pgd-10": lambda: evaluate(model, x, y, eps, attack="pgd-10", batch_size=batch_size, **common).robust_acc,
+        "torchattacks-pgd": lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size),
+    }
+    calls.update({f"autoattack {form}": functools.partial(autoattack, form) for form in NUMERICS})
+    start = time.perf_counter()
+    robust_acc = calls[variant]()
+    return {"seconds": time.perf_counter() - start, "robust_acc": robust_acc}
+
+
+def _in_fresh_process(spec: dict[str, Any]) -> Callable[[], float]:
+    """A call that runs :func:`time_variant` on ``spec`` in a new Python process (so that no variant inherits
+    another's allocator settings, caches or heap) and returns the seconds it measured; the robust accuracy lands
+    in ``spec["robust_acc"]``."""
+    code = ("import json, sys; from robust_sabn.bench.eval import time_variant; "
+            "print(json.dumps(time_variant(json.load(sys.stdin))))")
+
+    def call() -> float:
+        done = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"bench eval variant {spec['variant']!r} failed: {done.stderr[-2000:]}")
+        result = json.loads(done.stdout.splitlines()[-1])
+        spec["robust_acc"] = result["robust_acc"]
+        return result["seconds"]
+    return call
+
+
 def _eval_command(checkpoint: str, out: Path, attack: str, n: int, batch_size: int, eps: float, seed: int,
-                  processes: int, threads: int) -> Callable[[], dict]:
+                  processes: int, threads: int, results: dict[str, Any], label: str) -> Callable[[], None]:
     """Run ``robust-sabn eval`` on ``checkpoint`` as a user would, in ``processes`` torchrun processes (or one plain
-    process) of ``threads`` threads each; the call returns the report's per-image results."""
+    process) of ``threads`` threads each; each call stores the report's per-image results in ``results[label]``."""
     launcher = [sys.executable, "-m", "robust_sabn"]
     if processes > 1:
         launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={processes}",
@@ -91,12 +168,12 @@ def _eval_command(checkpoint: str, out: Path, attack: str, n: int, batch_size: i
             str(batch_size), "--eps", repr(eps), "--seed", str(seed), "--device", "cpu", "--no-progress", "--out",
             str(out)]
 
-    def call() -> dict:
+    def call() -> None:
         done = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True,
                               text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr[-2000:]}")
-        return json.loads(out.with_name(out.name + ".json").read_text())["per_image"]
+        results[label] = json.loads(out.with_name(out.name + ".json").read_text())["per_image"]
     return call
 
 
@@ -108,66 +185,52 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
     checkpoint's training eps, else 8/255. ``numerics``: the forms robust-sabn's AutoAttack runs in (one row each).
     ``sharded_attack`` (None: no sharded rows) is the attack of the ``robust-sabn eval`` commands timed with 2
     processes and with 1, on a checkpoint only."""
-    torch.manual_seed(seed)
-    if checkpoint is None:
-        model, x, y, case = synthetic_case(width, n, image_size)
-        route, eps = "adv", 8 / 255 if eps is None else eps
-    else:
-        loaded = load_trained_model(checkpoint)
-        model, route, config = loaded.model, loaded.route(), loaded.config
-        x, y = test_images(config.get("dataset", "cifar10"), config.get("data_dir"), n)
-        if eps is None:  # the training radius when it was a Linf one (the benchmark's attacks are Linf)
-            eps = config.get("eps", 8 / 255) if config.get("attack_norm", "Linf") == "Linf" else 8 / 255
-        case = f"{loaded.path} ({config.get('dataset', 'cifar10')}, route {route or '-'}), first {len(y)} test images"
-    folded = fold_route(model, route)
-    acc: dict[str, Any] = {}
-
-    def run(label: str, fn: Callable[[], Any]) -> Callable[[], None]:
-        def call() -> None:
-            acc[label] = fn()
-        return call
-
-    common = dict(route=route, seed=seed, clean_route=None, progress=False)
-
-    def ours(form: str) -> Callable[[], float]:
-        return lambda: evaluate(model, x, y, eps, attack="autoattack", version=version, aa_attacks=attacks,
-                                batch_size=len(x), numerics=form, **common).robust_acc
-
-    variants = {f"AutoAttack via robust-sabn ({form})": run(form, ours(form)) for form in numerics}
-    variants.update({
-        "pyautoattack directly": run("aa direct", lambda: _pyautoattack(
-            folded, x, y, eps, version, attacks or [], seed, len(x))),
-        "PGD-10 via robust-sabn": run("pgd ours", lambda: evaluate(
-            model, x, y, eps, attack="pgd-10", batch_size=batch_size, **common).robust_acc),
-        "torchattacks PGD-10": run("pgd direct", lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size)),
-    })
+    case = Case.build(checkpoint, width, n, image_size, eps, seed)
+    threads = torch.get_num_threads()
+    specs = {variant: dict(case=[checkpoint, width, n, image_size, case.eps, seed], variant=variant, seed=seed,
+                           version=version, attacks=attacks, batch_size=batch_size, threads=threads)
+             for variant in [*(f"autoattack {form}" for form in numerics), "pyautoattack", "pgd-10",
+                             "torchattacks-pgd"]}
+    variants: dict[str, Callable[[], Any]] = {variant: _in_fresh_process(spec) for variant, spec in specs.items()}
     cores = len(os.sched_getaffinity(0))
     shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
+    per_image: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
         if checkpoint is not None and sharded_attack is not None:
-            variants.update({label: run(label, _eval_command(checkpoint, Path(scratch) / label.replace(" ", ""),
-                                                             sharded_attack, len(y), batch_size, eps, seed, *setting))
-                             for label, setting in shards.items()})
-        times = interleaved_medians(variants, repeats=repeats, warmup=warmup)
+            variants.update({label: _timed(_eval_command(
+                checkpoint, Path(scratch) / label.replace(" ", ""), sharded_attack, len(case.y), batch_size,
+                case.eps, seed, *setting, per_image, label)) for label, setting in shards.items()})
+        times = interleaved_medians(variants, repeats=repeats, warmup=warmup, reported=True)
+    acc = {variant: spec["robust_acc"] for variant, spec in specs.items()}
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
-    direct = times["pyautoattack directly"]
-    rows = [[f"{label}, numerics {form}", times[f"AutoAttack via robust-sabn ({form})"], direct,
-             times[f"AutoAttack via robust-sabn ({form})"] / direct, TARGETS["autoattack"] if form == "exact" else "",
-             f"{100 * acc[form]:.2f} / {100 * acc['aa direct']:.2f}"] for form in numerics]
-    rows.append(["PGD-10 (eps/4 steps)", times["PGD-10 via robust-sabn"], times["torchattacks PGD-10"],
-                 times["PGD-10 via robust-sabn"] / times["torchattacks PGD-10"], TARGETS["pgd-10"],
-                 f"{100 * acc['pgd ours']:.2f} / {100 * acc['pgd direct']:.2f}"])
-    if "2 x 1" in acc:
-        robust = f"{100 * acc['2 x 1']['robust'].count('1') / len(y):.2f}"
+    direct = times["pyautoattack"]
+    rows = [[f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
+             TARGETS["autoattack"] if form == "exact" else "",
+             f"{100 * acc[f'autoattack {form}']:.2f} / {100 * acc['pyautoattack']:.2f}"] for form in numerics]
+    rows.append(["PGD-10 (eps/4 steps)", times["pgd-10"], times["torchattacks-pgd"],
+                 times["pgd-10"] / times["torchattacks-pgd"], TARGETS["pgd-10"],
+                 f"{100 * acc['pgd-10']:.2f} / {100 * acc['torchattacks-pgd']:.2f}"])
+    if "2 x 1" in per_image:
+        robust = f"{100 * per_image['2 x 1']['robust'].count('1') / len(case.y):.2f}"
         for baseline in list(shards)[1:]:
-            same = "identical" if acc[baseline] == acc["2 x 1"] else "DIFFERENT"
+            same = "identical" if per_image[baseline] == per_image["2 x 1"] else "DIFFERENT"
             rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
                          f"thread(s)", times["2 x 1"], times[baseline], times["2 x 1"] / times[baseline], "",
                          f"{robust} ({same} per-image results)"])
-    header = (f"{case}, batch {batch_size}, Linf eps {eps:.4f}, median of {repeats}, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+    header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, median of {repeats}, "
+              f"{threads} threads, torch {torch.__version__}; each library call in a fresh process, timed without "
+              f"its start-up\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
                                     "robust acc % (ours / baseline)"], rows)
+
+
+def _timed(call: Callable[[], None]) -> Callable[[], float]:
+    """``call`` timed whole (a command, start-up included), in the form interleaved_medians(reported=True) reads."""
+    def timed() -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+    return timed
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,10 +7,11 @@ from collections.abc import Callable, Mapping
 
 
 def interleaved_medians(variants: Mapping[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
-                        wait: Callable[[], None] = lambda: None) -> dict[str, float]:
+                        wait: Callable[[], None] = lambda: None, reported: bool = False) -> dict[str, float]:
     """Median seconds per call of each variant; one call of every variant per round, so that machine load
     drifting during the run affects all of them alike. ``wait`` finishes queued work (``torch.cuda.synchronize``
-    for GPU variants) before a clock is read."""
+    for GPU variants) before a clock is read. With ``reported``, each call returns its own seconds (a subprocess
+    that times its work without its start-up) and those are the samples."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
@@ -19,7 +20,7 @@ def interleaved_medians(variants: Mapping[str, Callable[[], object]], repeats: i
         for name, fn in variants.items():
             wait()
             start = time.perf_counter()
-            fn()
+            seconds = fn()
             wait()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(seconds if reported else time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
