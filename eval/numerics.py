@@ -2,7 +2,8 @@
 
 - ``exact`` (default): the model as saved, float32, no parameter gradients; on CUDA with cuDNN's autotuner
   (``cudnn.benchmark``), which picks the fastest float32 kernel for each shape; on the CPU with freed memory kept
-  in the process (:mod:`robust_sabn.allocator`), which changes no arithmetic.
+  in the process (:mod:`robust_sabn.allocator`) and BatchNorm layers whose backward computes the input gradient
+  alone (:mod:`robust_sabn.eval.batchnorm`), neither of which changes a bit of any result.
 - ``channels-last``: the same float32 arithmetic in the channels_last memory format, which runs other kernels:
   logits differ in the last digits (measured: up to 2e-6 on the quickstart's model), so a borderline point can
   change. Refused on the CPU for models oneDNN mishandles in that format (robust_sabn.memory_format).
@@ -21,6 +22,7 @@ from torch import nn
 from ..allocator import keep_freed_memory
 from ..errors import ConfigError
 from ..memory_format import choose_memory_format
+from .batchnorm import with_input_grad_batchnorm
 
 NUMERICS = {
     "exact": "float32, the model's own memory format",
@@ -49,11 +51,14 @@ def check_numerics(numerics: str) -> str:
 
 @contextmanager
 def evaluation_form(model: nn.Module, device: torch.device, numerics: str = "exact") -> Iterator[nn.Module]:
-    """``model`` (frozen, on ``device``) in the form ``numerics``; on CUDA cuDNN's autotuner is on inside the block
-    and restored afterwards; on the CPU freed memory stays in the process from then on."""
+    """``model`` (a frozen copy, on ``device``; changed in place) in the form ``numerics``; on CUDA cuDNN's
+    autotuner is on inside the block and restored afterwards; on the CPU freed memory stays in the process from
+    then on."""
     check_numerics(numerics)
     if device.type == "cpu":
         keep_freed_memory()
+        if numerics == "exact":
+            model = with_input_grad_batchnorm(model)
     if numerics == "channels-last":
         choose_memory_format(model, device, requested=True)  # one-line error for models oneDNN gets wrong
         model = model.to(memory_format=torch.channels_last)

@@ -1,4 +1,5 @@
 """robust_sabn.eval.evaluate: the real AutoAttack, both protocols, flags, reproducibility, bad input."""
+import platform
 import random
 import sys
 import types
@@ -264,3 +265,34 @@ def test_faster_numerics_are_asked_for_by_name_and_named_in_the_report():
                  numerics="channels-last", device="cpu")
     with pytest.raises(ConfigError, match="unknown numerics 'fp8'"):
         evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", numerics="fp8")
+
+
+ALLOCATION_LOOP = """
+import resource, sys, torch
+if sys.argv[1] == "evaluate":
+    from helpers import images_labelled_by, routed_model
+    from robust_sabn.eval import evaluate
+    model = routed_model()
+    evaluate(model, *images_labelled_by(model), 8 / 255, attack="pgd-1", route="adv", progress=False, device="cpu")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(16 << 20).fill_(1.0)  # 64 MiB, allocated, written and freed
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="counts the page faults that glibc's malloc causes")
+def test_an_evaluation_on_the_cpu_keeps_freed_memory_for_the_next_step(tmp_path):
+    """After evaluate() on the CPU, freeing and re-allocating a large tensor costs no fresh pages (the arithmetic is
+    untouched: test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model runs with it)."""
+    import subprocess
+    from pathlib import Path
+
+    faults = {}
+    for case in ("plain", "evaluate"):
+        done = subprocess.run([sys.executable, "-c", ALLOCATION_LOOP, case], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True)
+        faults[case] = int(done.stdout.split()[-1])
+    pages = 10 * (64 << 20) // 4096
+    assert faults["plain"] > pages / 2  # glibc's default: each 64 MiB block mapped afresh
+    assert faults["evaluate"] < 3 * pages / 10  # the heap's first growth only (measured: two blocks' worth)
