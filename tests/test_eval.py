@@ -1,8 +1,10 @@
 """robust_sabn.eval.evaluate: the real AutoAttack, both protocols, flags, reproducibility, bad input."""
 import platform
 import random
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,9 +287,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_an_evaluation_on_the_cpu_keeps_freed_memory_for_the_next_step(tmp_path):
     """After evaluate() on the CPU, freeing and re-allocating a large tensor costs no fresh pages (the arithmetic is
     untouched: test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model runs with it)."""
-    import subprocess
-    from pathlib import Path
-
     faults = {}
     for case in ("plain", "evaluate"):
         done = subprocess.run([sys.executable, "-c", ALLOCATION_LOOP, case], capture_output=True, text=True,

@@ -120,29 +120,30 @@ def time_variant(spec: dict[str, Any]) -> dict[str, float]:
     torch.set_num_threads(spec["threads"])
     case = Case.build(*spec["case"])
     model, route, x, y, eps, seed = case.model, case.route, case.x, case.y, case.eps, spec["seed"]
-    folded = fold_route(model, route)
-    common = dict(route=route, seed=seed, clean_route=None, progress=False)
     variant, batch_size = spec["variant"], spec["batch_size"]
 
-    def autoattack(form: str) -> float:
-        return evaluate(model, x, y, eps, attack="autoattack", version=spec["version"], aa_attacks=spec["attacks"],
-                        batch_size=len(x), numerics=form, **common).robust_acc
-    calls: dict[str, Callable[[], float]] = {
-        "pyautoattack": lambda: _pyautoattack(folded, x, y, eps, spec["version"], spec["attacks"] or [], seed,
-                                              len(x)),
-        "pgd-10": lambda: evaluate(model, x, y, eps, attack="pgd-10", batch_size=batch_size, **common).robust_acc,
-        "torchattacks-pgd": lambda: _torchattacks_pgd(folded, x, y, eps, seed, batch_size),
-    }
-    calls.update({f"autoattack {form}": functools.partial(autoattack, form) for form in NUMERICS})
+    def ours(**settings: Any) -> float:
+        return evaluate(model, x, y, eps, route=route, seed=seed, clean_route=None, progress=False,
+                        **settings).robust_acc
+    if variant.startswith("autoattack "):
+        call = functools.partial(ours, attack="autoattack", version=spec["version"], aa_attacks=spec["attacks"],
+                                 batch_size=len(x), numerics=variant.removeprefix("autoattack "))
+    elif variant == "pgd-10":
+        call = functools.partial(ours, attack="pgd-10", batch_size=batch_size)
+    else:  # a library called directly, on the model folded before the clock starts
+        folded = fold_route(model, route)
+        call = {"pyautoattack": functools.partial(_pyautoattack, folded, x, y, eps, spec["version"],
+                                                  spec["attacks"] or [], seed, len(x)),
+                "torchattacks-pgd": functools.partial(_torchattacks_pgd, folded, x, y, eps, seed, batch_size)}[variant]
     start = time.perf_counter()
-    robust_acc = calls[variant]()
+    robust_acc = call()
     return {"seconds": time.perf_counter() - start, "robust_acc": robust_acc}
 
 
-def _in_fresh_process(spec: dict[str, Any]) -> Callable[[], float]:
+def _in_fresh_process(spec: dict[str, Any], results: dict[str, Any]) -> Callable[[], float]:
     """A call that runs :func:`time_variant` on ``spec`` in a new Python process (so that no variant inherits
     another's allocator settings, caches or heap) and returns the seconds it measured; the robust accuracy lands
-    in ``spec["robust_acc"]``."""
+    in ``results[spec["variant"]]``."""
     code = ("import json, sys; from robust_sabn.bench.eval import time_variant; "
             "print(json.dumps(time_variant(json.load(sys.stdin))))")
 
@@ -151,7 +152,7 @@ def _in_fresh_process(spec: dict[str, Any]) -> Callable[[], float]:
         if done.returncode != 0:
             raise RuntimeError(f"bench eval variant {spec['variant']!r} failed: {done.stderr[-2000:]}")
         result = json.loads(done.stdout.splitlines()[-1])
-        spec["robust_acc"] = result["robust_acc"]
+        results[spec["variant"]] = result["robust_acc"]
         return result["seconds"]
     return call
 
@@ -191,29 +192,28 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
                            version=version, attacks=attacks, batch_size=batch_size, threads=threads)
              for variant in [*(f"autoattack {form}" for form in numerics), "pyautoattack", "pgd-10",
                              "torchattacks-pgd"]}
-    variants: dict[str, Callable[[], Any]] = {variant: _in_fresh_process(spec) for variant, spec in specs.items()}
+    results: dict[str, Any] = {}  # robust accuracy of each library variant, per-image results of each command
+    variants = {variant: _in_fresh_process(spec, results) for variant, spec in specs.items()}
     cores = len(os.sched_getaffinity(0))
     shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
-    per_image: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
         if checkpoint is not None and sharded_attack is not None:
             variants.update({label: _timed(_eval_command(
                 checkpoint, Path(scratch) / label.replace(" ", ""), sharded_attack, len(case.y), batch_size,
-                case.eps, seed, *setting, per_image, label)) for label, setting in shards.items()})
+                case.eps, seed, *setting, results, label)) for label, setting in shards.items()})
         times = interleaved_medians(variants, repeats=repeats, warmup=warmup, reported=True)
-    acc = {variant: spec["robust_acc"] for variant, spec in specs.items()}
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
     direct = times["pyautoattack"]
     rows = [[f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
              TARGETS["autoattack"] if form == "exact" else "",
-             f"{100 * acc[f'autoattack {form}']:.2f} / {100 * acc['pyautoattack']:.2f}"] for form in numerics]
+             f"{100 * results[f'autoattack {form}']:.2f} / {100 * results['pyautoattack']:.2f}"] for form in numerics]
     rows.append(["PGD-10 (eps/4 steps)", times["pgd-10"], times["torchattacks-pgd"],
                  times["pgd-10"] / times["torchattacks-pgd"], TARGETS["pgd-10"],
-                 f"{100 * acc['pgd-10']:.2f} / {100 * acc['torchattacks-pgd']:.2f}"])
-    if "2 x 1" in per_image:
-        robust = f"{100 * per_image['2 x 1']['robust'].count('1') / len(case.y):.2f}"
+                 f"{100 * results['pgd-10']:.2f} / {100 * results['torchattacks-pgd']:.2f}"])
+    if "2 x 1" in results:
+        robust = f"{100 * results['2 x 1']['robust'].count('1') / len(case.y):.2f}"
         for baseline in list(shards)[1:]:
-            same = "identical" if per_image[baseline] == per_image["2 x 1"] else "DIFFERENT"
+            same = "identical" if results[baseline] == results["2 x 1"] else "DIFFERENT"
             rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
                          f"thread(s)", times["2 x 1"], times[baseline], times["2 x 1"] / times[baseline], "",
                          f"{robust} ({same} per-image results)"])
