@@ -15,18 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchattacks.attack import Attack
 
-from ..constants import ATTACK_NORMS, BN_MODES
+from ..constants import BN_MODES
 from ..errors import ConfigError, RouteError
 from ..nn import routes_of, use_route
-
-
-def check_eps(eps: float, norm: str = "Linf") -> float:
-    """``eps`` must be non-negative, and at most 1 for Linf (inputs live in [0, 1])."""
-    eps = float(eps)
-    if eps < 0 or (norm == "Linf" and eps > 1):
-        bound = "between 0 and 1 (inputs are in [0, 1]; e.g. 8/255)" if norm == "Linf" else "non-negative"
-        raise ConfigError(f"attack eps must be {bound}, got {eps}")
-    return eps
+from ..registry import choose
+from ..threat import ATTACK_NORMS, Threat
 
 
 def check_positive(name: str, value: float) -> float:
@@ -42,16 +35,8 @@ def check_steps(steps: int) -> int:
     return steps
 
 
-def check_norm(norm: str) -> str:
-    if norm not in ATTACK_NORMS:
-        raise ConfigError(f"unknown attack norm {norm!r}; choose one of {list(ATTACK_NORMS)}")
-    return norm
-
-
 def check_bn_mode(bn_mode: str) -> str:
-    if bn_mode not in BN_MODES:
-        raise ConfigError(f"unknown bn_mode {bn_mode!r}; choose one of {list(BN_MODES)}")
-    return bn_mode
+    return choose(bn_mode, BN_MODES, "bn_mode")
 
 
 @contextmanager
@@ -107,6 +92,16 @@ class RoutedAttack(Attack):
         if route is not None and routes and route not in routes:
             raise RouteError(f"unknown attack route {route!r}; this model's routes are {list(routes)}")
         return route
+
+    @property
+    def threat(self) -> Threat:
+        """The threat model the attack runs in."""
+        return Threat(self.norm, self.eps)
+
+    def set_threat(self, norm: str, eps: float | str) -> None:
+        """Validate and keep ``norm`` and ``eps`` (torchattacks' attribute names) as one :class:`Threat`."""
+        threat = Threat(norm, eps).require(ATTACK_NORMS, self.attack)
+        self.norm, self.eps = threat.norm, threat.eps
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         """What the attack ascends: cross-entropy on ``labels``, or minus cross-entropy on ``target`` (targeted)."""

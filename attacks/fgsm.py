@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import check_eps
+from ..threat import Threat
 from .pgd import PGD
 
 
@@ -22,7 +22,7 @@ class FGSM(PGD):
         route: str | None = None,
         bn_mode: str = "eval",
     ) -> None:
-        alpha = 1.25 * check_eps(eps) if alpha is None else alpha
+        alpha = 1.25 * Threat("Linf", eps).eps if alpha is None else alpha
         super().__init__(model, eps, alpha, steps=1, random_start=random_start, norm="Linf",
                          route=route, bn_mode=bn_mode)
         self.attack = "FGSM"

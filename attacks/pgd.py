@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import RoutedAttack, check_eps, check_norm, check_positive, check_steps
+from .base import RoutedAttack, check_positive, check_steps
 
 
 def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
@@ -38,8 +38,7 @@ class PGD(RoutedAttack):
         bn_mode: str = "eval",
     ) -> None:
         super().__init__("PGD", model, route=route, bn_mode=bn_mode)
-        self.norm = check_norm(norm)
-        self.eps = check_eps(eps, norm)
+        self.set_threat(norm, eps)
         self.alpha = check_positive("alpha (step size)", alpha)
         self.steps = check_steps(steps)
         self.random_start = bool(random_start)

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..attacks import CWPGD, PGD
-from ..constants import ATTACK_NORMS, THREAT_MODELS
 from ..errors import ConfigError
 from ..registry import Registry
-from .autoattack import autoattack_backend, check_settings, run_autoattack
+from ..threat import ATTACK_NORMS, THREAT_MODELS, Threat
+from .autoattack import AutoAttackOptions, autoattack_backend, run_autoattack
 from .progress import PassProgress
 
 
@@ -40,8 +41,8 @@ class AttackOutcome:
 
 
 class EvalAttack:
-    """Base class: ``name`` (as reports show it), :meth:`describe`, and :meth:`run` on one batch. ``passes`` is the
-    number of forward passes a batch takes, where it is known (the progress bar's total)."""
+    """Base class: ``name`` (as reports show it), :meth:`describe`, :meth:`options` and :meth:`run` on one batch.
+    ``passes`` is the number of forward passes a batch takes, where it is known (the progress bar's total)."""
 
     name = ""
     norms: tuple[str, ...] = ATTACK_NORMS
@@ -50,17 +51,21 @@ class EvalAttack:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def options(self) -> dict[str, Any]:
+        """The attack's settings beyond its name, as JSON values (for reports and state folders)."""
+        return {}
+
     def backend(self) -> str | None:
         """The library that runs the attack, with its version, where it is not robust-sabn."""
         return None
 
-    def check_norm(self, norm: str) -> None:
-        if norm not in self.norms:
-            raise ConfigError(f"{self.name} runs in the {', '.join(self.norms)} threat models, not {norm}; for L1 "
-                              "use autoattack or apgd-ce")
+    def check_threat(self, threat: Threat) -> None:
+        if threat.norm not in self.norms:
+            raise ConfigError(f"{self.name} runs in the {', '.join(self.norms)} threat models, not {threat.norm}; "
+                              "for L1 use autoattack or apgd-ce")
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, *, eps: float,
-            norm: str, seed: int, device: torch.device, progress: PassProgress) -> AttackOutcome:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, *, threat: Threat,
+            seed: int, device: torch.device, progress: PassProgress) -> AttackOutcome:
         """Attack the images of ``x`` that ``correct`` marks; ``progress`` counts the model's forward passes."""
         raise NotImplementedError
 
@@ -84,12 +89,16 @@ class PGDEval(EvalAttack):
         loss = "cross-entropy" if self.loss == "pgd" else "CW margin loss (kappa 50)"
         return f"PGD-{self.steps} on the {loss}, step eps/4, random start"
 
-    def run(self, model, x, y, correct, *, eps, norm, seed, device, progress) -> AttackOutcome:
+    def options(self) -> dict[str, Any]:
+        return {"steps": self.steps, "loss": self.loss}
+
+    def run(self, model, x, y, correct, *, threat, seed, device, progress) -> AttackOutcome:
         robust, adversarial, predictions = torch.zeros_like(correct), x.clone(), torch.full_like(y, -1)
         (todo,) = correct.nonzero(as_tuple=True)
         if len(todo):
             cls = PGD if self.loss == "pgd" else CWPGD
-            adversary = cls(model, eps=eps, alpha=eps / 4, steps=self.steps, random_start=True, norm=norm)
+            adversary = cls(model, eps=threat.eps, alpha=threat.eps / 4, steps=self.steps, random_start=True,
+                            norm=threat.norm)
             xb, yb = x[todo].to(device), y[todo].to(device)
             adv = adversary(xb, yb)
             with torch.no_grad():
@@ -103,35 +112,35 @@ class PGDEval(EvalAttack):
 class AutoAttackEval(EvalAttack):
     """The real AutoAttack, unchanged, on the batch (see :func:`robust_sabn.eval.autoattack.run_autoattack`)."""
 
-    version: str = "standard"
-    aa_attacks: tuple[str, ...] | None = None  # for version "custom"
-    restarts: int | None = None  # APGD's restarts (None: the version's)
+    settings: AutoAttackOptions = field(default_factory=AutoAttackOptions)
     label: str = "autoattack"
-    standard_apgd: bool = False  # APGD as in the standard version of the threat model (the "apgd-ce" check)
     norms = THREAT_MODELS
-
-    def __post_init__(self) -> None:
-        check_settings(self.version, self.aa_attacks, self.restarts)
 
     @property
     def name(self) -> str:
         return self.label
+
+    @property
+    def version(self) -> str:
+        return self.settings.version
 
     def describe(self) -> str:
         if self.label == "apgd-ce":
             return "APGD-CE (AutoAttack's; 100 iterations; restarts as in its standard version: 1, 5 for L1)"
         if self.version != "custom":
             return f"AutoAttack, {self.version} version"
-        restarts = f", APGD restarts {self.restarts}" if self.restarts is not None else ""
-        return f"AutoAttack, custom version ({', '.join(self.aa_attacks)}{restarts})"
+        restarts = f", APGD restarts {self.settings.restarts}" if self.settings.restarts is not None else ""
+        return f"AutoAttack, custom version ({', '.join(self.settings.attacks)}{restarts})"
+
+    def options(self) -> dict[str, Any]:
+        return {"version": self.version, "aa_attacks": None if self.settings.attacks is None else
+                list(self.settings.attacks), "aa_restarts": self.settings.restarts}
 
     def backend(self) -> str:
         return autoattack_backend().name
 
-    def run(self, model, x, y, correct, *, eps, norm, seed, device, progress) -> AttackOutcome:
-        result = run_autoattack(model, x, y, eps=eps, norm=norm, version=self.version, seed=seed, batch_size=len(x),
-                                attacks=self.aa_attacks, device=device, progress=progress, restarts=self.restarts,
-                                standard_apgd=self.standard_apgd)
+    def run(self, model, x, y, correct, *, threat, seed, device, progress) -> AttackOutcome:
+        result = run_autoattack(model, x, y, threat, self.settings, seed=seed, device=device, progress=progress)
         return AttackOutcome(result.robust & correct, result.broken, result.flags, result.seconds, result.attacks,
                              result.backend, result.adversarial, result.predictions)
 
@@ -154,13 +163,13 @@ def _steps(name: str, steps: int | None) -> int:
 def _autoattack(steps: int | None, version: str = "standard", aa_attacks: Sequence[str] | None = None,
                 aa_restarts: int | None = None) -> EvalAttack:
     _no_steps("autoattack", steps)
-    return AutoAttackEval(version, tuple(aa_attacks) if aa_attacks else None, aa_restarts)
+    return AutoAttackEval(AutoAttackOptions(version, tuple(aa_attacks) if aa_attacks else None, aa_restarts))
 
 
 @EVAL_ATTACKS.register("apgd-ce")
 def _apgd_ce(steps: int | None) -> EvalAttack:
     _no_steps("apgd-ce", steps)
-    return AutoAttackEval("custom", ("apgd-ce",), label="apgd-ce", standard_apgd=True)
+    return AutoAttackEval(AutoAttackOptions("custom", ("apgd-ce",), standard_apgd=True), label="apgd-ce")
 
 
 @EVAL_ATTACKS.register("pgd")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ from torch import nn
 from ..constants import AA_ATTACKS, AA_VERSIONS
 from ..devices import model_device
 from ..errors import ConfigError
+from ..registry import choose
+from ..threat import Threat
 from .progress import PassProgress
 
 _BATCH_LINE = re.compile(r"^(?P<attack>[\w-]+) - (?P<batch>\d+)/(?P<batches>\d+) - (?P<broken>\d+) out of \d+ ")
@@ -58,11 +61,12 @@ class AttackLog:
     """Stands in for AutoAttack's logger (upstream calls ``log``; pyautoattack uses logging's methods): keeps the
     warnings, counts the points each attack breaks, and names the running attack on the progress bar."""
 
-    def __init__(self, progress: PassProgress | None = None) -> None:
+    def __init__(self, progress: PassProgress | None = None, passes: dict[str, int] | None = None) -> None:
         self.flags: list[str] = []
         self.broken: dict[str, int] = {}
         self.finished: dict[str, float] = {}  # attack -> perf_counter() at its last batch
         self.progress = progress
+        self.passes = passes or {}  # attack -> the forward passes it takes on one batch (the bar's total)
 
     def log(self, message: str) -> None:
         message = str(message)
@@ -80,7 +84,7 @@ class AttackLog:
         message = str(message) % args if args else str(message)
         running = _RUNNING_LINE.match(message)
         if running is not None and self.progress is not None:
-            self.progress.phase(running["attack"])
+            self.progress.phase(running["attack"], self.passes.get(running["attack"]))
         match = _BATCH_LINE.match(message)
         if match is None:
             return
@@ -123,55 +127,80 @@ def per_attack_accuracy(attacks: Sequence[str], broken: dict[str, int], correct:
     return accuracies
 
 
-def check_settings(version: str, attacks: Sequence[str] | None, restarts: int | None) -> None:
-    """One-line errors for an unknown version, a custom version without known attacks, or bad restarts."""
-    if version not in AA_VERSIONS:
-        raise ConfigError(f"unknown AutoAttack version {version!r}; choose one of {list(AA_VERSIONS)}")
-    if version == "custom":
-        unknown = [a for a in attacks or () if a not in AA_ATTACKS]
-        if not attacks or unknown:
-            raise ConfigError(f"version 'custom' needs attacks from {list(AA_ATTACKS)}, got {list(attacks or ())}")
-    if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1):
-        raise ConfigError(f"APGD restarts must be a positive integer, got {restarts!r}")
+@dataclass(frozen=True)
+class AutoAttackOptions:
+    """Which AutoAttack runs: a ``version`` (standard, plus, rand, or custom with ``attacks``), APGD's ``restarts``
+    (None: the version's), and ``standard_apgd``: APGD with the standard version's settings for the threat model
+    (robust-sabn's "apgd-ce" check: 1 restart for Linf and L2; for L1, 5 restarts and APGD-L1's schedule of
+    growing radii, ``use_largereps``). Checked when made."""
+
+    version: str = "standard"
+    attacks: tuple[str, ...] | None = None
+    restarts: int | None = None
+    standard_apgd: bool = False
+
+    def __post_init__(self) -> None:
+        choose(self.version, AA_VERSIONS, "AutoAttack version")
+        if self.version == "custom":
+            unknown = [a for a in self.attacks or () if a not in AA_ATTACKS]
+            if not self.attacks or unknown:
+                raise ConfigError(f"version 'custom' needs attacks from {list(AA_ATTACKS)}, "
+                                  f"got {list(self.attacks or ())}")
+            object.__setattr__(self, "attacks", tuple(self.attacks))
+        else:
+            object.__setattr__(self, "attacks", None)
+        restarts = self.restarts
+        if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1):
+            raise ConfigError(f"APGD restarts must be a positive integer, got {restarts!r}")
 
 
-def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
-                   version: str = "standard", seed: int = 0, batch_size: int = 250,
-                   attacks: Sequence[str] | None = None, device: torch.device | str | None = None,
-                   progress: bool | PassProgress = True, restarts: int | None = None,
-                   standard_apgd: bool = False) -> AutoAttackResult:
-    """AutoAttack ``version`` (``attacks`` for "custom") on a deterministic ``model`` in eval mode.
+def attack_passes(adversary: Any) -> dict[str, int]:
+    """The model's forward passes each attack of a pyautoattack-style ``adversary`` takes on one batch: exact for
+    APGD and FAB, which run all their iterations (as counted on pyautoattack 0.2.0), an upper bound for Square,
+    which stops once every point is broken. The progress bar's total, from which it estimates the time left."""
+    apgd, targeted, fab, square = adversary.apgd, adversary.apgd_targeted, adversary.fab, adversary.square
+    one_apgd = apgd.n_restarts * (apgd.n_iter + 1) + 2
+    one_fab = fab.n_restarts * (2 * fab.n_iter + 2) + 2
+    return {"apgd-ce": one_apgd, "apgd-dlr": one_apgd,
+            "apgd-t": targeted.n_target_classes * targeted.n_restarts * (targeted.n_iter + 2) + 2,
+            "fab": one_fab, "fab-t": fab.n_target_classes * (2 * fab.n_iter + 3) + 2,
+            "square": square.n_restarts * square.n_queries + 4}
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
+                   options: AutoAttackOptions = AutoAttackOptions(), *, seed: int = 0,
+                   device: torch.device | str | None = None,
+                   progress: bool | PassProgress = True) -> AutoAttackResult:
+    """AutoAttack as ``options`` say, in ``threat``, on a deterministic ``model`` in eval mode, all of ``x`` in one
+    batch.
 
     ``device`` defaults to the model's (the images may live anywhere, e.g. a CUDA model and CPU test images).
-    ``restarts`` overrides APGD's restarts. ``standard_apgd`` gives APGD the standard version's settings for
-    ``norm`` (robust-sabn's "apgd-ce" check): 1 restart for Linf and L2; for L1, 5 restarts and the schedule of
-    growing radii of APGD-L1 (``use_largereps``). ``progress`` is a bar of :class:`PassProgress` or a switch.
-    Returns which points stay robust, per-attack robust accuracy, the flags AutoAttack raised and its
-    adversarial points.
+    ``progress`` is a bar of :class:`PassProgress` or a switch. Returns which points stay robust, per-attack robust
+    accuracy, the flags AutoAttack raised and its adversarial points.
     """
-    check_settings(version, attacks, restarts)
     backend = autoattack_backend()
     device = device if device is not None else model_device(model)
-    adversary = backend.AutoAttack(model, norm=norm, eps=eps, seed=seed, verbose=False, version=version,
-                                   attacks_to_run=list(attacks) if version == "custom" else [], device=device)
+    norm, eps = threat.norm, threat.eps
+    adversary = backend.AutoAttack(model, norm=norm, eps=eps, seed=seed, verbose=False, version=options.version,
+                                   attacks_to_run=list(options.attacks or ()), device=device)
     adversary.verbose = True  # per-batch lines go to the recorder, not to stdout
-    if standard_apgd:
+    if options.standard_apgd:
         adversary.apgd.n_restarts = 5 if norm == "L1" else 1
         adversary.apgd.use_largereps = norm == "L1"
-    if restarts is not None:
-        adversary.apgd.n_restarts = restarts
+    if options.restarts is not None:
+        adversary.apgd.n_restarts = options.restarts
     to_run = list(adversary.attacks_to_run)
     bar = nullcontext(progress) if isinstance(progress, PassProgress) else PassProgress(model, "AutoAttack",
                                                                                          enabled=progress)
     start = time.perf_counter()
     with bar as bar:
-        log = AttackLog(bar)
+        log = AttackLog(bar, attack_passes(adversary))
         for owner in (adversary, adversary.apgd, adversary.apgd_targeted):
             owner.logger = log
-        x_adv, y_adv = adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
+        x_adv, y_adv = adversary.run_standard_evaluation(x, y, bs=len(x), return_labels=True)
     robust = (y_adv.to(y.device) == y)
     x_adv = x_adv.to(x.device)
-    _check_perturbation(x, x_adv, eps, norm, log)
+    _check_perturbation(x, x_adv, threat, log)
 
     seconds, previous = {}, start
     for attack in to_run:
@@ -189,8 +218,9 @@ def perturbation_size(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return delta.norm(p=2 if norm == "L2" else 1, dim=1)
 
 
-def _check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, log: AttackLog) -> None:
+def _check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, threat: Threat, log: AttackLog) -> None:
     """Flag adversarial points outside the threat model (they would make the robust accuracy meaningless)."""
+    norm, eps = threat.norm, threat.eps
     size = perturbation_size(x_adv - x, norm)
     if (size > eps + 1e-5 * max(1.0, eps)).any() or x_adv.min() < 0 or x_adv.max() > 1:
         log.warning(f"adversarial points outside the {norm} ball of radius {eps:.5f} or outside [0, 1] "

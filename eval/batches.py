@@ -15,9 +15,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..batching import batch_slices
 from ..rng import derive_seed
-from .attacks import AttackOutcome, EvalAttack
+from .attacks import AttackOutcome
 from .progress import PassProgress
+from .settings import EvalSettings
 
 SEEDING = "batch i attacked with seed derived from (seed, i) by numpy's SeedSequence; batch 0 with the seed itself"
 
@@ -25,10 +27,6 @@ SEEDING = "batch i attacked with seed derived from (seed, i) by numpy's SeedSequ
 def batch_seed(seed: int, index: int) -> int:
     """The seed of batch ``index``: ``seed`` for batch 0, else a well-mixed seed from (``seed``, ``index``)."""
     return seed if index == 0 else derive_seed(seed, index)
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
 
 
 @dataclass
@@ -69,49 +67,50 @@ def broken_points(x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, robus
             "predictions": predictions[broken].clone()}
 
 
-def run_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: EvalAttack | None, index: int, *,
-              eps: float, norm: str, seed: int, device: torch.device, progress: bool = False, offset: int = 0,
-              keep_adversarials: bool = False, desc: str | None = None) -> BatchResult:
-    """Clean predictions of batch ``index`` (its first image is image ``offset``) and, unless ``attack`` is None
-    or ``eps`` is 0, the attack on its correctly classified images, seeded by :func:`batch_seed`, with a bar
-    ``desc`` counting the model's forward passes (``progress``); ``keep_adversarials`` keeps the points that
-    broke."""
+def run_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int, settings: EvalSettings, *,
+              offset: int = 0, desc: str | None = None) -> BatchResult:
+    """Clean predictions of batch ``index`` (its first image is image ``offset``) and, unless the settings' attack is
+    None or their radius 0, the attack on its correctly classified images, seeded by :func:`batch_seed`, with a bar
+    counting the model's forward passes (with ``settings.progress``), named ``desc``; with
+    ``settings.keep_adversarials`` the result keeps the points that broke. ``settings`` are decided
+    (:meth:`EvalSettings.on`)."""
+    attack, device = settings.attack, settings.device
     start = time.perf_counter()
     correct = predict(model, x, device) == y
     seconds = {"clean": time.perf_counter() - start}
-    if attack is None or eps == 0:
+    if attack is None or settings.threat.eps == 0:
         outcome = AttackOutcome(correct.clone(), adversarial=x, predictions=y)
     else:
-        bseed = batch_seed(seed, index)
+        bseed = batch_seed(settings.seed, index)
         seed_generators(bseed, device)
         start = time.perf_counter()
-        with PassProgress(model, desc or attack.name, attack.passes, enabled=progress) as bar:
-            outcome = attack.run(model, x, y, correct, eps=eps, norm=norm, seed=bseed, device=device, progress=bar)
+        with PassProgress(model, desc or attack.name, attack.passes, enabled=settings.progress) as bar:
+            outcome = attack.run(model, x, y, correct, threat=settings.threat, seed=bseed, device=device,
+                                 progress=bar)
         seconds["attack"] = time.perf_counter() - start
     robust = outcome.robust & correct
     adversarials = None
-    if keep_adversarials:
+    if settings.keep_adversarials:
         adversarials = broken_points(x, y, correct, robust, outcome.adversarial, outcome.predictions, offset)
     return BatchResult(index, correct, robust, outcome.broken, outcome.attacks, outcome.flags,
                        {**seconds, **outcome.seconds}, outcome.backend, adversarials)
 
 
-def robust_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: EvalAttack | None, *, eps: float,
-                  norm: str, seed: int, batch_size: int, device: torch.device, indices: Iterable[int] | None = None,
-                  progress: bool = False, on_batch: Callable[[BatchResult], None] | None = None,
-                  keep_adversarials: bool = False) -> list[BatchResult]:
-    """:func:`run_batch` on the batches ``indices`` (default: all) of ``x``/``y`` split into ``batch_size``;
-    ``on_batch`` sees each result as it is finished (e.g. to store it). With ``progress``, one bar counts the
-    batches and another the model's forward passes within each batch."""
-    total = num_batches(len(x), batch_size)
-    indices = list(range(total) if indices is None else indices)
-    name = getattr(attack, "name", "clean")
+def robust_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, *,
+                  indices: Iterable[int] | None = None,
+                  on_batch: Callable[[BatchResult], None] | None = None) -> list[BatchResult]:
+    """:func:`run_batch` on the batches ``indices`` (default: all) of ``x``/``y`` split into
+    ``settings.batch_size``; ``on_batch`` sees each result as it is finished (e.g. to store it). With progress, one
+    bar counts the batches and another the model's forward passes within each batch."""
+    batches = batch_slices(len(x), settings.batch_size)
+    indices = list(range(len(batches)) if indices is None else indices)
+    name = getattr(settings.attack, "name", "clean")
     results = []
-    for index in tqdm(indices, desc=name, unit="batch", leave=False, disable=not progress or len(indices) < 2):
-        part = slice(index * batch_size, (index + 1) * batch_size)
-        result = run_batch(model, x[part], y[part], attack, index, eps=eps, norm=norm, seed=seed, device=device,
-                           progress=progress, offset=part.start, keep_adversarials=keep_adversarials,
-                           desc=f"{name} batch {index + 1}/{total}")
+    for index in tqdm(indices, desc=name, unit="batch", leave=False,
+                      disable=not settings.progress or len(indices) < 2):
+        part = batches[index]
+        result = run_batch(model, x[part], y[part], index, settings, offset=part.start,
+                           desc=f"{name} batch {index + 1}/{len(batches)}")
         results.append(result)
         if on_batch is not None:
             on_batch(result)

@@ -6,35 +6,29 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..constants import AA_VERSIONS, CLEAN_ROUTE, THREAT_MODELS
+from ..constants import AA_VERSIONS, CLEAN_ROUTE
 from ..data import test_images
 from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
+from ..exporting import reports_dir
 from ..flags import add_common_flags
 from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..mixing import parse_tradeoffs
 from ..model_files import LoadedModel, load_trained_model
-from ..parsing import format_eps, parse_json_object, parse_number_list
+from ..parsing import parse_json_object
 from ..tables import markdown_table
+from ..threat import THREAT_MODELS, Threat
+from .attacks import make_eval_attack
 from .evaluate import evaluate
 from .front import front_table, mixture_front, write_front
 from .numerics import NUMERICS
 from .recalibration import training_recalibration
-from .report import ADVERSARIALS, write_adversarials, write_report
+from .report import ADVERSARIALS, report_stem, write_adversarials, write_report
+from .settings import EvalSettings
 from .state import STATE, remove_state
 from .sweep import eps_sweep, plot_sweep
 
 DEFAULT_SWEEP_ATTACK = "pgd-20"
-
-
-def report_stem(loaded: LoadedModel, out: str | None, attack: str, version: str | None, route: str | None,
-                norm: str, eps: str, numerics: str = "exact") -> Path:
-    if out:
-        path = Path(out)
-        return path.with_suffix("") if path.suffix in (".json", ".md", ".png") else path
-    parts = [loaded.path.stem, attack, version, route or "plain", norm, eps.replace("/", "_"),
-             None if numerics == "exact" else numerics]
-    return loaded.path.parent / "eval" / "-".join(p for p in parts if p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,18 +39,20 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, processes: Processes) -> int:
     loaded = load_trained_model(args.checkpoint, args.model, parse_json_object(args.model_kwargs))
     route = loaded.route(args.route)
-    norm, eps = loaded.threat(args.threat_model, args.eps)
+    threat = loaded.threat(args.threat_model, args.eps)
     dataset = args.dataset or loaded.trained_on() or "cifar10"
     clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
-    sweep = parse_number_list(args.eps_sweep, "--eps-sweep value") if args.eps_sweep else None
+    sweep = [eps for eps in args.eps_sweep.split(",") if eps.strip()] if args.eps_sweep else None
     tradeoffs = route_mix(args, sweep)
-    recalibration = (training_recalibration(loaded, args.recalibrate, eps, norm, args.data_dir, args.seed)
+    recalibration = (training_recalibration(loaded, args.recalibrate, threat, args.data_dir, args.seed)
                      if args.recalibrate is not None else None)  # only with --route-mix (route_mix checks)
-    attack = args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack")
-    version = args.version if attack == "autoattack" else None
+    attack = make_eval_attack(args.attack or (DEFAULT_SWEEP_ATTACK if sweep else "autoattack"), args.version)
+    settings = EvalSettings(threat, attack, args.seed, args.batch_size, processes.device, args.numerics,
+                            args.progress and processes.is_main, processes, args.save_adversarials)
     mixes = "route-mix" + (f"-recalibrated-{args.recalibrate}" if args.recalibrate is not None else "")
-    stem = report_stem(loaded, args.out, attack, version, mixes if tradeoffs else route, norm,
-                       "sweep" if sweep else format_eps(eps, norm), args.numerics)
+    stem = output_stem(args.out) if args.out else report_stem(
+        reports_dir(loaded.path) if loaded.is_export else loaded.path.parent / "eval", loaded.path.stem, settings,
+        mixes if tradeoffs else route or "plain", "sweep" if sweep else None)
     suffixes = [".json", ".md", ".png"] if sweep or tradeoffs else [".json", ".md"]
     if args.save_adversarials and not (sweep or tradeoffs):
         suffixes.append(ADVERSARIALS)
@@ -65,19 +61,16 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     state_dir = stem.with_name(stem.name + STATE)
     x, y = test_images(dataset, args.data_dir or loaded.config.get("data_dir"), args.n_examples)
     loaded.check_images(x, f"{dataset} test images")
-    common = dict(norm=norm, route=route, seed=args.seed, batch_size=args.batch_size, clean_route=clean_route,
-                  device=processes.device, progress=args.progress and processes.is_main, state_dir=state_dir,
-                  processes=processes, save_adversarials=args.save_adversarials, numerics=args.numerics)
     if processes.is_main:
         shards = f", {processes.world_size} processes" if processes.distributed else ""
-        print(f"evaluating {loaded.path} ({loaded.source}) on {len(y)} {dataset} test images, route {route or '-'}"
-              f"{shards}; finished batches are kept in {state_dir} until the report is written", flush=True)
+        print(f"evaluating {loaded.path} ({loaded.source}) on {len(y)} {dataset} test images, route {route or '-'}, "
+              f"{describe_threat(loaded, threat)}{shards}; finished batches are kept in {state_dir} until the report "
+              "is written", flush=True)
     model = loaded.model.to(processes.device)
 
     if tradeoffs is not None:
-        points = mixture_front(model, x, y, eps, tradeoffs, clean_route, route, attack=attack, version=args.version,
-                               recalibration=recalibration,
-                               **{k: v for k, v in common.items() if k != "save_adversarials"})
+        points = mixture_front(model, x, y, tradeoffs, settings, routes=(clean_route, route), state_dir=state_dir,
+                               recalibration=recalibration)
 
         def write() -> None:
             write_front(points, stem, clean_route, route, title=f"{loaded.path}, {len(y)} {dataset} test images",
@@ -88,9 +81,10 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         return 0
 
     if sweep is not None:
-        reports = eps_sweep(model, x, y, sweep, attack=attack, **common)
-        rows = [[r.eps_str, f"{100 * r.clean_acc:.2f}", f"{100 * r.robust_acc:.2f}"] for r in reports]
-        table = markdown_table(["eps", "clean acc (%)", f"{reports[0].attack_description} robust acc (%)"], rows)
+        reports = eps_sweep(model, x, y, sweep, settings, route=route, clean_route=clean_route, state_dir=state_dir)
+        rows = [[r.threat.eps_str, f"{100 * r.clean_acc:.2f}", f"{100 * r.robust_acc:.2f}"] for r in reports]
+        table = markdown_table([f"{threat.norm} eps", "clean acc (%)",
+                                f"{reports[0].attack_description} robust acc (%)"], rows)
 
         def write() -> None:
             with all_or_nothing():
@@ -100,14 +94,15 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
                 plot_sweep(reports, stem.with_name(stem.name + ".png"), title=f"{loaded.path.name}, {len(y)} images")
                 for r in reports:
                     if r.adversarials is not None:
-                        write_adversarials(r, stem.with_name(f"{stem.name}-eps-{r.eps_str.replace('/', '_')}"))
+                        write_adversarials(r, stem.with_name(f"{stem.name}-eps-{r.threat.eps_str.replace('/', '_')}"))
             print(table)
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)
         return 0
 
-    report = evaluate(model, x, y, eps, attack=attack, version=args.version, **common)
+    report = evaluate(model, x, y, settings, route=route, clean_route=clean_route, state_dir=state_dir)
     report.checkpoint, report.source, report.dataset = str(loaded.path), loaded.source, dataset
+    report.trained_threat = loaded.trained.threat
 
     def write() -> None:
         paths = write_report(report, stem)
@@ -117,6 +112,22 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     return 0
 
 
+def output_stem(out: str) -> Path:
+    """``--out`` without a report suffix."""
+    path = Path(out)
+    return path.with_suffix("") if path.suffix in (".json", ".md", ".png") else path
+
+
+def describe_threat(loaded: LoadedModel, threat: Threat) -> str:
+    """"Linf 8/255", with where it came from: the model's training, or the flags ("trained at X")."""
+    trained = loaded.trained.threat
+    if trained == threat:
+        return f"{threat.label} (the radius it was trained for)"
+    if trained is None:
+        return f"{threat.label} (the model's files do not record the radius it was trained for)"
+    return f"{threat.label} (trained at {trained.label})"
+
+
 def route_mix(args: argparse.Namespace, sweep: list | None) -> list[float] | None:
     """The trade-offs of ``--route-mix`` (None without it), after checking it combines with the other flags."""
     if args.route_mix is None:
@@ -124,7 +135,7 @@ def route_mix(args: argparse.Namespace, sweep: list | None) -> list[float] | Non
             raise ConfigError("--recalibrate re-estimates the BN statistics of route mixtures; use it with "
                               "--route-mix, or drop it")
         return None
-    if sweep is not None or args.save_adversarials:
+    if sweep or args.save_adversarials:
         raise ConfigError("--route-mix evaluates one model per mixture at one eps; drop --eps-sweep and "
                           "--save-adversarials, or evaluate one route or mixture at a time")
     return parse_tradeoffs(args.route_mix)

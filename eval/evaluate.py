@@ -17,26 +17,24 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import __version__
-from ..attacks.base import check_eps
-from ..constants import CLEAN_ROUTE, ORACLE_ROUTING, SINGLE_ROUTE, THREAT_MODELS
+from ..constants import CLEAN_ROUTE, ORACLE_ROUTING, SINGLE_ROUTE
 from ..convert import fold_route
-from ..devices import model_device
-from ..distributed import Processes
 from ..errors import ConfigError
 from ..nn import check_model_route
-from ..parsing import format_eps, parse_number
-from ..rng import check_seed, preserved_rng
-from .attacks import make_eval_attack
+from ..provenance import provenance
+from ..rng import preserved_rng
+from ..threat import Threat
+from ..version import __version__
 from .autoattack import per_attack_accuracy
 from .batches import SEEDING, BatchResult
-from .numerics import check_numerics, describe_numerics, evaluation_form
+from .numerics import describe_numerics, evaluation_form
+from .settings import EvalSettings
 from .shards import shared_points
 from .state import EvalState, fingerprint
 
@@ -57,13 +55,9 @@ class EvaluationReport:
 
     attack: str  # "autoattack", "apgd-ce", "pgd-20", ...
     attack_description: str
-    version: str | None  # AutoAttack's version (attack "autoattack" only)
-    aa_attacks: list[str] | None
-    aa_restarts: int | None
+    options: dict[str, Any]  # the attack's settings beyond its name (AutoAttack's version, attacks, restarts)
     backend: str | None  # the AutoAttack implementation that ran
-    norm: str
-    eps: float
-    eps_str: str
+    threat: Threat
     route: str | None
     n: int
     seed: int
@@ -84,19 +78,29 @@ class EvaluationReport:
     checkpoint: str | None = None  # where the model came from (set by the command line)
     source: str | None = None
     dataset: str | None = None
+    trained_threat: Threat | None = None  # the threat model the model was trained for, where its files say
     # the adversarial points that broke ("indices", "images", "labels", "predictions"), with save_adversarials
     adversarials: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def version(self) -> str | None:
+        """AutoAttack's version (attacks that run AutoAttack), else None."""
+        return self.options.get("version")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (everything but the adversarial images)."""
         values = dataclasses.asdict(dataclasses.replace(self, adversarials=None))
         del values["adversarials"]
+        values["threat"] = self.threat.to_dict()
+        values["trained_threat"] = None if self.trained_threat is None else self.trained_threat.to_dict()
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
         protocols = {name: ProtocolResult(**p) for name, p in values["protocols"].items()}
-        return cls(**{**values, "protocols": protocols})
+        trained = values.get("trained_threat")
+        return cls(**{**values, "protocols": protocols, "threat": Threat.from_dict(values["threat"]),
+                      "trained_threat": None if trained is None else Threat.from_dict(trained)})
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> None:
@@ -159,75 +163,58 @@ def freeze(model: nn.Module, route: str | None, device: torch.device) -> nn.Modu
     return fold_route(model, route).to(device).eval().requires_grad_(False)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str, norm: str = "Linf",
-             attack: str = "autoattack", version: str = "standard", route: str | None = None, seed: int = 0,
-             batch_size: int = 256, *, clean_route: str | None = CLEAN_ROUTE, aa_attacks: Sequence[str] | None = None,
-             aa_restarts: int | None = None, device: torch.device | str | None = None, progress: bool = True,
-             state_dir: str | os.PathLike | None = None, processes: Processes | None = None,
-             save_adversarials: bool = False, numerics: str = "exact") -> EvaluationReport:
-    """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y``, at radius ``eps`` (a
-    number, or a fraction such as ``"8/255"``), in the ``norm`` threat model (Linf, L2 or L1).
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings = EvalSettings(), *,
+             route: str | None = None, clean_route: str | None = CLEAN_ROUTE,
+             state_dir: str | os.PathLike | None = None) -> EvaluationReport:
+    """Clean and robust accuracy of ``model`` on images ``x`` (in [0, 1]) with labels ``y`` under ``settings`` (the
+    threat model, the attack, seed, batch size, device, numerics, progress, processes: :class:`EvalSettings`).
 
     The model is folded on ``route`` (required for routed models, None for plain ones) and evaluated in eval
     mode; ``model`` itself is not changed, and the caller's RNG states are restored afterwards. The images are
-    attacked in fixed batches of ``batch_size``, each seeded from (``seed``, batch index). ``aa_attacks`` lists
-    AutoAttack's attacks for ``version="custom"``; ``aa_restarts`` sets APGD's restarts (AutoAttack's custom
-    version uses 5, the standard version 1). ``clean_route`` (None: skip) adds the oracle-routing protocol for a
-    routed model.
+    attacked in fixed batches, each seeded from (seed, batch index). ``clean_route`` (None: skip) adds the
+    oracle-routing protocol for a routed model.
 
     ``state_dir`` makes the evaluation resumable: each finished batch is stored there, and a later call with the
     same model, images and settings skips the batches it finds (see :mod:`robust_sabn.eval.state`). The folder
-    is left in place: remove it once the report is safe (``robust-sabn eval`` does). ``processes`` (from
+    is left in place: remove it once the report is safe (``robust-sabn eval`` does). Processes (from
     :func:`robust_sabn.distributed.start_processes` under torchrun) share the batches; every process gets the
-    whole report. ``save_adversarials`` keeps the adversarial points that broke in ``report.adversarials``.
-    ``numerics`` other than "exact" evaluates a faster form that can change predictions (see
+    whole report. ``settings.keep_adversarials`` keeps the adversarial points that broke in ``report.adversarials``.
+    Numerics other than "exact" evaluate a faster form that can change predictions (see
     :mod:`robust_sabn.eval.numerics`); the report names it.
     """
     start = time.perf_counter()
-    if norm not in THREAT_MODELS:
-        raise ConfigError(f"unknown threat model {norm!r}; choose one of {list(THREAT_MODELS)}")
-    eps = parse_number(eps, "eps")
-    check_eps(eps, norm)
-    check_seed(seed)
-    check_numerics(numerics)
-    adversary = make_eval_attack(attack, version, aa_attacks, aa_restarts)
-    adversary.check_norm(norm)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if settings.attack is None:
+        raise ConfigError("evaluate needs an attack, e.g. EvalSettings(attack='pgd-20'); for clean accuracy alone "
+                          "use radius 0")
     routes = check_model_route(model, route, "evaluate")
-    device = torch.device(device) if device is not None else model_device(model)
-    processes = processes or Processes(device=device)
+    settings = settings.on(model)
+    device = settings.device
     check_inputs(x, y)
     frozen = freeze(model, route, device)
     x, y = x.detach().cpu().to(_dtype(frozen)), y.detach().cpu().long()
     num_classes = check_model_inputs(frozen, x, device)
     check_inputs(x, y, num_classes)
-    is_aa = adversary.name == "autoattack"
-    settings = dict(attack=adversary.name, attack_description=adversary.describe(),
-                    version=version if is_aa else None,
-                    aa_attacks=list(aa_attacks) if is_aa and version == "custom" else None,
-                    aa_restarts=aa_restarts if is_aa else None, norm=norm, eps=eps, route=route, seed=seed,
-                    batch_size=batch_size, numerics=numerics)
+    attack = settings.attack
+    described = dict(attack=attack.name, attack_description=attack.describe(), options=attack.options(),
+                     threat=settings.threat, route=route, seed=settings.seed, batch_size=settings.batch_size,
+                     numerics=settings.numerics)
     state = None
     if state_dir is not None:
-        identity = {**settings, "seeding": SEEDING, "adversarials": save_adversarials, "robust_sabn": __version__,
-                    "torch": torch.__version__, "backend": adversary.backend()}
+        identity = {**settings.identity(), "route": route, "seeding": SEEDING, "robust_sabn": __version__,
+                    "torch": torch.__version__, "backend": attack.backend()}
         state = EvalState(state_dir, fingerprint(frozen, x, y, identity))
-    common = dict(eps=eps, norm=norm, seed=seed, batch_size=batch_size, device=device, progress=progress,
-                  processes=processes)
     with preserved_rng():
-        with evaluation_form(frozen, device, numerics) as form:
-            results, resumed = shared_points(form, x, y, adversary, state=state,
-                                             keep_adversarials=save_adversarials, **common)
+        with evaluation_form(frozen, device, settings.numerics) as form:
+            results, resumed = shared_points(form, x, y, settings, state=state)
         oracle = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
-            with evaluation_form(freeze(model, clean_route, device), device, numerics) as form:
-                oracle = shared_points(form, x, y, None, state=None, **common)[0]
-    report = build_report(results, oracle, y, num_classes, settings, clean_route=clean_route)
+            with evaluation_form(freeze(model, clean_route, device), device, settings.numerics) as form:
+                oracle = shared_points(form, x, y, replace(settings, attack=None, keep_adversarials=False))[0]
+    report = build_report(results, oracle, y, num_classes, described, clean_route=clean_route)
     report.time["total_s"] = time.perf_counter() - start
     report.time["resumed_batches"] = resumed
-    report.environment = {**environment(device, processes.world_size),
-                          "numerics": describe_numerics(numerics, device)}
+    report.environment = {**environment(device, settings.processes.world_size),
+                          "numerics": describe_numerics(settings.numerics, device)}
     return report
 
 
@@ -250,20 +237,20 @@ def build_report(results: Sequence[BatchResult], oracle: Sequence[BatchResult] |
             timing[name] = timing.get(name, 0.0) + value
     attacks = next((r.attacks for r in results if r.attacks), [])
     per_attack = per_attack_accuracy(attacks, broken, int(correct.sum()), int(robust.sum()), n) if attacks else {}
-    route = settings["route"]
+    route, threat = settings["route"], settings["threat"]
     protocols = {SINGLE_ROUTE: ProtocolResult(route, route, clean_acc, robust_acc)}
     if oracle is not None:
         oracle_clean = torch.cat([r.correct for r in sorted(oracle, key=lambda r: r.index)]).float().mean().item()
         protocols[ORACLE_ROUTING] = ProtocolResult(clean_route, route, oracle_clean, robust_acc)
     warnings = list(flags)
-    if attacks and settings["eps"] > 0 and not per_attack:
+    if attacks and threat.eps > 0 and not per_attack:
         warnings.append("per-attack accuracies unavailable: AutoAttack's log lines did not add up to its result")
     adversarials = None
     if results[0].adversarials is not None:
         adversarials = {key: torch.cat([r.adversarials[key] for r in results]) for key in results[0].adversarials}
     return EvaluationReport(
         **settings, backend=next((r.backend for r in results if r.backend), None),
-        eps_str=format_eps(settings["eps"], settings["norm"]), n=n, clean_acc=clean_acc, robust_acc=robust_acc,
+        n=n, clean_acc=clean_acc, robust_acc=robust_acc,
         per_attack=per_attack, per_class=per_class(y, correct, robust, num_classes),
         per_image={"correct": _bits(correct), "robust": _bits(robust)}, protocols=protocols, flags=flags,
         warnings=warnings, environment={},
@@ -288,6 +275,7 @@ def _bits(flags: torch.Tensor) -> str:
 
 
 def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
-    return {"robust_sabn": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "threads": torch.get_num_threads(), "processes": processes,
-            "platform": platform.platform()}
+    """Where and with what an evaluation ran: the versions of robust-sabn and its libraries (and the git commit of
+    a checkout), Python, the device, threads, processes and platform."""
+    return {**provenance(), "python": platform.python_version(), "device": str(device),
+            "threads": torch.get_num_threads(), "processes": processes, "platform": platform.platform()}

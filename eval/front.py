@@ -10,17 +10,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from ..constants import DEFAULT_ROUTES
 from ..distributed import Processes
 from ..io import all_or_nothing, atomic_write, atomic_write_text
 from ..mixing import describe_mixture, mix_routes, mixture_weights
 from ..tables import markdown_table
 from .evaluate import EvaluationReport, evaluate
 from .recalibration import Recalibration
+from .settings import EvalSettings
 from .state import part
 
 
@@ -32,23 +33,25 @@ class FrontPoint:
     report: EvaluationReport
 
 
-def mixture_front(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | str,
-                  tradeoffs: Sequence[float], clean: str, adv: str, *,
-                  state_dir: str | os.PathLike | None = None, recalibration: Recalibration | None = None,
-                  **kwargs: Any) -> list[FrontPoint]:
-    """:func:`~robust_sabn.eval.evaluate` (single route: one plain model each) of the mixture
-    ``{clean: 1 - t, adv: t}`` of every trade-off ``t``. ``kwargs`` go to ``evaluate`` (attack, norm, seed,
-    batch_size, device, processes, ...); each mixture keeps its finished batches in its own folder ``t-<t>`` of
-    ``state_dir``, so an interrupted front resumes where it stopped. With ``recalibration`` every mixture strictly
-    between the routes has its BN statistics re-estimated first; the routes themselves (t = 0, 1) stay as trained.
+def mixture_front(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tradeoffs: Sequence[float],
+                  settings: EvalSettings, *, routes: tuple[str, str] = DEFAULT_ROUTES,
+                  state_dir: str | os.PathLike | None = None,
+                  recalibration: Recalibration | None = None) -> list[FrontPoint]:
+    """:func:`~robust_sabn.eval.evaluate` (single route: one plain model each) under ``settings`` of the mixture
+    ``{clean: 1 - t, adv: t}`` of the two ``routes`` (clean, adv) for every trade-off ``t``; each mixture keeps its
+    finished batches in its own folder ``t-<t>`` of ``state_dir``, so an interrupted front resumes where it
+    stopped. With ``recalibration`` every mixture strictly between the routes has its BN statistics re-estimated
+    first; the routes themselves (t = 0, 1) stay as trained.
     """
-    kwargs = {**kwargs, "route": None, "clean_route": None}  # each mixture is a plain model
+    clean, adv = routes
+    settings = settings.on(model)
     points = []
     for t in tradeoffs:
         mixed = mix_routes(model, mixture_weights(model, t, clean, adv))
         if recalibration is not None and 0 < t < 1:
-            mixed = recalibrated(mixed, t, recalibration, kwargs.get("device") or "cpu", kwargs.get("processes"))
-        points.append(FrontPoint(t, evaluate(mixed, x, y, eps, state_dir=part(state_dir, f"t-{t:g}"), **kwargs)))
+            mixed = recalibrated(mixed, t, recalibration, settings.device, settings.processes)
+        report = evaluate(mixed, x, y, settings, route=None, clean_route=None, state_dir=part(state_dir, f"t-{t:g}"))
+        points.append(FrontPoint(t, report))
     return points
 
 
@@ -104,7 +107,7 @@ def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, title: str
         ax.scatter([100 * oracle[1]], [100 * oracle[0]], marker="*", s=120, color="tab:red", zorder=3,
                    label="oracle routing (not deployable)")
     first = points[0].report
-    ax.set_xlabel(f"robust accuracy (%), {first.attack.upper()}, {first.norm} {first.eps_str}")
+    ax.set_xlabel(f"robust accuracy (%), {first.attack.upper()}, {first.threat.label}")
     ax.set_ylabel("clean accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

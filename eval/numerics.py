@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..allocator import keep_freed_memory
-from ..errors import ConfigError
 from ..memory_format import choose_memory_format
+from ..registry import choose
 from .batchnorm import with_input_grad_batchnorm
 
 NUMERICS = {
@@ -44,9 +44,7 @@ class Autocast(nn.Module):
 
 
 def check_numerics(numerics: str) -> str:
-    if numerics not in NUMERICS:
-        raise ConfigError(f"unknown numerics {numerics!r}; choose one of {list(NUMERICS)}")
-    return numerics
+    return choose(numerics, NUMERICS, "numerics")
 
 
 @contextmanager

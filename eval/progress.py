@@ -38,8 +38,12 @@ class PassProgress:
     def _count(self, *_: object) -> None:  # a forward hook: returning None leaves the output as it is
         self._bar.update(1)
 
-    def phase(self, name: str) -> None:
+    def phase(self, name: str, total: int | None = None) -> None:
+        """Name what runs now; with ``total`` (its forward passes), the bar counts that part afresh and estimates
+        its time left."""
         if self._bar is not None:
+            if total is not None:
+                self._bar.reset(total=total)
             self._bar.set_description(f"{self.desc}: {name}", refresh=False)
 
     def note(self, **values: object) -> None:

@@ -18,23 +18,24 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from ..attacks import PGD
+from ..batching import batch_slices
 from ..data import as_tensors, fixed_subset, load_dataset
 from ..errors import ConfigError
 from ..model_files import LoadedModel
 from ..nn import routes_of
 from ..rng import preserved_rng
+from ..threat import Threat
 
 
 @dataclass(frozen=True)
 class Recalibration:
     """Re-estimate the BN statistics of plain models on ``images`` (training images, never the test ones): for a
-    mixture of trade-off ``t`` the first ``round(t * n)`` become PGD adversarials against the model itself
-    (``steps`` steps of ``step_size``, default ``eps / 4``, random start seeded by ``seed``)."""
+    mixture of trade-off ``t`` the first ``round(t * n)`` become PGD adversarials in ``threat`` against the model
+    itself (``steps`` steps of ``step_size``, default ``eps / 4``, random start seeded by ``seed``)."""
 
     images: torch.Tensor
     labels: torch.Tensor
-    eps: float
-    norm: str = "Linf"
+    threat: Threat
     steps: int = 5
     step_size: float | None = None
     batch_size: int = 250
@@ -53,12 +54,12 @@ class Recalibration:
         batches = []
         with preserved_rng():
             torch.manual_seed(self.seed)
-            attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm)
-            for start in range(0, len(self.labels), self.batch_size):
-                x = self.images[start:start + self.batch_size].to(device)
-                k = max(0, min(len(x), attacked - start))
+            attack = PGD(model, eps=self.threat.eps, alpha=self.alpha, steps=self.steps, norm=self.threat.norm)
+            for part in batch_slices(len(self.labels), self.batch_size):
+                x = self.images[part].to(device)
+                k = max(0, min(len(x), attacked - part.start))
                 if k:
-                    x = torch.cat([attack(x[:k], self.labels[start:start + k].to(device)), x[k:]])
+                    x = torch.cat([attack(x[:k], self.labels[part][:k].to(device)), x[k:]])
                 batches.append(x.cpu())  # all attacked first: update_bn puts the model in train mode
         with torch.no_grad():
             update_bn(batches, model, device=torch.device(device))
@@ -67,7 +68,7 @@ class Recalibration:
     @property
     def alpha(self) -> float:
         """The PGD step: ``step_size``, else ``eps / 4``."""
-        return self.step_size or self.eps / 4
+        return self.step_size or self.threat.eps / 4
 
     def attacked(self, t: float) -> int:
         """How many of the images are attacked for trade-off ``t``."""
@@ -80,11 +81,11 @@ class Recalibration:
                 f"PGD-{self.steps} adversarials")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"images": len(self.labels), "eps": self.eps, "norm": self.norm, "steps": self.steps,
+        return {"images": len(self.labels), "threat": self.threat.to_dict(), "steps": self.steps,
                 "step_size": self.alpha, "seed": self.seed}
 
 
-def training_recalibration(loaded: LoadedModel, n: int, eps: float, norm: str, data_dir: str | None = None,
+def training_recalibration(loaded: LoadedModel, n: int, threat: Threat, data_dir: str | None = None,
                            seed: int = 0) -> Recalibration:
     """``--recalibrate N``: a :class:`Recalibration` on ``n`` images drawn by ``seed`` from the training split of the
     dataset ``loaded`` was trained on (the test images it is evaluated on are never among them)."""
@@ -98,4 +99,4 @@ def training_recalibration(loaded: LoadedModel, n: int, eps: float, norm: str, d
     splits = load_dataset(dataset, data_dir or config.get("data_dir"), val_size=config.get("val_size"),
                           seed=config.get("seed", 0))
     images, labels = as_tensors(fixed_subset(splits.train, min(n, len(splits.train)), seed))
-    return Recalibration(images, labels, eps, norm, seed=seed)
+    return Recalibration(images, labels, threat, seed=seed)

@@ -10,6 +10,7 @@ from ..constants import PROTOCOLS
 from ..io import all_or_nothing, atomic_write_text, save_checkpoint
 from ..tables import markdown_table
 from .evaluate import EvaluationReport
+from .settings import EvalSettings
 
 ADVERSARIALS = ".adversarials.pt"
 
@@ -21,8 +22,11 @@ def _pct(value: float | None) -> str:
 def to_markdown(report: EvaluationReport) -> str:
     """The protocols table, the per-attack table (AutoAttack), the per-class table (single route) and every
     warning, as Markdown."""
-    lines = [f"**{report.attack_description}**, {report.norm} eps {report.eps_str}, {report.n} images, "
+    lines = [f"**{report.attack_description}**, {report.threat.norm} eps {report.threat.eps_str}, {report.n} images, "
              f"seed {report.seed}" + (f", {report.backend}" if report.backend else "")]
+    trained = report.trained_threat
+    if trained is not None and trained != report.threat:
+        lines += ["", f"> The model was trained at {trained.label} and is evaluated at {report.threat.label}."]
     rows = [[f"{name} ({PROTOCOLS[name]})", p.clean_route or "-", p.adv_route or "-", _pct(p.clean_acc),
              _pct(p.robust_acc)] for name, p in report.protocols.items()]
     lines += ["", markdown_table(["protocol", "clean route", "attacked route", "clean acc (%)", "robust acc (%)"],
@@ -45,6 +49,16 @@ def to_markdown(report: EvaluationReport) -> str:
     for message in report.warnings:
         lines += ["", f"> **Warning:** {message}"]
     return "\n".join(lines) + "\n"
+
+
+def report_stem(folder: Path, name: str, settings: EvalSettings, label: str, radius: str | None = None) -> Path:
+    """``<folder>/<name>-<attack>[-<version>]-<label>-<norm>-<eps>[-<numerics>]``: the path, without suffix, of a
+    report of ``settings``; ``label`` names the route or mixtures, ``radius`` stands for the radius (e.g. "sweep")."""
+    attack = settings.attack
+    version = attack.options().get("version") if attack.name == "autoattack" else None
+    eps = radius or settings.threat.eps_str.replace("/", "_")
+    numerics = None if settings.numerics == "exact" else settings.numerics
+    return folder / "-".join(p for p in (name, attack.name, version, label, settings.threat.norm, eps, numerics) if p)
 
 
 def write_report(report: EvaluationReport, path: str | os.PathLike) -> tuple[Path, ...]:

@@ -1,7 +1,11 @@
 """robust-sabn: dual-path Sandwich Batch Normalization for adversarial training, AutoAttack evaluation,
 and export to RobustBench."""
+from . import compat as _compat  # noqa: E402
 from .convert import convert_convs, convert_norms, fold_route, fold_spec
 from .errors import CheckpointError, ConfigError, DiskFullError, RouteError, UserError
+from .exporting import export  # noqa: E402
+from .exporting import robustbench as _robustbench  # noqa: E402
+from .exporting.robustbench import register_robustbench  # noqa: E402
 from .mixing import mix_routes
 from .models import create_model, list_models, register_model
 from .nn import (
@@ -15,20 +19,16 @@ from .nn import (
     split_routes,
     use_route,
 )
-
-__version__ = "0.1.0"
-
-from . import compat as _compat  # noqa: E402
-from .exporting import export  # noqa: E402  (imports __version__)
-from .exporting import robustbench as _robustbench  # noqa: E402
-from .exporting.robustbench import register_robustbench  # noqa: E402
+from .threat import Threat
+from .version import __version__
 
 _compat.install()  # `import autoattack` finds upstream's if installed, else robust-sabn's adapter
 _robustbench.install()  # lazy: exported models are registered when RobustBench gets imported
 
 __all__ = [
     "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DiskFullError", "DualBatchNorm2d", "RouteError",
-    "SandwichBatchNorm2d", "UnifiedBatchNorm2d", "UserError", "WeightAlignConv2d",
+    "SandwichBatchNorm2d", "Threat", "UnifiedBatchNorm2d", "UserError", "WeightAlignConv2d",
     "convert_convs", "convert_norms", "create_model", "export", "fold_route", "fold_spec", "list_models",
     "mix_routes", "register_model", "register_robustbench", "routes_of", "set_route", "split_routes", "use_route",
+    "__version__",
 ]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from . import __version__
+from .devices import warn_if_oversubscribed
 from .errors import UserError
+from .version import __version__
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -70,11 +72,20 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """Warnings in the command's voice, one line each (Python's form adds the file, the line and its source)."""
+    print(f"robust-sabn: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser(argv).parse_args(argv)
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            args = build_parser(argv).parse_args(argv)
+            if args.command != "doctor":
+                warn_if_oversubscribed()
+            return int(args.run(args) or 0)
     except UserError as err:
         print(f"robust-sabn: error: {err}", file=sys.stderr)
         return 2

@@ -1,14 +1,9 @@
-"""Names with fixed meanings, each defined once: threat models, BN modes while attacking, AutoAttack's versions
-and attacks, and the two evaluation protocols."""
+"""Names with fixed meanings, each defined once: the default routes, BN modes while attacking, AutoAttack's versions
+and attacks, and the two evaluation protocols. (Threat models live in :mod:`robust_sabn.threat`.)"""
 
 # The routes of a dual-path model unless configured otherwise: clean inputs take the first, attacked ones the second.
 DEFAULT_ROUTES = ("clean", "adv")
 CLEAN_ROUTE, ADV_ROUTE = DEFAULT_ROUTES
-
-# Threat models (perturbation norms). robust-sabn's own attacks (PGD, FGSM, TRADES, CW) take Linf and L2;
-# AutoAttack also takes L1 (APGD-L1 in its standard L1 version).
-THREAT_MODELS = ("Linf", "L2", "L1")
-ATTACK_NORMS = ("Linf", "L2")
 
 # Batch-norm mode while crafting an attack: "eval" (running statistics; the usual choice) or "train" (batch
 # statistics, running statistics updated; the official SaBN code's choice).

@@ -17,16 +17,48 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .checkpoint import TrainingCheckpoint
 from .constants import ADV_ROUTE
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text, extract_state_dict, load_checkpoint, load_weights
 from .models.spec import build_model, check_spec, resolve_spec
 from .nn import routes_of
-from .parsing import parse_number
+from .threat import Threat
 
 ARCH_SUFFIX = ".arch.json"
 ARCH_FORMAT = "robust-sabn-arch/1"
 RUN_CHECKPOINTS = ("best.pt", "last.pt")
+EXPORTED = "exported model"  # LoadedModel.source of a robust-sabn export
+
+
+@dataclass(frozen=True)
+class TrainedFor:
+    """What a model was trained for, as its files record it: the threat model, the dataset, and the shape of its
+    images (channels, height, width). Each is None where the files do not say (files of older versions)."""
+
+    threat: Threat | None = None
+    dataset: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threat": None if self.threat is None else self.threat.to_dict(), "dataset": self.dataset,
+                "input_shape": None if self.input_shape is None else list(self.input_shape)}
+
+    @classmethod
+    def read(cls, record: Mapping[str, Any], config: Mapping[str, Any], source: str) -> TrainedFor:
+        """From an architecture file's or checkpoint's ``record`` (``threat``, ``input_shape``, ``trained_on``) and the
+        training ``config`` where there is one; a malformed entry is a :class:`CheckpointError` naming ``source``."""
+        threat = record.get("threat")
+        norm = config.get("threat_model", config.get("attack_norm"))  # the setting's old name in older runs
+        try:
+            if threat is not None:
+                threat = Threat.from_dict(threat, source)
+            elif norm is not None and "eps" in config:
+                threat = Threat(norm, config["eps"])
+        except ConfigError as err:
+            raise CheckpointError(f"{source}: {err}; re-save or re-export the model") from None
+        dataset = config.get("dataset") or record.get("trained_on") or record.get("dataset")
+        return cls(threat, dataset, _input_shape(record.get("input_shape"), source))
 
 
 @dataclass
@@ -38,7 +70,15 @@ class LoadedModel:
     spec: dict  # the architecture spec it was rebuilt from
     source: str  # "training checkpoint", "training checkpoint (EMA weights)", "exported model" or "state dict"
     config: dict = field(default_factory=dict)  # the training config, when the checkpoint holds one
-    input_shape: tuple[int, int, int] | None = None  # (channels, height, width) of its training images, if recorded
+    trained: TrainedFor = TrainedFor()
+
+    @property
+    def is_export(self) -> bool:
+        return self.source == EXPORTED
+
+    @property
+    def input_shape(self) -> tuple[int, int, int] | None:
+        return self.trained.input_shape
 
     def route(self, route: str | None = None) -> str | None:
         """``route`` as given; for a routed model without one, the route its training attacked (``adv_route``,
@@ -52,13 +92,8 @@ class LoadedModel:
         return adv
 
     def trained_on(self) -> str | None:
-        """The dataset the model was trained on: its training config's, or the one its export recorded."""
-        if self.config.get("dataset"):
-            return self.config["dataset"]
-        if self.source == "exported model":
-            record = read_arch_file(arch_file(self.path))
-            return record.get("trained_on") or record.get("dataset")
-        return None
+        """The dataset the model was trained on, where its files record it."""
+        return self.trained.dataset
 
     def check_images(self, images: Tensor, described: str) -> None:
         """Refuse ``images`` of another shape than the model's training images, where its file records that shape
@@ -69,10 +104,16 @@ class LoadedModel:
                               f"{trained} images; evaluate it on images of that shape (its training set: "
                               f"{self.trained_on() or 'unknown'})")
 
-    def threat(self, norm: str | None = None, eps: float | str | None = None) -> tuple[str, float]:
-        """The threat model and radius: as given, else the training attack's, else RobustBench's (Linf, 8/255)."""
-        norm = norm or self.config.get("attack_norm") or "Linf"
-        return norm, parse_number(eps if eps is not None else self.config.get("eps", 8 / 255), "eps")
+    def threat(self, norm: str | None = None, eps: float | str | None = None) -> Threat:
+        """The threat model to evaluate in: ``norm`` and ``eps`` where given; else the one the model was trained for;
+        else ``norm``'s standard radius (Linf 8/255, L2 0.5, L1 12)."""
+        trained = self.trained.threat
+        norm = norm or (trained.norm if trained is not None else "Linf")
+        if eps is not None:
+            return Threat(norm, eps)
+        if trained is not None and trained.norm == norm:
+            return trained
+        return Threat.standard(norm)
 
 
 def arch_file(weights: str | os.PathLike) -> Path:
@@ -131,24 +172,23 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
     """
     path = resolve_weights(target)
     checkpoint = load_checkpoint(path)
-    averaged = ema and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("ema"), Mapping)
-    state_dict = extract_state_dict({"model": checkpoint["ema"]} if averaged else checkpoint, str(path))
-    config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
     record: Mapping = {}
-    if isinstance(checkpoint, Mapping) and "model_spec" in checkpoint:
-        record, source = checkpoint, f"{path} (model_spec)"
-        file_spec, kind = checkpoint["model_spec"], ("training checkpoint (EMA weights)" if averaged
-                                                     else "training checkpoint")
+    if TrainingCheckpoint.holds_model(checkpoint):
+        record = TrainingCheckpoint.model_part(checkpoint, str(path))
+        averaged = ema and record["ema"] is not None
+        checkpoint, source = {"model": record["ema" if averaged else "model"]}, f"{path} (model_spec)"
+        file_spec, kind = record["model_spec"], f"training checkpoint{' (EMA weights)' if averaged else ''}"
     elif arch_file(path).is_file():
         record, source = read_arch_file(arch_file(path)), str(arch_file(path))
-        file_spec, kind = record["spec"], "exported model"
+        file_spec, kind = record["spec"], EXPORTED
     else:
         file_spec, source, kind = None, str(path), "state dict"
+    state_dict = extract_state_dict(checkpoint, str(path))
     spec, trusted = resolve_spec(file_spec, source, arch, arch_kwargs, hint)
     model = build_model(spec, trusted)
     load_weights(model, state_dict, str(path))
-    return LoadedModel(model.eval(), path, spec, kind, dict(config) if isinstance(config, Mapping) else {},
-                       _input_shape(record.get("input_shape"), source))
+    config = dict(record.get("config") or {})
+    return LoadedModel(model.eval(), path, spec, kind, config, TrainedFor.read(record, config, source))
 
 
 def _input_shape(value: Any, source: str) -> tuple[int, int, int] | None:

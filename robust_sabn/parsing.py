@@ -66,7 +66,11 @@ def parse_json_object(text: str | None, name: str = "--model-kwargs") -> dict:
 
 
 def format_eps(eps: float, norm: str = "Linf") -> str:
-    """RobustBench's spelling of a radius: "8/255" for Linf multiples of 1/255, else the plain number."""
+    """A radius as people write it: a short decimal when it is one ("0.1", "0.5"), else "8/255" for a Linf multiple
+    of 1/255 (RobustBench's spelling), else the number to six digits."""
+    short = f"{eps:.4g}"
+    if float(short) == eps:
+        return short
     if norm == "Linf" and eps > 0 and math.isclose(eps * 255, round(eps * 255), abs_tol=1e-6):
         return f"{round(eps * 255)}/255"
     return f"{float(Fraction(eps).limit_denominator(10**6)):g}"

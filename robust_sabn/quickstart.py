@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .batching import batch_slices
 from .constants import ORACLE_ROUTING, SINGLE_ROUTE
 from .data import as_tensors, fixed_subset, load_dataset
 from .devices import resolve_device
-from .eval import evaluate, write_report
-from .exporting import export, format_eps
+from .eval import EvalSettings, evaluate, write_report
+from .exporting import ExportOptions, export
 from .exporting.robustbench import import_robustbench
 from .flags import add_common_flags
-from .model_files import load_trained_model
+from .model_files import TrainedFor, load_trained_model
 from .nn import use_route
 from .tables import markdown_table
 from .training.config import TrainConfig
@@ -67,11 +68,12 @@ class Quickstart:
 
         self.rows.append([evaluation, route, pct(clean), pct(robust), n])
 
-    def evaluate(self, attack: str, route: str, n: int | None = None, **kwargs):
-        """:func:`robust_sabn.eval.evaluate` of the trained model on the first ``n`` test images."""
+    def evaluate(self, attack: str, route: str, n: int | None = None, clean_route: str | None = None):
+        """:func:`robust_sabn.eval.evaluate` of the trained model on the first ``n`` test images (in one batch when
+        ``n`` is given)."""
         config = self.config
-        return evaluate(self.model, self.x[:n], self.y[:n], config.eps, norm=config.attack_norm, attack=attack,
-                        route=route, seed=config.seed, device=self.device, progress=config.progress, **kwargs)
+        settings = EvalSettings(config.threat, attack, config.seed, n or 256, self.device, progress=config.progress)
+        return evaluate(self.model, self.x[:n], self.y[:n], settings, route=route, clean_route=clean_route)
 
 
 def train_model(qs: Quickstart) -> None:
@@ -86,8 +88,8 @@ def evaluate_pgd(qs: Quickstart) -> None:
     """``robust-sabn eval``'s PGD-K through each route, and the paper's oracle routing (clean inputs through the
     clean route, attacked inputs through the adv route)."""
     config, attack = qs.config, f"pgd-{qs.pgd_steps}"
-    label = f"PGD-{qs.pgd_steps} ({config.attack_norm} {format_eps(config.eps, config.attack_norm)})"
-    clean = qs.evaluate(attack, config.clean_route, clean_route=None)
+    label = f"PGD-{qs.pgd_steps} ({config.threat.label})"
+    clean = qs.evaluate(attack, config.clean_route)
     adv = qs.evaluate(attack, config.adv_route, clean_route=config.clean_route)
     qs.add_row(label, config.clean_route, clean.clean_acc, clean.robust_acc, clean.n)
     qs.add_row(label, config.adv_route, adv.clean_acc, adv.robust_acc, adv.n)
@@ -98,10 +100,9 @@ def evaluate_pgd(qs: Quickstart) -> None:
 def autoattack(qs: Quickstart) -> None:
     """The standard AutoAttack on the first test images, both protocols; the report goes to <run>/eval/."""
     config = qs.config
-    report = qs.evaluate("autoattack", config.adv_route, AA_IMAGES, clean_route=config.clean_route,
-                         batch_size=AA_IMAGES)
+    report = qs.evaluate("autoattack", config.adv_route, AA_IMAGES, clean_route=config.clean_route)
     json_path, _ = write_report(report, qs.run_dir / "eval" / "quickstart-autoattack")
-    label = f"AutoAttack standard ({config.attack_norm} {report.eps_str})"
+    label = f"AutoAttack standard ({report.threat.label})"
     for name, protocol in report.protocols.items():
         route = protocol.adv_route if name == SINGLE_ROUTE else qs.oracle_routes
         qs.add_row(f"{label}, {name}", route, protocol.clean_acc, protocol.robust_acc, report.n)
@@ -122,16 +123,16 @@ def export_and_reload(qs: Quickstart) -> None:
 
     config = qs.config
     model_dir = qs.run_dir / "robustbench" / "models"
-    path = export(qs.model, EXPORT_NAME, route=config.adv_route, model_dir=model_dir, dataset="cifar10",
-                  threat_model=config.attack_norm, eps=config.eps, overwrite=True, trained_on=config.dataset,
-                  allow_dataset_mismatch=True, input_shape=qs.x.shape[1:])
-    loaded = load_model(EXPORT_NAME, model_dir=model_dir, dataset="cifar10", threat_model=config.attack_norm)
+    trained = TrainedFor(config.threat, config.dataset, tuple(qs.x.shape[1:]))
+    path = export(qs.model, EXPORT_NAME, config.adv_route, model_dir, trained=trained, dataset="cifar10",
+                  options=ExportOptions(overwrite=True, allow_dataset_mismatch=True))
+    loaded = load_model(EXPORT_NAME, model_dir=model_dir, dataset="cifar10", threat_model=config.threat.norm)
     loaded = loaded.to(qs.device)
     logits, expected = [], []
     with torch.no_grad(), use_route(qs.model, config.adv_route):
-        for xb in qs.x.split(256):
-            logits.append(loaded(xb.to(qs.device)).cpu())
-            expected.append(qs.model(xb.to(qs.device)).cpu())
+        for part in batch_slices(len(qs.x), 256):
+            logits.append(loaded(qs.x[part].to(qs.device)).cpu())
+            expected.append(qs.model(qs.x[part].to(qs.device)).cpu())
     logits, expected = torch.cat(logits), torch.cat(expected)
     clean = (logits.argmax(1) == qs.y).float().mean().item()
     qs.add_row(f"RobustBench load_model of the export ({config.adv_route} route folded into plain BN)", "-", clean,

@@ -3,12 +3,22 @@ and evaluation attacks. A name is registered once (a second registration is an e
 an unknown name is a one-line error listing the known ones."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import ConfigError
 
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+def choose(value: V, options: Iterable[V], kind: str) -> V:
+    """``value`` when it is one of ``options``; else the one-line error every named choice gives
+    (``unknown <kind> 'x'; choose one of: a, b``)."""
+    options = list(options)
+    if any(value == option for option in options):
+        return value
+    raise ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(map(str, options))}")
 
 
 class Registry(Generic[T]):
@@ -38,10 +48,7 @@ class Registry(Generic[T]):
         return entry
 
     def __getitem__(self, name: str) -> T:
-        try:
-            return self._entries[name]
-        except (KeyError, TypeError):
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}") from None
+        return self._entries[choose(name, self._entries, self.kind)]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -8,9 +8,9 @@ from fake_data import write_fashion_mnist
 from helpers import free_port
 from test_training_ddp import worker
 
-from robust_sabn import create_model, use_route
+from robust_sabn import Threat, create_model, use_route
 from robust_sabn.bench.gpu import bench_gpu
-from robust_sabn.eval import evaluate
+from robust_sabn.eval import EvalSettings, evaluate
 from robust_sabn.io import load_checkpoint
 from robust_sabn.training import TrainConfig, train
 from robust_sabn.training.objectives import OBJECTIVES
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_one_training_step_per_objective_and_precision(name, dtype):
     model = create_model("resnet_small", width=16, norm="sandwich").cuda().to(memory_format=torch.channels_last)
-    objective = OBJECTIVES[name](eps=8 / 255, step_size=10 / 255 if name == "fast" else 2 / 255, steps=2)
+    objective = OBJECTIVES[name](threat=Threat(), step_size=10 / 255 if name == "fast" else 2 / 255, steps=2)
     x = torch.rand(16, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (16,), device="cuda")
     before = [p.detach().clone() for p in model.parameters()]
@@ -54,7 +54,7 @@ def test_autoattack_on_a_cuda_model_with_cpu_images():
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad(), use_route(model, "adv"):
         y = model(x.cuda()).argmax(1).cpu()
-    report = evaluate(model, x, y, 8 / 255, attack="apgd-ce", route="adv", progress=False)
+    report = evaluate(model, x, y, EvalSettings(Threat("Linf", 8 / 255), "apgd-ce", progress=False), route="adv")
     assert report.environment["device"].startswith("cuda") and report.robust_acc <= report.clean_acc == 1.0
 
 

@@ -11,7 +11,7 @@ from fake_data import write_cifar10, write_cifar100, write_fashion_mnist, write_
 from robust_sabn.bench.data import crops_one_by_one
 from robust_sabn.data import DATASETS, ImageTensors, load_dataset, random_crop_flip
 from robust_sabn.errors import ConfigError
-from robust_sabn.training.batches import batch_iterator, num_batches
+from robust_sabn.training.batches import BatchPlan
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 WRITERS = {
@@ -137,11 +137,11 @@ def augment(x, generator):
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_resumed_iteration_equals_tail_bit_for_bit(drop_last):
     data = numbered(53)
-    kwargs = dict(shuffle=True, seed=3, epoch=2, drop_last=drop_last, augment=augment)
-    full = list(batch_iterator(data, 8, **kwargs))
-    assert len(full) == num_batches(53, 8, drop_last=drop_last) == (6 if drop_last else 7)
+    plan = BatchPlan(data, 8, seed=3, drop_last=drop_last, augment=augment)
+    full = list(plan.epoch(2))
+    assert len(full) == plan.per_process() == (6 if drop_last else 7)
     for k in (1, 4, len(full)):
-        tail = list(batch_iterator(data, 8, start_batch=k, **kwargs))
+        tail = list(plan.epoch(2, start_batch=k))
         assert len(tail) == len(full) - k
         for (x, y), (x_full, y_full) in zip(tail, full[k:]):
             assert torch.equal(x, x_full) and torch.equal(y, y_full)
@@ -156,29 +156,28 @@ def test_skipped_batches_are_not_loaded():
             return super().batch(indices)
 
     data = Counting(numbered(40).images, torch.arange(40))
-    list(batch_iterator(data, 8, shuffle=True, seed=0, epoch=0, start_batch=3))
+    list(BatchPlan(data, 8, seed=0).epoch(0, start_batch=3))
     assert Counting.loaded == 16
 
 
 def test_order_depends_on_seed_and_epoch_only():
     data = numbered(32)
-    labels = lambda **kw: torch.cat([y for _, y in batch_iterator(data, 8, **kw)])  # noqa: E731
-    a = labels(shuffle=True, seed=0, epoch=0)
-    assert torch.equal(a, labels(shuffle=True, seed=0, epoch=0))
-    assert not torch.equal(a, labels(shuffle=True, seed=0, epoch=1))
-    assert not torch.equal(a, labels(shuffle=True, seed=1, epoch=0))
-    assert torch.equal(labels(shuffle=False, seed=5, epoch=3), torch.arange(32))
+    labels = lambda epoch, **kw: torch.cat([y for _, y in BatchPlan(data, 8, **kw).epoch(epoch)])  # noqa: E731
+    a = labels(0, seed=0)
+    assert torch.equal(a, labels(0, seed=0))
+    assert not torch.equal(a, labels(1, seed=0))
+    assert not torch.equal(a, labels(0, seed=1))
+    assert torch.equal(labels(3, shuffle=False, seed=5), torch.arange(32))
     assert sorted(a.tolist()) == list(range(32))
 
 
 @pytest.mark.parametrize("n,drop_last", [(40, False), (41, True), (41, False)])
 def test_two_rank_shards_disjoint_and_equal_length(n, drop_last):
     data = numbered(n)
-    shards = [torch.cat([y for _, y in batch_iterator(data, 6, shuffle=True, seed=0, epoch=1, rank=r, world_size=2,
-                                                      drop_last=drop_last)]) for r in (0, 1)]
+    plan = BatchPlan(data, 6, seed=0, drop_last=drop_last)
+    shards = [torch.cat([y for _, y in plan.epoch(1, rank=r, world_size=2)]) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1])
-    assert num_batches(n, 6, drop_last=drop_last, world_size=2) == len(list(batch_iterator(
-        data, 6, shuffle=True, seed=0, epoch=1, rank=1, world_size=2, drop_last=drop_last)))
+    assert plan.per_process(world_size=2) == len(list(plan.epoch(1, rank=1, world_size=2)))
     union = set(shards[0].tolist()) | set(shards[1].tolist())
     if n % 2 == 0 or drop_last:
         assert not set(shards[0].tolist()) & set(shards[1].tolist())
@@ -191,10 +190,10 @@ def test_two_rank_shards_disjoint_and_equal_length(n, drop_last):
 def test_file_datasets_iterate_through_a_dataloader(tmp_path):
     write_imagefolder(tmp_path, n_train=30, n_test=6)
     splits = load_dataset("imagefolder", tmp_path, val_size=3)
-    kwargs = dict(shuffle=True, seed=0, epoch=0, augment=splits.augment)
-    full = list(batch_iterator(splits.train, 8, **kwargs))
+    plan = BatchPlan(splits.train, 8, seed=0, augment=splits.augment)
+    full = list(plan.epoch(0))
     assert [len(y) for _, y in full] == [8, 8, 8, 3] and full[0][0].shape == (8, 3, 16, 16)
-    tail = list(batch_iterator(splits.train, 8, start_batch=2, num_workers=1, **kwargs))
+    tail = list(plan.epoch(0, start_batch=2, num_workers=1))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(tail, full[2:]))
 
 
@@ -204,9 +203,9 @@ def test_worker_processes_give_the_same_batches(tmp_path):
     its own seed, so the batches are the same for any number of workers and a resume from any batch."""
     write_cifar10(tmp_path, n_train=50, n_test=5)
     splits = load_dataset("cifar10", tmp_path, val_size=2)
-    kwargs = dict(shuffle=True, seed=3, epoch=1, augment=splits.augment, drop_last=True)
-    alone = list(batch_iterator(splits.train, 8, **kwargs))
-    workers = list(batch_iterator(splits.train, 8, start_batch=1, num_workers=2, **kwargs))
+    plan = BatchPlan(splits.train, 8, seed=3, augment=splits.augment, drop_last=True)
+    alone = list(plan.epoch(1))
+    workers = list(plan.epoch(1, start_batch=1, num_workers=2))
     assert len(workers) == len(alone) - 1
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(workers, alone[1:]))
 
@@ -246,7 +245,7 @@ def test_real_fashion_mnist():
     splits = load_dataset("fashion-mnist")
     assert (len(splits.train), len(splits.val), len(splits.test)) == (59000, 1000, 10000)
     assert splits.num_classes == 10 and splits.in_channels == 1 and splits.image_size == 28
-    x, y = next(batch_iterator(splits.test, 10000, shuffle=False, seed=0, epoch=0))
+    x, y = next(BatchPlan(splits.test, 10000, shuffle=False).epoch(0))
     assert x.shape == (10000, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     assert torch.bincount(y).tolist() == [1000] * 10
     assert abs(x.mean().item() - splits.mean[0]) < 0.01

@@ -1,4 +1,5 @@
 """robust_sabn.eval.evaluate: the real AutoAttack, both protocols, flags, reproducibility, bad input."""
+import json
 import platform
 import random
 import subprocess
@@ -13,10 +14,20 @@ from helpers import images_labelled_by, plain_model, routed_model
 from pyautoattack import AutoAttack as PyAutoAttack
 from torch import nn
 
-from robust_sabn import fold_route, use_route
+from robust_sabn import Threat, fold_route, use_route
 from robust_sabn.attacks import PGD
 from robust_sabn.errors import ConfigError, RouteError
-from robust_sabn.eval import autoattack_backend, eps_sweep, evaluate, plot_sweep, to_markdown, write_report
+from robust_sabn.eval import (
+    EvalSettings,
+    EvaluationReport,
+    autoattack_backend,
+    eps_sweep,
+    evaluate,
+    make_eval_attack,
+    plot_sweep,
+    to_markdown,
+    write_report,
+)
 from robust_sabn.eval.batches import batch_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,8 +45,8 @@ def robust_acc_direct(model, x, y, attacks, seed=0, eps=8 / 255, restarts=1):
 def test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model():
     model = routed_model()
     x, y = images_labelled_by(model)
-    report = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce", "apgd-dlr"],
-                      aa_restarts=2, route="adv", seed=3, batch_size=4, progress=False)
+    attack = make_eval_attack("autoattack", "custom", ["apgd-ce", "apgd-dlr"], aa_restarts=2)
+    report = evaluate(model, x, y, EvalSettings(Threat(), attack, seed=3, batch_size=4, progress=False), route="adv")
     folded = fold_route(model, "adv")
     assert report.clean_acc == 0.75
     assert report.robust_acc == robust_acc_direct(folded, x, y, ["apgd-ce", "apgd-dlr"], seed=3, restarts=2)
@@ -50,7 +61,7 @@ def test_autoattack_matches_pyautoattack_called_directly_on_the_folded_model():
 def test_standard_autoattack_matches_pyautoattack_directly():
     model = routed_model()
     x, y = images_labelled_by(model, n=4, wrong=1)
-    report = evaluate(model, x, y, 8 / 255, route="adv", batch_size=4, progress=False)
+    report = evaluate(model, x, y, EvalSettings(Threat("Linf", 8 / 255), batch_size=4, progress=False), route="adv")
     adversary = PyAutoAttack(fold_route(model, "adv"), device="cpu", eps=8 / 255, norm="Linf", seed=0)
     _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=4)
     assert report.robust_acc == (y_adv == y).float().mean().item()
@@ -60,7 +71,7 @@ def test_standard_autoattack_matches_pyautoattack_directly():
 def test_two_protocols_use_the_right_routes():
     model = routed_model()
     x, y = images_labelled_by(model, route="adv")
-    report = evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
+    report = evaluate(model, x, y, EvalSettings(Threat("Linf", 8 / 255), "pgd-20", progress=False), route="adv")
     single, oracle = report.protocols["single route"], report.protocols["oracle routing"]
     with torch.no_grad(), use_route(model, "clean"):
         clean_route_acc = (model(x).argmax(1) == y).float().mean().item()
@@ -71,7 +82,8 @@ def test_two_protocols_use_the_right_routes():
     assert (single.clean_route, oracle.clean_route, oracle.adv_route) == ("adv", "clean", "adv")
     plain = plain_model()
     x, y = images_labelled_by(plain, route=None)
-    assert list(evaluate(plain, x, y, 8 / 255, attack="pgd-20", progress=False).protocols) == ["single route"]
+    report = evaluate(plain, x, y, EvalSettings(Threat("Linf", 8 / 255), "pgd-20", progress=False))
+    assert list(report.protocols) == ["single route"]
 
 
 def test_pgd_attacks_only_correct_points_and_matches_pgd_on_them():
@@ -86,7 +98,8 @@ def test_pgd_attacks_only_correct_points_and_matches_pgd_on_them():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(nn.Sequential, "forward", recording_forward)
-        report = evaluate(model, x, y, 16 / 255, attack="pgd-5", seed=7, batch_size=4, progress=False)
+        report = evaluate(model, x, y, EvalSettings(Threat("Linf", 16 / 255), "pgd-5", seed=7, batch_size=4,
+                                                    progress=False))
     # the shape probe; then per batch of 4 its clean pass, and 5 PGD steps and the final prediction on its correct
     # images only (the first 5 images are wrong: none of batch 0, one of batch 1)
     assert seen == [1, 4, 4, *[3] * 6, 4, *[4] * 6, 4, *[4] * 6]
@@ -103,9 +116,10 @@ def test_pgd_attacks_only_correct_points_and_matches_pgd_on_them():
 def test_attacks_lower_accuracy_and_eps_zero_changes_nothing(attack):
     model = routed_model()
     x, y = images_labelled_by(model)
-    report = evaluate(model, x, y, 16 / 255, attack=attack, route="adv", progress=False)
+    report = evaluate(model, x, y, EvalSettings(Threat("Linf", 16 / 255), attack, progress=False), route="adv")
     assert report.robust_acc < report.clean_acc == 0.75
-    assert evaluate(model, x, y, 0.0, attack=attack, route="adv", progress=False).robust_acc == 0.75
+    unattacked = evaluate(model, x, y, EvalSettings(Threat("Linf", 0.0), attack, progress=False), route="adv")
+    assert unattacked.robust_acc == 0.75
 
 
 @pytest.mark.slow
@@ -117,15 +131,14 @@ def test_model_rng_and_modes_are_left_as_found_and_results_repeat():
     random.seed(5)
     np.random.seed(6)
     states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
-    first = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce"],
-                     route="adv", seed=7, progress=False)
+    settings = EvalSettings(Threat(), make_eval_attack("autoattack", "custom", ["apgd-ce"]), seed=7, progress=False)
+    first = evaluate(model, x, y, settings, route="adv")
     assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
     assert np.array_equal(np.random.get_state()[1], states[2])
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(layer.route is None for layer in model.modules() if hasattr(layer, "route_index"))
-    again = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-ce"],
-                     route="adv", seed=7, progress=False)
+    again = evaluate(model, x, y, settings, route="adv")
     assert again.robust_acc == first.robust_acc and again.per_attack == first.per_attack
 
 
@@ -147,8 +160,8 @@ def test_gradient_masking_flags_reach_the_report_and_markdown(tmp_path):
     x = torch.rand(6, 3, 8, 8)
     with torch.no_grad():
         y = model(x).argmax(1)
-    report = evaluate(model, x, y, 8 / 255, attack="autoattack", version="custom", aa_attacks=["apgd-dlr"],
-                      progress=False)
+    report = evaluate(model, x, y, EvalSettings(attack=make_eval_attack("autoattack", "custom", ["apgd-dlr"]),
+                                                progress=False))
     assert any("zero gradient" in flag for flag in report.flags)
     json_path, md_path = write_report(report, tmp_path / "report")
     assert "zero gradient" in json_path.read_text() and "> **Warning:** there are" in md_path.read_text()
@@ -157,11 +170,15 @@ def test_gradient_masking_flags_reach_the_report_and_markdown(tmp_path):
 def test_report_and_markdown_carry_the_settings():
     model = routed_model()
     x, y = images_labelled_by(model)
-    report = evaluate(model, x, y, 8 / 255, attack="cw", route="adv", seed=4, progress=False)
-    for key in ("clean_acc", "robust_acc", "protocol", "attack", "eps", "n", "seed", "flags", "per_attack", "time",
-                "seeding", "batch_size"):
-        assert key in report.to_dict()
-    assert report.eps_str == "8/255" and report.attack_description.startswith("PGD-20 on the CW margin")
+    report = evaluate(model, x, y, EvalSettings(Threat("Linf", 8 / 255), "cw", seed=4, progress=False), route="adv")
+    values = report.to_dict()
+    assert values["threat"] == {"norm": "Linf", "eps": 8 / 255, "label": "Linf 8/255"}
+    assert (values["attack"], values["options"], values["seed"], values["batch_size"], values["n"]) == (
+        "cw-20", {"steps": 20, "loss": "cw"}, 4, 256, 8)
+    assert (values["clean_acc"], values["robust_acc"]) == (report.clean_acc, report.robust_acc) and report.n == 8
+    assert values["protocol"] == "single route" and values["route"] == "adv"
+    assert EvaluationReport.from_dict(json.loads(json.dumps(values))) == report  # the JSON holds the whole report
+    assert report.attack_description.startswith("PGD-20 on the CW margin")
     text = to_markdown(report)
     assert "single route" in text and "oracle routing" in text and "8/255" in text and "seed 4" in text
 
@@ -178,12 +195,12 @@ def test_backend_prefers_a_real_upstream_autoattack(monkeypatch):
 def test_eps_sweep_draws_a_png(tmp_path):
     model = routed_model()
     x, y = images_labelled_by(model)
-    reports = eps_sweep(model, x, y, [8 / 255, 0.0], attack="pgd-10", route="adv", progress=False)
-    assert [r.eps for r in reports] == [0.0, 8 / 255] and reports[0].robust_acc == 0.75
+    reports = eps_sweep(model, x, y, [8 / 255, 0.0], EvalSettings(Threat(), "pgd-10", progress=False), route="adv")
+    assert [r.threat.eps for r in reports] == [0.0, 8 / 255] and reports[0].robust_acc == 0.75
     png = plot_sweep(reports, tmp_path / "sweep.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="PGD or APGD-CE"):
-        eps_sweep(model, x, y, [0.0], attack="autoattack", route="adv")
+        eps_sweep(model, x, y, [0.0], EvalSettings(Threat(), "autoattack"), route="adv")
 
 
 @pytest.mark.parametrize("change, error, match", [
@@ -198,7 +215,7 @@ def test_bad_images_and_labels_are_refused(change, error, match):
     model = routed_model()
     x, y = change(*images_labelled_by(model))
     with pytest.raises(error, match=match):
-        evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
+        evaluate(model, x, y, EvalSettings(Threat("Linf", 8 / 255), "pgd-20", progress=False), route="adv")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -218,16 +235,22 @@ def test_bad_images_and_labels_are_refused(change, error, match):
 def test_bad_settings_are_refused(kwargs, error, match):
     model = routed_model()
     x, y = images_labelled_by(model)
-    settings = {"eps": 8 / 255, "attack": "pgd-20", "route": "adv", **kwargs}
+
+    def call(eps=8 / 255, norm="Linf", attack="pgd-20", version="standard", aa_attacks=None, aa_restarts=None,
+             batch_size=256, route="adv"):
+        adversary = make_eval_attack(attack, version, aa_attacks, aa_restarts)
+        settings = EvalSettings(Threat(norm, eps), adversary, batch_size=batch_size, progress=False)
+        return evaluate(model, x, y, settings, route=route)
+
     with pytest.raises(error, match=match):
-        evaluate(model, x, y, progress=False, **settings)
+        call(**kwargs)
 
 
 def test_a_route_on_a_plain_model_is_refused():
     model = plain_model()
     x, y = images_labelled_by(model, route=None)
     with pytest.raises(RouteError, match="no routed layers"):
-        evaluate(model, x, y, 8 / 255, attack="pgd-20", route="adv", progress=False)
+        evaluate(model, x, y, EvalSettings(Threat("Linf", 8 / 255), "pgd-20", progress=False), route="adv")
 
 
 def test_run_autoattack_runs_on_the_models_device_not_the_images(monkeypatch):
@@ -245,7 +268,7 @@ def test_run_autoattack_runs_on_the_models_device_not_the_images(monkeypatch):
     monkeypatch.setattr(autoattack_runner, "autoattack_backend", lambda: autoattack_runner.Backend("fake", Recorder))
     with pytest.raises(KeyboardInterrupt):
         autoattack_runner.run_autoattack(routed_model(), torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long),
-                                         eps=8 / 255)
+                                         Threat())
     assert seen["device"] == torch.device("cuda", 0)
 
 
@@ -255,27 +278,39 @@ def test_faster_numerics_are_asked_for_by_name_and_named_in_the_report():
 
     model = routed_model()
     x, y = images_labelled_by(model)
-    exact = evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", progress=False)
-    assert exact.numerics == "exact" and exact.environment["numerics"] == NUMERICS["exact"]
-    for numerics in ("channels-last", "bf16"):
-        report = evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", progress=False, numerics=numerics)
+    real_forward, seen = nn.Conv2d.forward, []
+
+    def recording_forward(conv, inputs):  # how every convolution of the evaluated form runs
+        seen.append((conv.kernel_size != (1, 1) and conv.weight.is_contiguous(memory_format=torch.channels_last),
+                     torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+        return real_forward(conv, inputs)
+
+    expected = {"exact": {(False, False)}, "channels-last": {(True, False)}, "bf16": {(False, True)}}
+    for numerics, forms in expected.items():
+        settings = EvalSettings(Threat("Linf", 8 / 255), "pgd-5", numerics=numerics, progress=False)
+        seen.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(nn.Conv2d, "forward", recording_forward)
+            report = evaluate(model, x, y, settings, route="adv")
+        assert forms <= set(seen) <= forms | {(False, False)}, numerics  # the form ran (after the shape probe)
         assert report.numerics == numerics and report.environment["numerics"] == NUMERICS[numerics]
-        assert f"({NUMERICS[numerics]})" in to_markdown(report)
+        if numerics != "exact":
+            assert f"({NUMERICS[numerics]})" in to_markdown(report)
     hazard = create_model("resnet_small", width=4).eval()  # strided 1x1 convolutions of 4 input channels
     with pytest.raises(ConfigError, match="oneDNN issue 6035"):
-        evaluate(hazard, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), 0.1, attack="pgd-1", progress=False,
-                 numerics="channels-last", device="cpu")
+        evaluate(hazard, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]),
+                 EvalSettings(Threat("Linf", 0.1), "pgd-1", device="cpu", numerics="channels-last", progress=False))
     with pytest.raises(ConfigError, match="unknown numerics 'fp8'"):
-        evaluate(model, x, y, 8 / 255, attack="pgd-5", route="adv", numerics="fp8")
+        evaluate(model, x, y, EvalSettings(Threat("Linf", 8 / 255), "pgd-5", numerics="fp8"), route="adv")
 
 
 ALLOCATION_LOOP = """
 import resource, sys, torch
 if sys.argv[1] == "evaluate":
     from helpers import images_labelled_by, routed_model
-    from robust_sabn.eval import evaluate
+    from robust_sabn.eval import EvalSettings, evaluate
     model = routed_model()
-    evaluate(model, *images_labelled_by(model), 8 / 255, attack="pgd-1", route="adv", progress=False, device="cpu")
+    evaluate(model, *images_labelled_by(model), EvalSettings(attack="pgd-1", progress=False, device="cpu"), route="adv")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     torch.empty(16 << 20).fill_(1.0)  # 64 MiB, allocated, written and freed
@@ -295,3 +330,33 @@ def test_an_evaluation_on_the_cpu_keeps_freed_memory_for_the_next_step(tmp_path)
     pages = 10 * (64 << 20) // 4096
     assert faults["plain"] > pages / 2  # glibc's default: each 64 MiB block mapped afresh
     assert faults["evaluate"] < 3 * pages / 10  # the heap's first growth only (measured: two blocks' worth)
+
+
+@pytest.mark.slow
+def test_autoattack_progress_totals_are_the_passes_each_attack_takes():
+    """The bar's total per attack (from which it estimates the time left) is what pyautoattack runs on a batch that
+    no attack breaks: every iteration of APGD and FAB, every query of Square."""
+    from robust_sabn.eval.autoattack import attack_passes
+
+    model = plain_model()
+    x, y = images_labelled_by(model, n=4, route=None)
+    counts, phase = {}, ["checks"]
+
+    class Log:
+        def debug(self, message, *args, **kwargs):
+            if message.startswith("running "):
+                phase[0] = message.removeprefix("running ")
+        info = warning = error = critical = debug
+
+    model.register_forward_hook(lambda *_: counts.__setitem__(phase[0], counts.get(phase[0], 0) + 1))
+    for version, attacks in (("standard", None), ("custom", ["apgd-ce", "apgd-dlr", "fab", "square"])):
+        adversary = PyAutoAttack(model, attacks=attacks, device="cpu", eps=1e-7, norm="Linf", seed=0, version=version)
+        adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = 3
+        adversary.square.n_queries = 7
+        counts.clear()
+        for owner in (adversary, adversary.apgd, adversary.apgd_targeted):
+            owner.logger = Log()
+        adversary.run_standard_evaluation(x, y, batch_size=4)
+        expected = attack_passes(adversary)
+        assert {attack: counts[attack] for attack in adversary.attacks_to_run} == {
+            attack: expected[attack] for attack in adversary.attacks_to_run}, version

@@ -20,7 +20,9 @@ def test_eval_writes_json_and_markdown_reports(run_dir, capsys):
     assert main(["eval", str(run_dir), "--attack", "pgd-5", "--n-examples", "6", "--eps", "4/255", "--seed", "3"]) == 0
     stem = run_dir / "eval" / "last-pgd-5-adv-Linf-4_255"
     report = json.loads(stem.with_suffix(".json").read_text())
-    assert (report["n"], report["eps_str"], report["seed"], report["route"]) == (6, "4/255", 3, "adv")
+    assert (report["n"], report["threat"]["label"], report["seed"], report["route"]) == (6, "Linf 4/255", 3, "adv")
+    assert report["trained_threat"]["label"] == "Linf 8/255"
+    assert "trained at Linf 8/255 and is evaluated at Linf 4/255" in stem.with_suffix(".md").read_text()
     assert set(report["protocols"]) == {"single route", "oracle routing"} and report["dataset"] == "cifar10"
     assert "oracle routing" in stem.with_suffix(".md").read_text() and "single route" in capsys.readouterr().out
 
@@ -30,17 +32,28 @@ def test_eps_sweep_writes_a_png(run_dir, tmp_path):
     assert main(["eval", str(run_dir), "--n-examples", "4", "--eps-sweep", "0,8/255", "--attack", "pgd-3",
                  "--out", str(out)]) == 0
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    assert [r["eps_str"] for r in json.loads(out.with_suffix(".json").read_text())] == ["0", "8/255"]
+    assert [r["threat"]["label"] for r in json.loads(out.with_suffix(".json").read_text())] == ["Linf 0", "Linf 8/255"]
 
 
-def test_export_then_eval_the_exported_file_and_a_state_dict_with_module_callable(run_dir, tmp_path):
+def test_export_then_eval_the_exported_file_and_a_state_dict_with_module_callable(tmp_path, capsys):
+    """An export records the threat model it was trained for: its evaluation defaults to that radius (another one
+    is allowed and said), and reports land beside the model folder RobustBench reads, never inside it."""
+    run_dir = write_run_dir(tmp_path, eps=0.1)
     models = tmp_path / "models"
     assert main(["export", str(run_dir), "--name", "CliExport2026", "--model-dir", str(models)]) == 0
     exported = models / "cifar10" / "Linf" / "CliExport2026.pt"
-    assert main(["eval", str(exported), "--attack", "pgd-2", "--n-examples", "4",
-                 "--data-dir", str(tmp_path / "data")]) == 0
-    report = json.loads(next((exported.parent / "eval").glob("*.json")).read_text())
-    assert report["source"] == "exported model" and list(report["protocols"]) == ["single route"]
+    record = json.loads(exported.with_name("CliExport2026.arch.json").read_text())
+    assert record["threat"] == {"norm": "Linf", "eps": 0.1, "label": "Linf 0.1"} and record["trained_on"] == "cifar10"
+    for extra, label in (([], "Linf 0.1"), (["--eps", "8/255"], "Linf 8/255")):
+        assert main(["eval", str(exported), "--attack", "pgd-2", "--n-examples", "4", *extra,
+                     "--data-dir", str(tmp_path / "data")]) == 0
+        reports = tmp_path / "eval" / "cifar10" / "Linf"
+        report = json.loads((reports / f"CliExport2026-pgd-2-plain-{label.replace(' ', '-').replace('/', '_')}.json")
+                            .read_text())
+        assert report["threat"]["label"] == label and report["trained_threat"]["label"] == "Linf 0.1"
+        assert report["source"] == "exported model" and list(report["protocols"]) == ["single route"]
+    assert "Linf 8/255 (trained at Linf 0.1)" in capsys.readouterr().out
+    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == ["CliExport2026.arch.json", "CliExport2026.pt"]
     spec = json.loads(exported.with_name("CliExport2026.arch.json").read_text())["spec"]
     raw = tmp_path / "weights.pt"
     raw.write_bytes(exported.read_bytes())
@@ -80,8 +93,9 @@ def test_export_eval_fills_the_card_with_standard_autoattack(run_dir, tmp_path):
     finally:
         torch.set_num_threads(threads)
     card = json.loads((tmp_path / "model_info" / "cifar10" / "Linf" / "CliCard2026.json").read_text())
-    report = json.loads((models / "cifar10" / "Linf" / "CliCard2026.eval.json").read_text())
-    assert report["version"] == "standard" and report["per_attack"]["square"] == 0.0
+    report = json.loads((tmp_path / "eval" / "cifar10" / "Linf" / "CliCard2026-autoattack-standard-plain-Linf-0.5.json")
+                        .read_text())
+    assert report["options"]["version"] == "standard" and report["per_attack"]["square"] == 0.0
     assert card["eps"] == "0.5" and card["autoattack_acc"] == "0.00" and card["unreliable"] is False
     assert card["clean_acc"] == f"{100 * report['clean_acc']:.2f}"
 
@@ -157,6 +171,7 @@ def test_an_l1_export_eval_fills_the_card_with_autoattacks_l1_version(run_dir, t
     finally:
         torch.set_num_threads(threads)
     card = json.loads((tmp_path / "model_info" / "cifar10" / "L1" / "CliL1Card.json").read_text())
-    report = json.loads((models / "cifar10" / "L1" / "CliL1Card.eval.json").read_text())
-    assert report["norm"] == "L1" and report["version"] == "standard" and report["eps_str"] == "200"
+    report = json.loads((tmp_path / "eval" / "cifar10" / "L1" / "CliL1Card-autoattack-standard-plain-L1-200.json")
+                        .read_text())
+    assert report["threat"]["label"] == "L1 200" and report["options"]["version"] == "standard"
     assert card["eps"] == "200" and card["autoattack_acc"] == f"{100 * report['robust_acc']:.2f}"

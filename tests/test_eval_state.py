@@ -1,19 +1,22 @@
 """Resumable evaluations: the state folder, interrupted runs, refused foreign or damaged state; per-class and
 per-image results, adversarial points, progress bars, L1."""
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import images_labelled_by, plain_model, routed_model
 
 import robust_sabn.eval.batches as batches
+from robust_sabn import Threat
 from robust_sabn.errors import ConfigError
-from robust_sabn.eval import eps_sweep, evaluate, write_report
+from robust_sabn.eval import EvalSettings, eps_sweep, evaluate, write_report
 from robust_sabn.eval.autoattack import perturbation_size
 from robust_sabn.eval.state import MANIFEST
 from robust_sabn.io import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SETTINGS = dict(attack="pgd-5", route="adv", seed=3, batch_size=2, progress=False)
+SETTINGS = EvalSettings(Threat(), "pgd-5", seed=3, batch_size=2, progress=False)
 
 
 def results(report) -> dict:
@@ -39,39 +42,40 @@ def interrupt_after(monkeypatch, finished: int) -> None:
 def test_an_interrupted_evaluation_resumes_to_the_same_report(tmp_path, monkeypatch):
     model = routed_model()
     x, y = images_labelled_by(model)
-    whole = evaluate(model, x, y, 8 / 255, **SETTINGS)
+    whole = evaluate(model, x, y, SETTINGS, route="adv")
     with monkeypatch.context() as patch:
         interrupt_after(patch, 2)
         with pytest.raises(KeyboardInterrupt):
-            evaluate(model, x, y, 8 / 255, state_dir=tmp_path / "state", **SETTINGS)
+            evaluate(model, x, y, SETTINGS, route="adv", state_dir=tmp_path / "state")
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["batch-000000.pt", "batch-000001.pt",
                                                                       MANIFEST]
-    resumed = evaluate(model, x, y, 8 / 255, state_dir=tmp_path / "state", **SETTINGS)
+    resumed = evaluate(model, x, y, SETTINGS, route="adv", state_dir=tmp_path / "state")
     assert resumed.time["resumed_batches"] == 2 and whole.time["resumed_batches"] == 0
     assert results(resumed) == results(whole)
     assert resumed.robust_acc < resumed.clean_acc  # the attack broke points, so equality means something
-    again = evaluate(model, x, y, 8 / 255, state_dir=tmp_path / "state", **SETTINGS)  # the folder is kept
+    again = evaluate(model, x, y, SETTINGS, route="adv", state_dir=tmp_path / "state")  # the folder is kept
     assert again.time["resumed_batches"] == 4 and results(again) == results(whole)
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(eps=4 / 255), "eps 0.03137254901960784 there, 0.01568627450980392 here"),
-    (dict(attack="pgd-6"), "attack 'pgd-5' there, 'pgd-6' here"),
+    (dict(threat=Threat("Linf", 4 / 255)), "eps 0.03137254901960784 there, 0.01568627450980392 here"),
+    (dict(attack="pgd-6"), "steps 5 there, 6 here"),
     (dict(seed=4), "seed 3 there, 4 here"),
     (dict(batch_size=4), "batch_size 2 there, 4 here"),
     (dict(route="clean"), "route 'adv' there, 'clean' here"),
-    (dict(save_adversarials=True), "adversarials False there, True here"),
+    (dict(keep_adversarials=True), "adversarials False there, True here"),
     (dict(model=plain_model(), route=None), "another model"),
     (dict(x=torch.flip(images_labelled_by(routed_model())[0], [0])), "other images or labels"),
 ])
 def test_the_state_of_another_evaluation_is_refused(tmp_path, change, message):
     model = routed_model()
     x, y = images_labelled_by(model)
-    evaluate(model, x, y, 8 / 255, state_dir=tmp_path, **SETTINGS)
+    evaluate(model, x, y, SETTINGS, route="adv", state_dir=tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    settings = {"model": model, "x": x, "y": y, "eps": 8 / 255, **SETTINGS, "state_dir": tmp_path, **change}
+    call = {"model": model, "x": x, "y": y, "route": "adv", "state_dir": tmp_path}
+    settings = replace(SETTINGS, **{k: v for k, v in change.items() if k not in call})
     with pytest.raises(ConfigError) as caught:
-        evaluate(**settings)
+        evaluate(**{**call, **{k: v for k, v in change.items() if k in call}}, settings=settings)
     error = str(caught.value)
     assert "\n" not in error and message in error, error
     assert error.startswith(f"{tmp_path} holds the finished batches of another evaluation")
@@ -106,10 +110,10 @@ def tamper_checksum_too(path):
 def test_a_damaged_or_tampered_state_file_is_refused(tmp_path, damage, message):
     model = routed_model()
     x, y = images_labelled_by(model)
-    evaluate(model, x, y, 8 / 255, state_dir=tmp_path, **SETTINGS)
+    evaluate(model, x, y, SETTINGS, route="adv", state_dir=tmp_path)
     damage(tmp_path / "batch-000001.pt")
     with pytest.raises(ConfigError) as caught:
-        evaluate(model, x, y, 8 / 255, state_dir=tmp_path, **SETTINGS)
+        evaluate(model, x, y, SETTINGS, route="adv", state_dir=tmp_path)
     error = str(caught.value)
     assert "\n" not in error and message in error and error.endswith("to start this evaluation over"), error
 
@@ -117,14 +121,14 @@ def test_a_damaged_or_tampered_state_file_is_refused(tmp_path, damage, message):
 def test_a_sweep_keeps_one_state_folder_per_radius_and_resumes(tmp_path, monkeypatch):
     model = routed_model()
     x, y = images_labelled_by(model)
-    radii, settings = [0.0, 4 / 255, 8 / 255], {**SETTINGS, "clean_route": None}
-    whole = eps_sweep(model, x, y, radii, **settings)
+    radii = [0.0, 4 / 255, 8 / 255]
+    whole = eps_sweep(model, x, y, radii, SETTINGS, route="adv")
     with monkeypatch.context() as patch:
         interrupt_after(patch, 6)  # the first radius and half of the second
         with pytest.raises(KeyboardInterrupt):
-            eps_sweep(model, x, y, radii, state_dir=tmp_path, **settings)
+            eps_sweep(model, x, y, radii, SETTINGS, route="adv", state_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eps-0", "eps-4_255"]
-    resumed = eps_sweep(model, x, y, radii, state_dir=tmp_path, **settings)
+    resumed = eps_sweep(model, x, y, radii, SETTINGS, route="adv", state_dir=tmp_path)
     assert [r.time["resumed_batches"] for r in resumed] == [4, 2, 0]
     assert [results(r) for r in resumed] == [results(r) for r in whole]
 
@@ -132,7 +136,7 @@ def test_a_sweep_keeps_one_state_folder_per_radius_and_resumes(tmp_path, monkeyp
 def test_per_class_and_per_image_results_add_up_to_the_totals():
     model = routed_model()
     x, y = images_labelled_by(model, n=16, wrong=5)
-    report = evaluate(model, x, y, 8 / 255, **SETTINGS)
+    report = evaluate(model, x, y, SETTINGS, route="adv")
     rows = report.per_class
     assert [row["class"] for row in rows] == list(range(10))
     assert [row["n"] for row in rows] == torch.bincount(y, minlength=10).tolist()
@@ -155,7 +159,7 @@ def test_saved_adversarials_are_the_points_that_broke(tmp_path, attack):
     model = routed_model()
     x, y = images_labelled_by(model, n=16, wrong=5)
     eps = 8 / 255
-    report = evaluate(model, x, y, eps, **{**SETTINGS, "attack": attack}, save_adversarials=True)
+    report = evaluate(model, x, y, replace(SETTINGS, attack=attack, keep_adversarials=True), route="adv")
     paths = write_report(report, tmp_path / "report")
     assert [p.name for p in paths] == ["report.json", "report.md", "report.adversarials.pt"]
     saved = torch.load(paths[2], weights_only=True)
@@ -184,6 +188,9 @@ class RecordingBar:
     def update(self, count):
         self.n += count
 
+    def reset(self, total=None):
+        self.total, self.n = total, 0
+
     def set_description(self, text, refresh=True):
         self.texts.append(text)
 
@@ -194,24 +201,24 @@ class RecordingBar:
         pass
 
 
-@pytest.mark.parametrize("attack, total", [("pgd-5", 6), pytest.param("apgd-ce", None, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("attack, total", [("pgd-5", 6), pytest.param("apgd-ce", 103, marks=pytest.mark.slow)])
 def test_progress_bars_count_forward_passes_within_a_batch_and_change_nothing(monkeypatch, attack, total):
     import robust_sabn.eval.progress as progress
 
     model = routed_model()
     x, y = images_labelled_by(model)
-    quiet = evaluate(model, x, y, 8 / 255, **{**SETTINGS, "attack": attack})
+    quiet = evaluate(model, x, y, replace(SETTINGS, attack=attack), route="adv")
     monkeypatch.setattr(progress, "tqdm", RecordingBar)
     RecordingBar.bars = []
-    shown = evaluate(model, x, y, 8 / 255, **{**SETTINGS, "attack": attack, "progress": True})
+    shown = evaluate(model, x, y, replace(SETTINGS, attack=attack, progress=True), route="adv")
     assert results(shown) == results(quiet)
     bars = RecordingBar.bars
     assert [bar.desc for bar in bars] == [f"{attack} batch {i}/4" for i in (1, 2, 3, 4)]
     assert all(bar.total == total for bar in bars)
     if total is not None:  # PGD: its 5 steps and the prediction on the result (batch 1: both images wrong)
         assert [bar.n for bar in bars] == [0, total, total, total]
-    else:  # APGD-CE: 100 iterations and the checks on each batch; the bar names the attack running
-        assert all(bar.n > 100 for bar in bars[1:]) and f"{attack} batch 2/4: apgd-ce" in bars[1].texts
+    else:  # APGD-CE's 102 passes of 100 iterations and the prediction after it; the bar names the attack running
+        assert [bar.n for bar in bars[1:]] == [total] * 3 and f"{attack} batch 2/4: apgd-ce" in bars[1].texts
 
 
 def test_l1_runs_in_autoattack_only_with_a_clear_error_elsewhere():
@@ -219,9 +226,9 @@ def test_l1_runs_in_autoattack_only_with_a_clear_error_elsewhere():
     x, y = images_labelled_by(model)
     for attack in ("pgd-5", "cw"):
         with pytest.raises(ConfigError, match="not L1; for L1 use autoattack or apgd-ce"):
-            evaluate(model, x, y, 2.0, norm="L1", attack=attack, route="adv", progress=False)
+            evaluate(model, x, y, EvalSettings(Threat("L1", 2.0), attack, progress=False), route="adv")
     with pytest.raises(ConfigError, match="not L1; for L1 use autoattack or apgd-ce"):
-        eps_sweep(model, x, y, [1.0, 2.0], norm="L1", route="adv", progress=False)
+        eps_sweep(model, x, y, [1.0, 2.0], EvalSettings(Threat("L1"), "pgd-20", progress=False), route="adv")
 
 
 @pytest.mark.slow
@@ -233,9 +240,9 @@ def test_l1_autoattack_end_to_end(tmp_path, attack):
 
     model = routed_model()
     x, y = images_labelled_by(model)
-    report = evaluate(model, x, y, 2.0, norm="L1", attack=attack, route="adv", batch_size=8, progress=False,
-                      save_adversarials=True)
-    assert report.norm == "L1" and report.eps_str == "2" and report.robust_acc < report.clean_acc == 0.75
+    settings = EvalSettings(Threat("L1", 2.0), attack, batch_size=8, progress=False, keep_adversarials=True)
+    report = evaluate(model, x, y, settings, route="adv")
+    assert report.threat.label == "L1 2" and report.robust_acc < report.clean_acc == 0.75
     assert (perturbation_size(report.adversarials["images"] - x[report.adversarials["indices"]], "L1")
             <= 2.0 + 1e-4).all()
     assert not report.flags

@@ -13,10 +13,10 @@ import torchvision
 from helpers import max_diff, randomize_bn_state
 
 import robust_sabn
-from robust_sabn import convert_norms, create_model, fold_route, use_route
+from robust_sabn import Threat, convert_norms, create_model, fold_route, use_route
 from robust_sabn.errors import CheckpointError, ConfigError, RouteError
-from robust_sabn.exporting import card_path, fill_card
-from robust_sabn.model_files import load_trained_model
+from robust_sabn.exporting import ExportOptions, card_path, fill_card
+from robust_sabn.model_files import TrainedFor, load_trained_model
 from robust_sabn.parsing import format_eps
 
 
@@ -58,7 +58,7 @@ def test_converted_torchvision_resnet18_loads_through_robustbench(tmp_path):
             if "route" in name:
                 p.add_(0.2 * torch.randn_like(p))
     robust_sabn.export(model, "TorchvisionSabn2026", route="clean", model_dir=tmp_path / "models",
-                       arch="torchvision.models:resnet18", arch_kwargs={"num_classes": 10})
+                       arch={"callable": "torchvision.models:resnet18", "kwargs": {"num_classes": 10}})
     with pytest.raises(CheckpointError, match="register_robustbench"):  # the file alone may not name code to run
         rb_load("TorchvisionSabn2026", tmp_path / "models")
     robust_sabn.register_robustbench(tmp_path / "models", arch="torchvision.models:resnet18")
@@ -71,22 +71,23 @@ def test_converted_torchvision_resnet18_loads_through_robustbench(tmp_path):
 
 def test_card_has_robustbench_fields_and_takes_an_autoattack_report(tmp_path):
     model = create_model("resnet_small", width=4).eval()
-    robust_sabn.export(model, "PlainCard2026", model_dir=tmp_path / "models", eps=8 / 255)
+    robust_sabn.export(model, "PlainCard2026", model_dir=tmp_path / "models", trained=TrainedFor(Threat()))
     path = card_path("PlainCard2026", tmp_path / "models")
     assert path == tmp_path / "model_info" / "cifar10" / "Linf" / "PlainCard2026.json"
     card = json.loads(path.read_text())
     assert {"link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
             "architecture", "eps", "clean_acc", "reported", "autoattack_acc"} <= set(card)
     assert card["eps"] == "8/255" and card["number_forward_passes"] == 1 and card["clean_acc"] is None
+    assert card["versions"]["robust_sabn"] == robust_sabn.__version__ and card["versions"]["torch"]
     card["authors"] = "A. Person"
     path.write_text(json.dumps(card))
     report = SimpleNamespace(attack="autoattack", protocol="single route", version="standard", backend="pyautoattack",
-                             n=100, seed=0, batch_size=100, eps_str="8/255", clean_acc=0.8512, robust_acc=0.5,
+                             n=100, seed=0, batch_size=100, threat=Threat(), clean_acc=0.8512, robust_acc=0.5,
                              flags=["masking"])
     fill_card(path, report)
     card = json.loads(path.read_text())
     assert (card["clean_acc"], card["autoattack_acc"], card["unreliable"]) == ("85.12", "50.00", True)
-    robust_sabn.export(model, "PlainCard2026", model_dir=tmp_path / "models", overwrite=True)
+    robust_sabn.export(model, "PlainCard2026", model_dir=tmp_path / "models", options=ExportOptions(overwrite=True))
     card = json.loads(path.read_text())
     assert card["authors"] == "A. Person" and card["clean_acc"] is None  # kept what a person wrote; new weights
     with pytest.raises(ConfigError, match="single-route AutoAttack"):
@@ -187,6 +188,7 @@ def test_robustbench_benchmark_runs_on_an_exported_model(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("eps, norm, text", [(8 / 255, "Linf", "8/255"), (4 / 255, "Linf", "4/255"),
-                                              (0.5, "L2", "0.5"), (0.1, "Linf", "0.1")])
+                                              (0.5, "L2", "0.5"), (0.1, "Linf", "0.1"), (0.2, "Linf", "0.2"),
+                                              (51 / 255, "Linf", "0.2"), (12, "L1", "12"), (0.0314, "Linf", "0.0314")])
 def test_format_eps(eps, norm, text):
     assert format_eps(eps, norm) == text

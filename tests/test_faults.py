@@ -13,11 +13,12 @@ import torch
 from fake_data import write_cifar10, write_fashion_mnist, write_svhn
 from helpers import fill_disk, write_run_dir
 
-from robust_sabn import create_model
+from robust_sabn import Threat, create_model
 from robust_sabn.cli import main
 from robust_sabn.data import load_dataset
 from robust_sabn.errors import ConfigError, DiskFullError, UserError
-from robust_sabn.eval.evaluate import evaluate
+from robust_sabn.eval import EvalSettings, evaluate
+from robust_sabn.exporting import ExportOptions
 from robust_sabn.io import (
     all_or_nothing,
     atomic_write_text,
@@ -86,8 +87,8 @@ def test_a_full_disk_inside_a_group_writes_none_of_its_files(tmp_path, monkeypat
 def test_an_evaluation_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     from robust_sabn.eval.report import write_report
 
-    report = evaluate(create_model("resnet_small", width=4).eval(), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), 0,
-                      attack="pgd-1", progress=False)
+    report = evaluate(create_model("resnet_small", width=4).eval(), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]),
+                      EvalSettings(Threat("Linf", 0), "pgd-1", progress=False))
     fill_disk(monkeypatch, fails=lambda target: target.endswith(".md"))
     with pytest.raises(DiskFullError, match=r"report\.md"):
         write_report(report, tmp_path / "report")
@@ -182,11 +183,13 @@ def test_an_export_killed_between_its_renames_leaves_no_loadable_model(tmp_path,
 
     monkeypatch.setattr(io.os, "replace", killed_after_the_first)
     with pytest.raises(KeyboardInterrupt):
-        export(create_model("resnet_small", width=8), "Killed2026", model_dir=tmp_path / "models", overwrite=True)
+        export(create_model("resnet_small", width=8), "Killed2026", model_dir=tmp_path / "models",
+               options=ExportOptions(overwrite=True))
     monkeypatch.undo()
     assert renamed == [weights.with_name("Killed2026.arch.json")] and not weights.exists()
     assert not [p for p in tmp_path.rglob("*.tmp*")]  # no temporary file left behind
-    export(create_model("resnet_small", width=8), "Killed2026", model_dir=tmp_path / "models", overwrite=overwrite)
+    export(create_model("resnet_small", width=8), "Killed2026", model_dir=tmp_path / "models",
+           options=ExportOptions(overwrite=overwrite))
     assert load_trained_model(weights).spec["kwargs"]["width"] == 8
 
 
@@ -197,7 +200,7 @@ def test_export_in_a_shared_folder_is_readable_by_the_group_also_after_overwrite
     try:
         for overwrite in (False, True):
             weights = export(create_model("resnet_small", width=4), "Shared2026", model_dir=tmp_path / "models",
-                             overwrite=overwrite)
+                             options=ExportOptions(overwrite=overwrite))
     finally:
         os.umask(old)
     files = [weights, weights.with_name("Shared2026.arch.json"),
@@ -412,19 +415,20 @@ def gray_model():
 def test_evaluate_refuses_images_a_model_runs_only_by_accident(gray_model):
     y = torch.tensor([0, 1])
     rgb_model = create_model("resnet_small", width=4).eval()
+    settings = EvalSettings(Threat("Linf", 0.1), "pgd-1", progress=False)
     with pytest.raises(ConfigError, match="takes images with 3 channels, not 1"):
-        evaluate(rgb_model, torch.rand(2, 1, 32, 32), y, 0.1, attack="pgd-1", progress=False)
+        evaluate(rgb_model, torch.rand(2, 1, 32, 32), y, settings)
     with pytest.raises(ConfigError, match="takes images with 1 channels, not 3"):
-        evaluate(gray_model, torch.rand(2, 3, 28, 28), y, 0.1, attack="pgd-1", progress=False)
+        evaluate(gray_model, torch.rand(2, 3, 28, 28), y, settings)
     with pytest.raises(ConfigError, match="images of 1x1 pixels are too small for the model"):
-        evaluate(gray_model, torch.rand(2, 1, 1, 1), y, 0.1, attack="pgd-1", progress=False)
+        evaluate(gray_model, torch.rand(2, 1, 1, 1), y, settings)
     with pytest.raises(ConfigError, match="eps must be a number or a fraction like 8/255, got '8/255s'"):
-        evaluate(gray_model, torch.rand(2, 1, 28, 28), y, "8/255s", attack="pgd-1", progress=False)
+        Threat("Linf", "8/255s")
 
 
 def test_evaluate_takes_float64_images_and_eps_fractions_as_the_same_evaluation(gray_model):
     x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
-    expected = evaluate(gray_model, x, y, 8 / 255, attack="pgd-2", progress=False)
-    same = evaluate(gray_model, x.double(), y, "8/255", attack="pgd-2", progress=False)
-    for key in ("clean_acc", "robust_acc", "eps", "eps_str"):
+    expected = evaluate(gray_model, x, y, EvalSettings(Threat("Linf", 8 / 255), "pgd-2", progress=False))
+    same = evaluate(gray_model, x.double(), y, EvalSettings(Threat("Linf", "8/255"), "pgd-2", progress=False))
+    for key in ("clean_acc", "robust_acc", "threat", "per_image"):
         assert getattr(same, key) == getattr(expected, key), key

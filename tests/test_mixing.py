@@ -10,6 +10,7 @@ from robust_sabn import (
     ConfigError,
     DualBatchNorm2d,
     RouteError,
+    Threat,
     create_model,
     export,
     fold_route,
@@ -269,20 +270,20 @@ def test_an_exported_mixture_reloads_through_robustbench_with_identical_logits(t
 
 
 def test_the_mixture_front_evaluates_each_mixture_and_draws_the_pareto_plot(tmp_path):
-    from robust_sabn.eval import evaluate
+    from robust_sabn.eval import EvalSettings, evaluate
     from robust_sabn.eval.front import dominating, mixture_front, oracle_point, write_front
 
     model = randomize_norms(create_model("resnet_small", width=4, norm="sandwich")).eval()
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad(), use_route(model, "clean"):
         y = model(x).argmax(1)
-    settings = dict(attack="pgd-2", batch_size=4, progress=False)
-    points = mixture_front(model, x, y, 8 / 255, [0.0, 0.5, 1.0], "clean", "adv", **settings)
+    settings = EvalSettings(attack="pgd-2", batch_size=4, progress=False)
+    points = mixture_front(model, x, y, [0.0, 0.5, 1.0], settings, routes=("clean", "adv"))
     assert [p.t for p in points] == [0.0, 0.5, 1.0] and points[0].report.clean_acc == 1.0
     for point, route in ((points[0], "clean"), (points[2], "adv")):  # the ends are the folded routes
-        end = evaluate(fold_route(model, route), x, y, 8 / 255, **settings)
+        end = evaluate(fold_route(model, route), x, y, settings)
         assert point.report.per_image == end.per_image and point.report.robust_acc == end.robust_acc
-    routed = evaluate(model, x, y, 8 / 255, route="adv", **settings)  # the evaluation's own oracle protocol
+    routed = evaluate(model, x, y, settings, route="adv")  # the evaluation's own oracle protocol
     assert oracle_point(points) == (routed.protocols["oracle routing"].clean_acc, routed.robust_acc)
     better = [p for p in points[:2] if p.report.clean_acc > points[2].report.clean_acc
               and p.report.robust_acc >= points[2].report.robust_acc - 0.01]
@@ -358,7 +359,7 @@ def test_recalibration_re_estimates_the_statistics_on_the_images_a_share_t_of_th
     mixed = mix_routes(model, {"clean": 0.5, "adv": 0.5})
     before = copy.deepcopy(mixed.state_dict())
     x, y = torch.rand(12, 3, 32, 32), torch.randint(0, 10, (12,))
-    recalibrate = Recalibration(x, y, eps=8 / 255, batch_size=12)
+    recalibrate = Recalibration(x, y, Threat(), batch_size=12)
     seen = []
     real = module.update_bn
     monkeypatch.setattr(module, "update_bn", lambda batches, m, **kw: (seen.extend(batches), real(batches, m, **kw)))
@@ -393,7 +394,7 @@ def test_eval_and_export_recalibrate_the_mixtures_strictly_between_the_routes(tm
 
     run = write_run_dir(tmp_path, n_test=8, labelled=True)
     loaded = load_trained_model(run)
-    expected = training_recalibration(loaded, 8, loaded.threat()[1], "Linf")(
+    expected = training_recalibration(loaded, 8, loaded.threat())(
         mix_routes(loaded.model, {"clean": 0.5, "adv": 0.5}), 0.5)
     args = ["eval", str(run), "--route-mix", "0:1:0.5", "--attack", "pgd-2", "--batch-size", "4", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0

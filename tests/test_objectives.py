@@ -11,6 +11,7 @@ from fake_data import pattern_task
 from robust_sabn import ConfigError, create_model, use_route
 from robust_sabn.attacks import PGD
 from robust_sabn.nn import routed_layers
+from robust_sabn.threat import Threat
 from robust_sabn.training.objectives import OBJECTIVES, StepOutput
 
 EPS, STEP, STEPS = 0.05, 0.02, 3
@@ -21,9 +22,9 @@ def make_model(norm="sandwich", width=4):
     return create_model("resnet_small", num_classes=4, norm=norm, in_channels=1, width=width).train()
 
 
-def objective(name, **kwargs):
-    settings = dict(eps=EPS, step_size=0.0625 if name == "fast" else STEP, steps=STEPS) | kwargs
-    return OBJECTIVES[name](**settings)
+def objective(name, eps=EPS, norm="Linf", **kwargs):
+    settings = dict(step_size=0.0625 if name == "fast" else STEP, steps=STEPS) | kwargs
+    return OBJECTIVES[name](threat=Threat(norm, eps), **settings)
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ def test_objectives_through_ddp(data, tmp_path):
     ("madry", {"eps": 2.0}, "eps"),
     ("madry", {"step_size": 0.0}, "step_size"),
     ("hybrid", {"steps": 0}, "steps"),
-    ("hybrid", {"norm": "L3"}, "norm"),
+    ("hybrid", {"norm": "L3"}, "threat model"),
     ("trades", {"beta": -1.0}, "beta"),
     ("fast", {"norm": "L2"}, "Linf"),
     ("madry", {"bn_mode": "frozen"}, "bn_mode"),

@@ -9,16 +9,16 @@ import yaml
 from fake_data import write_cifar10, write_fashion_mnist
 from torch import nn
 
-from robust_sabn import use_route
+import robust_sabn.checkpoint as checkpoint_file
+from robust_sabn import SandwichBatchNorm2d, Threat, use_route
 from robust_sabn.cli import main
 from robust_sabn.data import as_tensors, load_dataset
 from robust_sabn.errors import ConfigError
-from robust_sabn.eval import evaluate
+from robust_sabn.eval import EvalSettings, evaluate
 from robust_sabn.io import extract_state_dict, load_checkpoint, load_weights
 from robust_sabn.model_files import load_trained_model
 from robust_sabn.models import build_model
 from robust_sabn.nn import CONVS
-from robust_sabn.training import loop
 from robust_sabn.training.config import TrainConfig
 from robust_sabn.training.loop import TrainingDiverged, train
 from robust_sabn.training.optim import lr_factor
@@ -133,7 +133,7 @@ def test_resume_continues_bit_for_bit(fmnist, tmp_path, monkeypatch):
     train(resume_config(tmp_path / "b", max_steps=12), resume=True)
 
     saved = {}
-    real_save = loop.save_checkpoint
+    real_save = checkpoint_file.save_checkpoint
 
     def save_and_copy(payload, path):
         real_save(payload, path)
@@ -141,7 +141,7 @@ def test_resume_continues_bit_for_bit(fmnist, tmp_path, monkeypatch):
             saved[payload["step"]] = path.with_name(f"step{payload['step']}.pt")
             shutil.copy(path, saved[payload["step"]])
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_and_copy)
+    monkeypatch.setattr(checkpoint_file, "save_checkpoint", save_and_copy)
     train(tiny(fmnist, tmp_path / "c", max_steps=12, save_every=4))
     monkeypatch.undo()
     assert load_checkpoint(saved[8])["batch"] == 3  # written by --save-every inside epoch 2
@@ -175,8 +175,8 @@ def test_best_checkpoint_holds_the_best_robust_validation_accuracy(fmnist, tmp_p
     model = load_trained_model(tmp_path / "run" / "best.pt").model
     x, y = as_tensors(load_dataset("fashion-mnist", fmnist, val_size=32, seed=0).val)
     # validation is `robust-sabn eval --attack pgd-K` on the validation images, batches of twice the training batch
-    report = evaluate(model, x, y, 0.1, attack=f"pgd-{config.val_steps}", route="adv", seed=0, batch_size=32,
-                      clean_route=None, progress=False)
+    settings = EvalSettings(Threat("Linf", 0.1), f"pgd-{config.val_steps}", seed=0, batch_size=32, progress=False)
+    report = evaluate(model, x, y, settings, route="adv", clean_route=None)
     assert report.robust_acc == best["val_robust_acc"] and report.clean_acc == best["val_clean_acc"]
 
 
@@ -214,8 +214,16 @@ def test_layer_metrics_are_logged_and_plotted(fmnist, tmp_path, monkeypatch):
 def test_sync_bn_conversion_keeps_routed_layers_working(fmnist, tmp_path):
     result = train(tiny(fmnist, tmp_path / "run", sync_bn=True, max_steps=3))
     assert result.step == 3
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     model = load_trained_model(tmp_path / "run" / "last.pt").model  # SyncBatchNorm stats load into plain BN
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    layers = [m for m in model.modules() if isinstance(m, SandwichBatchNorm2d)]
+    assert layers and not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    for name, layer in model.named_modules():
+        if isinstance(layer, SandwichBatchNorm2d):  # every route's statistics: trained, and those of the checkpoint
+            for route in ("clean", "adv"):
+                stats = layer.stats[route]
+                assert type(stats) is nn.BatchNorm2d and int(stats.num_batches_tracked) == 3
+                assert torch.equal(stats.running_mean, saved[f"{name}.stats.{route}.running_mean"])
 
 
 @pytest.mark.slow

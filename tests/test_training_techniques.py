@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from fake_data import pattern_task, write_fashion_mnist
 
-from robust_sabn import ConfigError, create_model, use_route
+from robust_sabn import ConfigError, Threat, create_model, use_route
 from robust_sabn.cli import main
 from robust_sabn.data import ImageTensors, fixed_subset, load_dataset, read_image_npz, write_image_npz
 from robust_sabn.io import load_checkpoint
@@ -18,7 +18,7 @@ from robust_sabn.model_files import load_trained_model
 from robust_sabn.nn import routed_layers
 from robust_sabn.training import loop
 from robust_sabn.training.awp import WeightPerturbation, perturbed_parameters
-from robust_sabn.training.batches import batch_iterator
+from robust_sabn.training.batches import BatchPlan
 from robust_sabn.training.config import TrainConfig
 from robust_sabn.training.ema import WeightAverage, ema_decay
 from robust_sabn.training.holdout import write_heldout
@@ -114,7 +114,7 @@ def test_awp_perturbs_the_shared_weights_only():
 def test_awp_step_is_plain_sgd_on_the_perturbed_loss_then_the_perturbation_is_removed(name):
     x, y = pattern_task(16, seed=1)
     model = small_model()
-    objective = OBJECTIVES[name](eps=EPS, step_size=STEP, steps=2)
+    objective = OBJECTIVES[name](threat=Threat("Linf", EPS), step_size=STEP, steps=2)
     x_adv = objective.adversarial(model, x, y)
     reference = copy.deepcopy(model)
     buffers = [b.clone() for b in model.buffers()]
@@ -158,7 +158,7 @@ def test_awp_step_is_plain_sgd_on_the_perturbed_loss_then_the_perturbation_is_re
 def test_mart_matches_its_formula_with_the_clean_route_for_natural_logits():
     x, y = pattern_task(16, seed=1)
     model, beta, smoothing = small_model(), 5.0, 0.1
-    mart = OBJECTIVES["mart"](eps=EPS, step_size=STEP, steps=2, beta=beta, label_smoothing=smoothing)
+    mart = OBJECTIVES["mart"](threat=Threat("Linf", EPS), step_size=STEP, steps=2, beta=beta, label_smoothing=smoothing)
     x_adv = mart.adversarial(model, x, y)
     reference = copy.deepcopy(model)
     out = mart.loss(model, x, x_adv, y)
@@ -182,8 +182,8 @@ def test_mart_matches_its_formula_with_the_clean_route_for_natural_logits():
 def test_label_smoothing_smooths_the_training_cross_entropies(name):
     x, y = pattern_task(16, seed=1)
     model, s = small_model("bn"), 0.2
-    plain = OBJECTIVES[name](eps=EPS, step_size=STEP, steps=2)
-    smooth = OBJECTIVES[name](eps=EPS, step_size=STEP, steps=2, label_smoothing=s)
+    plain = OBJECTIVES[name](threat=Threat("Linf", EPS), step_size=STEP, steps=2)
+    smooth = OBJECTIVES[name](threat=Threat("Linf", EPS), step_size=STEP, steps=2, label_smoothing=s)
     x_adv = plain.adversarial(model, x, y)
     model.eval()  # fixed statistics: both losses see the logits computed here
     with torch.no_grad():
@@ -225,8 +225,8 @@ def test_every_batch_mixes_in_the_requested_fraction_of_extra_images(fraction, e
     labeled, extra = tensors(40, 1), tensors(30, 200, label0=100)
     seen = []
     for epoch in range(3):
-        batches = list(batch_iterator(labeled, 8, shuffle=True, seed=3, epoch=epoch, drop_last=True, extra=extra,
-                                      extra_fraction=fraction))
+        batches = list(BatchPlan(labeled, 8, seed=3, drop_last=True, extra=extra, extra_fraction=fraction)
+                       .epoch(epoch))
         assert len(batches) == 5  # the labeled set alone fills 5 batches of 8: an epoch keeps that length
         for x, y in batches:
             assert len(y) == 8 and (y >= 100).sum() == extra_per_batch and (y[-extra_per_batch:] >= 100).all()
@@ -239,11 +239,11 @@ def test_every_batch_mixes_in_the_requested_fraction_of_extra_images(fraction, e
 
 def test_mixed_batches_resume_exactly_and_shard_the_labeled_stream():
     labeled, extra = tensors(40, 1), tensors(30, 200, label0=100)
-    common = dict(shuffle=True, seed=5, epoch=2, drop_last=True, extra=extra, extra_fraction=0.5)
-    whole = list(batch_iterator(labeled, 4, **common))
-    resumed = list(batch_iterator(labeled, 4, start_batch=6, **common))
+    plan = BatchPlan(labeled, 4, seed=5, drop_last=True, extra=extra, extra_fraction=0.5)
+    whole = list(plan.epoch(2))
+    resumed = list(plan.epoch(2, start_batch=6))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[6:], resumed))
-    ranks = [list(batch_iterator(labeled, 4, rank=r, world_size=2, **common)) for r in range(2)]
+    ranks = [list(plan.epoch(2, rank=r, world_size=2)) for r in range(2)]
     labels = [set(y[y < 100].tolist()) for batches in ranks for _, y in batches]
     assert not (set().union(*labels[:5]) & set().union(*labels[5:]))  # ranks take disjoint labeled images
 

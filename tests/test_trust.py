@@ -85,7 +85,8 @@ def test_an_export_of_a_users_own_architecture_loads_when_the_caller_names_it(tm
     CLI (--model, the file's kwargs kept), from Python (arch=) and through RobustBench (register_robustbench)."""
     builder = "robust_sabn.models:create_model"
     model = create_model("resnet_small", width=4).eval()
-    weights = robust_sabn.export(model, "OwnArch2026", model_dir=tmp_path / "models", arch=builder, arch_kwargs=SMALL)
+    weights = robust_sabn.export(model, "OwnArch2026", model_dir=tmp_path / "models",
+                                 arch={"callable": builder, "kwargs": SMALL})
     with pytest.raises(CheckpointError, match=builder):
         load_trained_model(weights)
     loaded = load_trained_model(weights, arch=builder)

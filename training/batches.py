@@ -1,27 +1,20 @@
-"""The training batches: a resumable, sharded iterator over a dataset, augmented with per-batch seeds, optionally
-mixed with extra (generated or pseudo-labelled) images at a fixed share of every batch."""
+"""The training batches (:class:`BatchPlan`): resumable, sharded over processes, augmented with per-batch seeds,
+optionally mixed with extra (generated or pseudo-labelled) images at a fixed share of every batch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import Augment, ImageTensors
+from ..batching import num_batches, shard
+from ..data import Augment, gather
 from ..errors import ConfigError
 from ..rng import derive_seed
 
 LABELED_STREAM, EXTRA_DRAW = 1, 2  # keys that set the mixed batches' seeds apart from the augmentation's
-
-
-def _divide(n: int, d: int, drop_last: bool) -> int:
-    return n // d if drop_last else -(-n // d)
-
-
-def num_batches(n_items: int, batch_size: int, *, drop_last: bool, world_size: int = 1) -> int:
-    """Batches per rank that :func:`batch_iterator` yields for ``n_items`` items."""
-    return _divide(_divide(n_items, world_size, drop_last), batch_size, drop_last)
 
 
 def shard_indices(n_items: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
@@ -33,10 +26,10 @@ def shard_indices(n_items: int, *, shuffle: bool, seed: int, epoch: int, rank: i
         order = torch.randperm(n_items, generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
     else:
         order = torch.arange(n_items)
-    total = _divide(n_items, world_size, drop_last) * world_size
+    total = num_batches(n_items, world_size, drop_last=drop_last) * world_size
     if total > n_items:
         order = torch.cat([order, order[: total - n_items]])
-    return order[:total][rank::world_size]
+    return shard(order[:total], rank, world_size)
 
 
 def labeled_stream(n_items: int, start: int, count: int, *, seed: int) -> Tensor:
@@ -47,14 +40,6 @@ def labeled_stream(n_items: int, start: int, count: int, *, seed: int) -> Tensor
               for c in range(first, last + 1)]
     offset = start - first * n_items
     return torch.cat(passes)[offset:offset + count]
-
-
-def _gather(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
-    """The items at ``indices`` as one batch (one indexing operation for in-memory data)."""
-    if isinstance(dataset, ImageTensors):
-        return dataset.batch(indices)
-    items = [dataset[j] for j in indices.tolist()]
-    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
 
 
 class _Batches(Dataset):
@@ -71,11 +56,11 @@ class _Batches(Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        x, y = _gather(self.dataset, self.batches[i])
+        x, y = gather(self.dataset, self.batches[i])
         if self.extra is not None:
             draw = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.first + i, self.rank,
                                                              EXTRA_DRAW))
-            extra_x, extra_y = _gather(self.extra, torch.randint(len(self.extra), (self.extra_count,), generator=draw))
+            extra_x, extra_y = gather(self.extra, torch.randint(len(self.extra), (self.extra_count,), generator=draw))
             x, y = torch.cat([x, extra_x]), torch.cat([y, extra_y])
         if self.augment is not None:
             seed = derive_seed(self.seed, self.epoch, self.first + i, self.rank)
@@ -83,46 +68,82 @@ class _Batches(Dataset):
         return x, y
 
 
-def batch_iterator(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, start_batch: int = 0,
-                   drop_last: bool = False, rank: int = 0, world_size: int = 1, augment: Augment | None = None,
-                   num_workers: int = 0, pin_memory: bool = False, extra: Dataset | None = None,
-                   extra_fraction: float = 0.0) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(x, y)`` batches of this rank's shard, from batch ``start_batch`` on.
+def extra_share(fraction: float, batch_size: int) -> int:
+    """The extra images in a batch of ``batch_size`` with a ``fraction`` of extra data; one line when the batch would
+    hold no extra or no labeled image."""
+    count = round(fraction * batch_size)
+    if not 0 < count < batch_size:
+        raise ConfigError(f"--extra-fraction {fraction} of a batch of {batch_size} leaves no extra or no labeled "
+                          "image in it; choose a fraction between (the papers use 0.7)")
+    return count
 
-    Order and augmentation are a pure function of (``seed``, ``epoch``, batch index, ``rank``): a run resumed
-    with ``start_batch=k`` gets exactly batches k, k+1, ... of the uninterrupted run, and the skipped batches
-    are never loaded. Batches are gathered and augmented (``augment(x, generator)``, with a generator seeded for
-    each batch) by ``num_workers`` worker processes (0: this process), so the same batches come out whatever the
-    number; ``pin_memory`` puts them in page-locked memory (for asynchronous copies to a GPU).
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the training batches of every epoch are drawn: ``batch_size`` items of ``dataset`` per batch and process,
+    in an order shuffled by (``seed``, epoch), each batch augmented (``augment(x, generator)``) with a generator
+    seeded for it; ``drop_last`` drops a last partial batch.
 
     With ``extra``, ``round(extra_fraction * batch_size)`` images of every batch are drawn from ``extra`` uniformly
     at random (with replacement, as the generated-data papers' sampler does) and the others from ``dataset``, in a
     sequence of permutations that runs on across epochs (each item once per pass); an epoch keeps the number of
     batches ``dataset`` alone fills, and the extra images come last in each batch. Augmentation treats all alike.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is outside world_size {world_size}")
-    count = num_batches(len(dataset), batch_size, drop_last=drop_last, world_size=world_size)
-    extra_count = round(extra_fraction * batch_size) if extra is not None else 0
-    if extra is None:
-        order = shard_indices(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                              world_size=world_size, drop_last=drop_last)
-        batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start_batch, count)]
-    else:
-        if not 0 < extra_count < batch_size:
-            raise ConfigError(f"extra_fraction {extra_fraction} of a batch of {batch_size} leaves no extra or no "
-                              "labeled image in it")
-        labeled = batch_size - extra_count  # per batch and rank; ranks take turns along the stream
-        first = (epoch * count + start_batch) * world_size  # global batches before this one
-        total = (count - start_batch) * world_size
-        stream = labeled_stream(len(dataset), first * labeled, total * labeled, seed=seed) if total > 0 else None
-        batches = [] if stream is None else list(stream.view(-1, world_size, labeled)[:, rank])
-    items = _Batches(dataset, batches, start_batch, augment, seed=seed, epoch=epoch, rank=rank, extra=extra,
-                     extra_count=extra_count)
-    # Its own generator: an iterator over a DataLoader draws its workers' base seed from the generator it is given,
-    # by default torch's global one, which the training attacks draw from (a resumed run would draw once more).
-    # Every batch is seeded above, so the base seed changes nothing here.
-    yield from DataLoader(items, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                          generator=torch.Generator().manual_seed(seed))
+
+    dataset: Dataset
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    augment: Augment | None = None
+    extra: Dataset | None = None
+    extra_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.extra is not None:
+            extra_share(self.extra_fraction, self.batch_size)
+
+    @property
+    def extra_count(self) -> int:
+        """Extra images in every batch."""
+        return extra_share(self.extra_fraction, self.batch_size) if self.extra is not None else 0
+
+    def per_process(self, world_size: int = 1) -> int:
+        """Batches each of ``world_size`` processes gets per epoch: its equal share of the items
+        (:func:`shard_indices`) in batches."""
+        share = num_batches(len(self.dataset), world_size, drop_last=self.drop_last)  # items per process
+        return num_batches(share, self.batch_size, drop_last=self.drop_last)
+
+    def epoch(self, epoch: int, *, start_batch: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+              pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)`` batches of epoch ``epoch`` for process ``rank`` of ``world_size``, from batch
+        ``start_batch`` on.
+
+        Order and augmentation are a pure function of (``seed``, epoch, batch index, ``rank``): a run resumed with
+        ``start_batch=k`` gets exactly batches k, k+1, ... of the uninterrupted run, and the skipped batches are
+        never loaded. ``num_workers`` worker processes (0: this one) gather and augment the batches, so the same
+        batches come out whatever the number; ``pin_memory`` puts them in page-locked memory (for asynchronous
+        copies to a GPU)."""
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside world_size {world_size}")
+        count = self.per_process(world_size)
+        if self.extra is None:
+            order = shard_indices(len(self.dataset), shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=rank,
+                                  world_size=world_size, drop_last=self.drop_last)
+            batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start_batch, count)]
+        else:
+            labeled = self.batch_size - self.extra_count  # per batch and rank; ranks take turns along the stream
+            first = (epoch * count + start_batch) * world_size  # global batches before this one
+            total = (count - start_batch) * world_size
+            stream = labeled_stream(len(self.dataset), first * labeled, total * labeled, seed=self.seed) \
+                if total > 0 else None
+            batches = [] if stream is None else list(stream.view(-1, world_size, labeled)[:, rank])
+        items = _Batches(self.dataset, batches, start_batch, self.augment, seed=self.seed, epoch=epoch, rank=rank,
+                         extra=self.extra, extra_count=self.extra_count)
+        # Its own generator: an iterator over a DataLoader draws its workers' base seed from the generator it is
+        # given, by default torch's global one, which the training attacks draw from (a resumed run would draw once
+        # more). Every batch is seeded above, so the base seed changes nothing here.
+        yield from DataLoader(items, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                              generator=torch.Generator().manual_seed(self.seed))

@@ -7,7 +7,8 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
-from .config import TrainConfig, choices, recipe_names
+from ..flags import DeprecatedAlias
+from .config import RENAMED, TrainConfig, choices, recipe_names
 
 EXAMPLES = """examples:
   robust-sabn train --config fashion-mnist-small --out-dir runs/fmnist
@@ -48,6 +49,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="N", help=helps[f.name])
         else:
             parser.add_argument(flag, default=argparse.SUPPRESS, metavar=f.name.upper(), help=helps[f.name])
+    for old, new in RENAMED.items():
+        parser.add_argument(flag_name(old), dest=new, action=DeprecatedAlias, new=flag_name(new),
+                            default=argparse.SUPPRESS)
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:

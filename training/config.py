@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -16,18 +16,24 @@ from typing import Any
 
 import yaml
 
-from ..constants import ADV_ROUTE, ATTACK_NORMS, BN_MODES, CLEAN_ROUTE
+from ..constants import ADV_ROUTE, BN_MODES, CLEAN_ROUTE
 from ..data import DATASETS
+from ..devices import check_device_name
 from ..errors import ConfigError
 from ..models import MODELS
 from ..nn import CONVS, NORMS
 from ..parsing import parse_number, to_int
+from ..registry import choose
 from ..rng import check_seed
+from ..threat import ATTACK_NORMS, Threat
+from .batches import extra_share
 from .objectives import OBJECTIVES
 
 AMP_MODES = ("off", "bf16", "fp16")
 LR_SCHEDULES = ("step", "cosine", "onecycle")
-DEVICES = ("auto", "cpu", "cuda")
+# Settings renamed since they were first written: old name -> new name. Files and checkpoints that use an old name
+# keep working; a config file or flag that uses one gets a one-line deprecation warning.
+RENAMED = {"attack_norm": "threat_model"}
 
 
 def setting(default: Any, help: str, choices: Iterable[str] | None = None) -> Any:
@@ -68,10 +74,11 @@ class TrainConfig:
     adv_route: str = setting(ADV_ROUTE, "name of the route adversarial inputs take; the one validated and exported")
     # objective and its training attack
     objective: str = setting("hybrid", "training objective", OBJECTIVES)
+    threat_model: str = setting("Linf", "threat model (norm) of the training attack, and of validation, eval and "
+                                "export of the run", ATTACK_NORMS)
     eps: float = setting(8 / 255, "attack radius; fractions allowed (8/255)")
     step_size: float | None = setting(None, "training attack step (default eps/4; 1.25*eps for fast)")
     steps: int = setting(7, "training attack steps")
-    attack_norm: str = setting("Linf", "threat model of the training attack", ATTACK_NORMS)
     beta: float = setting(6.0, "weight of the TRADES and MART regularizers")
     label_smoothing: float = setting(0.0, "label smoothing of the training cross-entropies (e.g. 0.1)")
     awp_gamma: float = setting(0.0, "adversarial weight perturbation: relative size per layer (e.g. 0.005; 0: off)")
@@ -100,8 +107,8 @@ class TrainConfig:
     # run
     out_dir: str | None = setting(None, "run folder (default: runs/<dataset>-<arch>-<norm>-<objective>-<time>)")
     seed: int = setting(0, "seed of everything random")
-    device: str = setting("auto", "where to train (auto: the process's GPU if CUDA is available, else the CPU)",
-                          DEVICES)
+    device: str = setting("auto", "where to train: auto (the process's GPU if CUDA is available, else the CPU), cpu, "
+                          "cuda (the process's GPU) or cuda:N")
     amp: str = setting("off", "mixed precision on CUDA (--amp alone: bf16)", AMP_MODES)
     channels_last: bool | None = setting(
         None, "channels-last memory format (default: on CUDA with --amp; on CPU, where it is faster, unless oneDNN "
@@ -117,16 +124,21 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
             known = choices(f)
-            if known is not None and getattr(self, f.name) not in known:
-                raise ConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of: {', '.join(known)}")
+            if known is not None:
+                choose(getattr(self, f.name), known, f.name)
+        check_device_name(self.device)
         objective = OBJECTIVES[self.objective]
         if self.step_size is None:
             self.step_size = objective.step_factor * self.eps
         self._check(objective)
 
+    @property
+    def threat(self) -> Threat:
+        """The run's threat model: ``threat_model`` at radius ``eps``."""
+        return Threat(self.threat_model, self.eps)
+
     def _check(self, objective: type) -> None:
-        if not 0 <= self.eps or (self.attack_norm == "Linf" and self.eps > 1) or not math.isfinite(self.eps):
-            raise ConfigError(f"eps must be in [0, 1] for inputs in [0, 1], got {self.eps}; e.g. --eps 8/255")
+        self.threat  # noqa: B018 -- validates norm and eps together
         if not 0 < self.step_size or (self.step_size > self.eps and not objective.step_exceeds_eps):
             raise ConfigError(f"step size {self.step_size} must be positive and at most eps ({self.eps}); "
                               f"e.g. --step-size {Fraction(self.eps / 4).limit_denominator(1000)}")
@@ -145,9 +157,8 @@ class TrainConfig:
         for name in ("ema_decay", "label_smoothing", "extra_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.extra_data is not None and not 1 <= round(self.extra_fraction * self.batch_size) < self.batch_size:
-            raise ConfigError(f"--extra-fraction {self.extra_fraction} of a batch of {self.batch_size} leaves no "
-                              "extra or no labeled image in it; choose a fraction between (the papers use 0.7)")
+        if self.extra_data is not None:
+            extra_share(self.extra_fraction, self.batch_size)
         check_seed(self.seed)
         for name in ("clean_route", "adv_route"):
             if not getattr(self, name).isidentifier():
@@ -160,13 +171,30 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def upgrade(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """``values`` with keys spelled ``a_b`` and renamed settings (:data:`RENAMED`) under their new names; and the
+        old names found."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        old = [name for name in RENAMED if name in values]
+        for name in old:
+            if RENAMED[name] in values:
+                raise ConfigError(f"{name} is the old name of {RENAMED[name]}; give only {RENAMED[name]}")
+            values[RENAMED[name]] = values.pop(name)
+        return values, old
+
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a mapping (keys may use ``-`` or ``_``); unknown keys are an error naming the known ones."""
+    def from_dict(cls, values: dict[str, Any], source: str = "config", *, warn: bool = True) -> TrainConfig:
+        """Build from a mapping (keys may use ``-`` or ``_``; renamed settings under their old names too, with a
+        warning unless ``warn`` is false); unknown keys are an error naming the known ones."""
         if not isinstance(values, dict):
             raise ConfigError(f"{source} must hold a mapping of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        values, old = cls.upgrade(values)
+        if warn:
+            for name in old:
+                warnings.warn(f"{source}: setting {name!r} is now called {RENAMED[name]!r}; the old name will be "
+                              "refused in a later version", FutureWarning, stacklevel=2)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

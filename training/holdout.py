@@ -22,9 +22,12 @@ def write_heldout(config: TrainConfig, path: str | os.PathLike) -> tuple[Path, i
     splits = load_dataset(config.dataset, config.data_dir, download=config.download, val_size=config.val_size,
                           seed=config.seed)
     rest = fixed_subset(splits.train, config.train_size, config.seed, rest=True)
-    if not isinstance(rest, ImageTensors) or not len(rest):
-        raise ConfigError(f"no training image of {config.dataset} is left to hold out (in-memory datasets only: "
-                          "cifar10, cifar100, svhn, fashion-mnist)")
+    if not isinstance(rest, ImageTensors):
+        raise ConfigError(f"{config.dataset} is read from image files, not into memory, so its images cannot be "
+                          "written out; use its folder as a dataset of its own")
+    if not len(rest):
+        raise ConfigError(f"--train-size {config.train_size} takes every training image of {config.dataset}, so none "
+                          "is left to hold out; lower --train-size")
     return write_image_npz(path, rest), len(rest)
 
 

@@ -14,19 +14,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ..checkpoint import TrainingCheckpoint
 from ..data import as_tensors, fixed_subset, load_dataset, read_image_npz
 from ..distributed import NO_FORWARD_BUFFER_SYNC, Processes, start_processes
 from ..errors import ConfigError, UserError
-from ..eval import make_eval_attack, robust_points
-from ..eval.batches import num_batches as num_eval_batches
 from ..eval.evaluate import freeze
-from ..io import atomic_write_text, load_weights, save_checkpoint
+from ..eval.settings import EvalSettings
+from ..eval.shards import shared_points
+from ..io import atomic_write_text, load_weights
 from ..memory_format import choose_memory_format
 from ..models import create_model
 from ..nn import layer_metrics, routes_of
+from ..provenance import provenance
 from ..rng import preserved_rng, rng_state, seed_everything, set_rng_state
 from .awp import WeightPerturbation
-from .batches import batch_iterator, num_batches
+from .batches import BatchPlan
 from .config import TrainConfig
 from .curves import plot_curves
 from .ema import WeightAverage
@@ -94,8 +96,10 @@ class Trainer:
             image_size=self.splits.image_size)
         self.val_images = as_tensors(self.splits.val)
         self.input_shape = [self.splits.in_channels, self.splits.image_size, self.splits.image_size]
-        self.steps_per_epoch = num_batches(len(self.train_set), config.batch_size, drop_last=True,
-                                           world_size=processes.world_size)
+        self.batches = BatchPlan(self.train_set, config.batch_size, config.seed, shuffle=True, drop_last=True,
+                                 augment=self.splits.augment, extra=self.extra_set,
+                                 extra_fraction=config.extra_fraction)
+        self.steps_per_epoch = self.batches.per_process(processes.world_size)
         if self.steps_per_epoch < 1:
             raise ConfigError(f"the training split ({len(self.train_set)} images) is smaller than one batch of "
                               f"{config.batch_size} per process; lower --batch-size")
@@ -123,7 +127,7 @@ class Trainer:
             self.lock = claim_run_dir(self.run_dir, resume=checkpoint is not None)
             try:
                 self.log = MetricsLog(self.run_dir / METRICS, keep_until_step=self.step)
-                atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
+                atomic_write_text(self.run_dir / CONFIG, _versions_header() + config.to_yaml())
             except BaseException:
                 self.lock.release()
                 raise
@@ -170,19 +174,21 @@ class Trainer:
         self.memory_format = choice.memory_format  # of the model and of every training batch
         return model.to(memory_format=self.memory_format)
 
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
-        load_weights(self.model, checkpoint["model"], source=str(self.run_dir / LAST))
+    def _restore(self, checkpoint: TrainingCheckpoint) -> None:
+        load_weights(self.model, checkpoint.model, source=str(self.run_dir / LAST))
         if self.ema is not None:
-            load_weights(self.ema.model, checkpoint["ema"], source=f"{self.run_dir / LAST} (ema)")
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
-        self.epoch, self.batch, self.step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
-        self.elapsed, self.epoch_seconds = checkpoint["elapsed"], checkpoint["epoch_seconds"]
-        self.best = dict(checkpoint["best"])
-        self.epoch_meter = Meter(checkpoint["meters"]["epoch"])
-        self.window_meter = Meter(checkpoint["meters"]["window"])
-        states = checkpoint["rng"]
+            if checkpoint.ema is None:
+                raise ConfigError(f"{self.run_dir / LAST} holds no weight average; resume without --ema-decay")
+            load_weights(self.ema.model, checkpoint.ema, source=f"{self.run_dir / LAST} (ema)")
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
+        self.scaler.load_state_dict(checkpoint.scaler)
+        self.epoch, self.batch, self.step = checkpoint.epoch, checkpoint.batch, checkpoint.step
+        self.elapsed, self.epoch_seconds = checkpoint.elapsed, checkpoint.epoch_seconds
+        self.best = dict(checkpoint.best)
+        self.epoch_meter = Meter(checkpoint.meters["epoch"])
+        self.window_meter = Meter(checkpoint.meters["window"])
+        states = checkpoint.rng
         if len(states) == self.processes.world_size:
             set_rng_state(states[self.processes.rank], self.device)
         else:  # another number of processes: the run continues, but not bit-for-bit
@@ -224,12 +230,9 @@ class Trainer:
 
     def train_epoch(self) -> None:
         config = self.config
-        batches = batch_iterator(self.train_set, config.batch_size, shuffle=True, seed=config.seed,
-                                 epoch=self.epoch, start_batch=self.batch, drop_last=True,
-                                 rank=self.processes.rank, world_size=self.processes.world_size,
-                                 augment=self.splits.augment, num_workers=config.num_workers,
-                                 pin_memory=self.device.type == "cuda", extra=self.extra_set,
-                                 extra_fraction=config.extra_fraction)
+        batches = self.batches.epoch(self.epoch, start_batch=self.batch, rank=self.processes.rank,
+                                     world_size=self.processes.world_size, num_workers=config.num_workers,
+                                     pin_memory=self.device.type == "cuda")
         bar = tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}/{config.epochs}",
                    disable=not (config.progress and self.processes.is_main), leave=False, dynamic_ncols=True)
         with bar:
@@ -314,31 +317,26 @@ class Trainer:
     # -- validation, checkpoints, metrics ---------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         """Clean and robust accuracy on the validation split through the adv route under ``robust-sabn eval``'s
-        ``pgd-<val_steps>`` (the same batches, seeds and attack; a folded copy in eval mode), and clean accuracy
-        through the clean route when the model has routes; of the weight average when ``--ema-decay`` keeps one
-        (:meth:`scored_model`). Each process takes every world_size-th batch and the
-        counts are summed, so the result does not depend on the number of processes. Under AMP the batches are
-        the training batch size (the attack runs in float32), else twice that."""
-        config, device, processes = self.config, self.device, self.processes
+        ``pgd-<val_steps>`` (the same batches, seeds, attack and sharding over processes, on a folded copy in eval
+        mode), and clean accuracy through the clean route when the model has routes; of the weight average when
+        ``--ema-decay`` keeps one (:meth:`scored_model`). The result does not depend on the number of processes.
+        Under AMP the batches are the training batch size (the attack runs in float32), else twice that."""
+        config, device = self.config, self.device
         x, y = self.val_images
-        batch_size = config.batch_size * (1 if config.amp != "off" else 2)
-        shard = dict(eps=config.eps, norm=config.attack_norm, seed=config.seed, batch_size=batch_size, device=device,
-                     indices=range(processes.rank, num_eval_batches(len(x), batch_size), processes.world_size))
+        settings = EvalSettings(config.threat, f"pgd-{config.val_steps}", config.seed,
+                                config.batch_size * (1 if config.amp != "off" else 2), device, progress=False,
+                                processes=self.processes)
         model = self.scored_model()
         routed = bool(routes_of(model))
         with preserved_rng():
-            attacked = robust_points(freeze(model, config.adv_route if routed else None, device), x, y,
-                                     make_eval_attack(f"pgd-{config.val_steps}"), **shard)
-            clean = robust_points(freeze(model, config.clean_route, device), x, y, None, **shard) if routed else []
-        counts = torch.tensor([float(sum(int(r.correct.sum()) for r in attacked)),
-                               float(sum(int(r.robust.sum()) for r in attacked)),
-                               float(sum(int(r.correct.sum()) for r in clean))], dtype=torch.float64, device=device)
-        if processes.distributed:
-            dist.all_reduce(counts)
+            attacked = shared_points(freeze(model, config.adv_route if routed else None, device), x, y, settings)[0]
+            clean = shared_points(freeze(model, config.clean_route, device), x, y,
+                                  settings.with_attack(None))[0] if routed else []
         n = len(y)
-        result = {"val_clean_acc": counts[0].item() / n, "val_robust_acc": counts[1].item() / n}
+        result = {"val_clean_acc": sum(int(r.correct.sum()) for r in attacked) / n,
+                  "val_robust_acc": sum(int(r.robust.sum()) for r in attacked) / n}
         if routed:
-            result["val_clean_acc_clean_route"] = counts[2].item() / n
+            result["val_clean_acc_clean_route"] = sum(int(r.correct.sum()) for r in clean) / n
         return result
 
     def scored_model(self) -> nn.Module:
@@ -367,7 +365,8 @@ class Trainer:
         if self.log is not None:
             plot_curves(self.log.records, self.run_dir / CURVES, self.steps_per_epoch)
         if self.processes.is_main and self.config.progress:
-            tqdm.write(_summary(record, self.config.epochs, improved))
+            routed = "val_clean_acc_clean_route" in record
+            tqdm.write(_summary(record, self.config.epochs, improved, self.config.adv_route if routed else None))
 
     def read_layer_metrics(self) -> None:
         """Per-layer metrics (e.g. UBN's condensation) accumulate on the device inside the layers and are read here,
@@ -395,16 +394,20 @@ class Trainer:
         states = self.processes.gather(rng_state(self.device))
         if not self.processes.is_main:
             return
-        averaged = {"ema": self.scored_model().state_dict()} if self.ema is not None else {}
-        save_checkpoint({
-            "model": self.model.state_dict(), **averaged, "model_spec": self.model.model_spec,
-            "config": self.config.to_dict(), "input_shape": self.input_shape,
-            "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": states, "best": dict(self.best),
-            "meters": {"epoch": self.epoch_meter.state(), "window": self.window_meter.state()},
-            "elapsed": self.elapsed, "epoch_seconds": self.epoch_seconds, "world_size": self.processes.world_size,
-        }, self.run_dir / name)
+        TrainingCheckpoint(
+            model=self.model.state_dict(), model_spec=self.model.model_spec, config=self.config.to_dict(),
+            epoch=self.epoch, batch=self.batch, step=self.step, optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=states,
+            meters={"epoch": self.epoch_meter.state(), "window": self.window_meter.state()}, best=dict(self.best),
+            elapsed=self.elapsed, epoch_seconds=self.epoch_seconds, world_size=self.processes.world_size,
+            input_shape=self.input_shape, ema=self.scored_model().state_dict() if self.ema is not None else None,
+            versions=provenance(),
+        ).save(self.run_dir / name)
+
+
+def _versions_header() -> str:
+    """``config.yaml``'s first lines: what the run was made with, as YAML comments (the file stays a config)."""
+    return "".join(f"# {name}: {value}\n" for name, value in provenance().items() if value is not None)
 
 
 def _correct(logits: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,11 +418,13 @@ def _correct(logits: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tensor
     return (logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=y.device)
 
 
-def _summary(record: dict[str, Any], epochs: int, improved: bool) -> str:
+def _summary(record: dict[str, Any], epochs: int, improved: bool, adv_route: str | None) -> str:
+    """The console line of a finished epoch; validation's accuracies are named by the route they went through."""
     def pct(key: str) -> str:
         return f"{100 * record[key]:.1f}%" if record.get(key) is not None else "-"
 
     head = f"epoch {record['epoch']}/{epochs}" if record["kind"] == "epoch" else f"stopped at step {record['step']}"
+    val = f"val {adv_route} route: clean" if adv_route else "val clean"
     return (f"{head}: loss {record.get('train_loss', float('nan')):.3f}, train clean {pct('train_clean_acc')} "
-            f"adv {pct('train_adv_acc')} | val clean {pct('val_clean_acc')} robust {pct('val_robust_acc')}"
+            f"adv {pct('train_adv_acc')} | {val} {pct('val_clean_acc')} robust {pct('val_robust_acc')}"
             f"{' (best)' if improved else ''} | {record['epoch_time']:.0f} s")

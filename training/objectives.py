@@ -42,11 +42,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import FGSM, PGD, RoutedAttack, TradesPGD, restore_modes
-from ..attacks.base import check_bn_mode, check_eps, check_norm, check_positive, check_steps
+from ..attacks.base import check_bn_mode, check_positive, check_steps
 from ..constants import ADV_ROUTE, CLEAN_ROUTE
 from ..errors import ConfigError
 from ..nn import routes_of, split_routes, use_route
 from ..registry import Registry
+from ..threat import ATTACK_NORMS, Threat
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
@@ -73,10 +74,11 @@ class Objective:
     step_exceeds_eps = False  # whether a step larger than eps makes sense (one-step attacks)
     single_route = False  # trains only the adv route (the clean route's own parameters get no gradient)
 
-    def __init__(self, *, eps: float, step_size: float, steps: int, norm: str = "Linf", bn_mode: str = "eval",
+    norms = ATTACK_NORMS  # the threat models its attack runs in
+
+    def __init__(self, *, threat: Threat, step_size: float, steps: int, bn_mode: str = "eval",
                  clean_route: str = CLEAN_ROUTE, adv_route: str = ADV_ROUTE, label_smoothing: float = 0.0) -> None:
-        self.norm = check_norm(norm)
-        self.eps = check_eps(eps, norm)
+        self.threat = threat.require(self.norms, f"the {type(self).__name__.lower()} objective")
         self.step_size = check_positive("step_size", step_size)
         self.steps = check_steps(steps)
         self.bn_mode = check_bn_mode(bn_mode)
@@ -85,12 +87,13 @@ class Objective:
         if not 0 <= label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
+        self._attack: RoutedAttack | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> Objective:
         """The objective a :class:`~robust_sabn.training.TrainConfig` describes."""
-        return cls(eps=config.eps, step_size=config.step_size, steps=config.steps, norm=config.attack_norm,
-                   bn_mode=config.bn_mode, clean_route=config.clean_route, adv_route=config.adv_route,
+        return cls(threat=config.threat, step_size=config.step_size, steps=config.steps, bn_mode=config.bn_mode,
+                   clean_route=config.clean_route, adv_route=config.adv_route,
                    label_smoothing=config.label_smoothing)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
@@ -98,8 +101,11 @@ class Objective:
         return self.loss(model, x, self.adversarial(model, x, y), y)
 
     def adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The training attack's adversarial examples of ``x``."""
-        return self.attack(model)(x, y)
+        """The training attack's adversarial examples of ``x`` (the attack is made once per model)."""
+        model = unwrap(model)
+        if self._attack is None or self._attack.model is not model:
+            self._attack = self.attack(model)
+        return self._attack(x, y)
 
     def loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, log: bool = True) -> StepOutput:
         """The loss on clean ``x`` and adversarial ``x_adv`` (``log=False``: skip work done only for logging)."""
@@ -111,7 +117,7 @@ class Objective:
 
     def attack(self, model: nn.Module) -> RoutedAttack:
         """The training attack, through the adv route."""
-        return PGD(unwrap(model), self.eps, self.step_size, self.steps, norm=self.norm, route=self.adv_route,
+        return PGD(model, self.threat.eps, self.step_size, self.steps, norm=self.threat.norm, route=self.adv_route,
                    bn_mode=self.bn_mode)
 
     def forward_pair(self, model: nn.Module, x: Tensor, x_adv: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,8 +132,8 @@ class Objective:
             return clean, model(x_adv)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(eps={self.eps:.5g}, step_size={self.step_size:.5g}, steps={self.steps}, "
-                f"norm={self.norm!r}, bn_mode={self.bn_mode!r}, routes=({self.clean_route!r}, {self.adv_route!r}), "
+        return (f"{type(self).__name__}(threat={self.threat.label!r}, step_size={self.step_size:.5g}, "
+                f"steps={self.steps}, bn_mode={self.bn_mode!r}, routes=({self.clean_route!r}, {self.adv_route!r}), "
                 f"label_smoothing={self.label_smoothing:g})")
 
 
@@ -153,14 +159,10 @@ class Fast(Madry):
 
     step_factor = 1.25
     step_exceeds_eps = True
-
-    def __init__(self, **kwargs) -> None:
-        if kwargs.get("norm", "Linf") != "Linf":
-            raise ConfigError("the fast objective (FGSM) supports norm 'Linf' only")
-        super().__init__(**kwargs)
+    norms = ("Linf",)
 
     def attack(self, model: nn.Module) -> RoutedAttack:
-        return FGSM(unwrap(model), self.eps, self.step_size, route=self.adv_route, bn_mode=self.bn_mode)
+        return FGSM(model, self.threat.eps, self.step_size, route=self.adv_route, bn_mode=self.bn_mode)
 
 
 @OBJECTIVES.register("hybrid")
@@ -197,8 +199,8 @@ class Trades(Regularized):
     """TRADES (Zhang et al. 2019): clean CE plus ``beta`` times the KL from the clean to the adversarial prediction."""
 
     def attack(self, model: nn.Module) -> RoutedAttack:
-        return TradesPGD(unwrap(model), self.eps, self.step_size, self.steps, norm=self.norm, route=self.adv_route,
-                         reference_route=self.clean_route, bn_mode=self.bn_mode)
+        return TradesPGD(model, self.threat.eps, self.step_size, self.steps, norm=self.threat.norm,
+                         route=self.adv_route, reference_route=self.clean_route, bn_mode=self.bn_mode)
 
     def loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, log: bool = True) -> StepOutput:
         clean_logits, adv_logits = self.forward_pair(model, x, x_adv)

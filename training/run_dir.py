@@ -1,12 +1,8 @@
-"""Run folders: where a run writes, how it is resumed.
+r"""Run folders: where a run writes, how it is resumed.
 
-A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``curves.png``, ``last.pt`` (every
-epoch, and every ``--save-every`` steps) and ``best.pt`` (best robust validation accuracy). A checkpoint is a dict
-of tensors and plain values (loadable with ``weights_only=True``): ``model``, ``model_spec``, ``config``,
-``epoch`` (completed epochs), ``batch`` (batches done in the current epoch), ``step`` (optimizer steps),
-``optimizer``, ``scheduler``, ``scaler``, ``rng`` (one entry per process), ``meters``, ``best``, ``elapsed``; with
-``--ema-decay`` also ``ema``, the weight average (with the live model's buffers), which validation scored and which
-:func:`robust_sabn.model_files.load_trained_model` loads.
+A run folder holds ``config.yaml`` (the resolved config, headed by the versions it was made with),
+``metrics.jsonl``, ``curves.png``, ``last.pt`` (every epoch, and every ``--save-every`` steps) and ``best.pt``
+(best robust validation accuracy). Both checkpoints are :class:`robust_sabn.checkpoint.TrainingCheckpoint`\ s.
 
 One process at a time trains in a run folder: while it runs, it holds a lock on ``<run>/.lock``, a file naming it.
 """
@@ -18,20 +14,17 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import TrainingCheckpoint
 from ..errors import CheckpointError, ConfigError
-from ..io import load_checkpoint, remove_temp_files
+from ..io import remove_temp_files
 from .config import TrainConfig
 
 LAST, BEST, CONFIG, METRICS, CURVES = "last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png"
 RUN_FILES = (LAST, BEST, CONFIG, METRICS, CURVES)
 LOCK = ".lock"
-# What a training checkpoint holds (see the module docstring); the trainer restores each of them.
-CHECKPOINT_KEYS = ("model", "model_spec", "config", "epoch", "batch", "step", "optimizer", "scheduler", "scaler",
-                   "rng", "meters", "best", "elapsed", "epoch_seconds")
 
 # Settings a resumed run may change: they decide how far and where it runs, not what it computes.
 RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "num_workers", "progress", "data_dir")
@@ -108,7 +101,7 @@ def claim_run_dir(run_dir: Path, resume: bool) -> RunDirLock:
     return lock
 
 
-def load_last(run_dir: str | Path) -> dict[str, Any]:
+def load_last(run_dir: str | Path) -> TrainingCheckpoint:
     """The ``last.pt`` of a run folder; a clear error when there is nothing to resume."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -116,18 +109,16 @@ def load_last(run_dir: str | Path) -> dict[str, Any]:
     if not (run_dir / LAST).is_file():
         raise CheckpointError(f"cannot resume: {run_dir} holds no {LAST} (the run stopped before its first "
                               "checkpoint); start again in another --out-dir, or delete the folder first")
-    checkpoint = load_checkpoint(run_dir / LAST)
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, Mapping) or key not in checkpoint]
-    if missing or not isinstance(checkpoint["config"], Mapping):
-        raise CheckpointError(f"cannot resume: {run_dir / LAST} is not a training checkpoint of robust-sabn "
-                              f"(it lacks {', '.join(missing) or 'a config'}); start a new run in another --out-dir")
-    return dict(checkpoint)
+    try:
+        return TrainingCheckpoint.load(run_dir / LAST)
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume: {err}") from None
 
 
 def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
     """The config of the run in ``run_dir`` with ``overrides``: the settings of :data:`RESUME_OVERRIDES` may
     change; any other must keep the run's value (so the original command plus ``--resume`` works)."""
-    saved = load_last(run_dir)["config"]
+    saved, _ = TrainConfig.upgrade(load_last(run_dir).config)
     config = TrainConfig.from_dict({**saved, **overrides, "out_dir": str(run_dir)}, source=f"{Path(run_dir) / LAST}")
     changed = sorted(k for k, v in config.to_dict().items()
                      if k not in (*RESUME_OVERRIDES, "out_dir") and v != saved.get(k))

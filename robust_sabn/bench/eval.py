@@ -37,11 +37,12 @@ from torch import nn
 from .. import create_model, fold_route
 from ..constants import AA_VERSIONS
 from ..data import test_images
-from ..eval import evaluate
+from ..eval import EvalAttack, EvalSettings, evaluate, make_eval_attack
 from ..eval.numerics import NUMERICS
 from ..model_files import load_trained_model
 from ..parsing import parse_number
 from ..tables import markdown_table
+from ..threat import Threat
 from .timing import interleaved_medians
 
 TARGETS = {"autoattack": 0.80, "pgd-10": 0.90}
@@ -108,7 +109,8 @@ class Case:
         config = loaded.config
         x, y = test_images(config.get("dataset", "cifar10"), config.get("data_dir"), n)
         if eps is None:  # the training radius when it was a Linf one (the benchmark's attacks are Linf)
-            eps = config.get("eps", 8 / 255) if config.get("attack_norm", "Linf") == "Linf" else 8 / 255
+            trained = loaded.trained.threat
+            eps = trained.eps if trained is not None and trained.norm == "Linf" else 8 / 255
         description = (f"{loaded.path} ({config.get('dataset', 'cifar10')}, route {loaded.route() or '-'}), "
                        f"first {len(y)} test images")
         return cls(loaded.model, loaded.route(), x, y, eps, description)
@@ -122,14 +124,14 @@ def time_variant(spec: dict[str, Any]) -> dict[str, float]:
     model, route, x, y, eps, seed = case.model, case.route, case.x, case.y, case.eps, spec["seed"]
     variant, batch_size = spec["variant"], spec["batch_size"]
 
-    def ours(**settings: Any) -> float:
-        return evaluate(model, x, y, eps, route=route, seed=seed, clean_route=None, progress=False,
-                        **settings).robust_acc
+    def ours(attack: EvalAttack, batch: int, numerics: str = "exact") -> float:
+        settings = EvalSettings(Threat("Linf", eps), attack, seed, batch, numerics=numerics, progress=False)
+        return evaluate(model, x, y, settings, route=route, clean_route=None).robust_acc
     if variant.startswith("autoattack "):
-        call = functools.partial(ours, attack="autoattack", version=spec["version"], aa_attacks=spec["attacks"],
-                                 batch_size=len(x), numerics=variant.removeprefix("autoattack "))
+        attack = make_eval_attack("autoattack", spec["version"], spec["attacks"])
+        call = functools.partial(ours, attack, len(x), variant.removeprefix("autoattack "))
     elif variant == "pgd-10":
-        call = functools.partial(ours, attack="pgd-10", batch_size=batch_size)
+        call = functools.partial(ours, make_eval_attack("pgd-10"), batch_size)
     else:  # a library called directly, on the model folded before the clock starts
         folded = fold_route(model, route)
         call = {"pyautoattack": functools.partial(_pyautoattack, folded, x, y, eps, spec["version"],

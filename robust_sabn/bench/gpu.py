@@ -15,8 +15,9 @@ import torch
 from .. import create_model, set_route
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..eval import evaluate
+from ..eval import EvalSettings, evaluate
 from ..tables import markdown_table
+from ..threat import Threat
 from ..training.objectives import OBJECTIVES
 from .norms import SPLIT_TARGET, split_steps
 from .timing import interleaved_medians
@@ -48,7 +49,7 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
     torch.manual_seed(0)
     x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    objective = OBJECTIVES["hybrid"](eps=8 / 255, step_size=2 / 255, steps=steps)
+    objective = OBJECTIVES["hybrid"](threat=Threat(), step_size=2 / 255, steps=steps)
     model = create_model(arch, norm="sandwich").to(device).to(memory_format=torch.channels_last).train()
     variants = {name: _training_step(model, objective, x, y, dtype) for name, dtype in PRECISIONS.items()}
     fused, separate = split_steps(set_route(model, "adv"), x, y)
@@ -65,8 +66,8 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
     set_route(model, None)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    evaluate(model, images, labels, 8 / 255, attack="apgd-ce", route="adv", batch_size=n_eval, clean_route=None,
-             progress=False)
+    evaluate(model, images, labels, EvalSettings(attack="apgd-ce", batch_size=n_eval, progress=False), route="adv",
+             clean_route=None)
     torch.cuda.synchronize()
     rows.append([f"APGD-CE evaluation, {n_eval} images", n_eval / (time.perf_counter() - start), "-", ""])
     header = (f"{arch} with SaBN on {torch.cuda.get_device_name(device)}, batch {batch_size}x3x32x32 channels_last, "

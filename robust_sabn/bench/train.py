@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from ..data import as_tensors, fixed_subset, load_dataset
 from ..devices import resolve_device
 from ..distributed import start_processes
 from ..errors import ConfigError
-from ..eval import evaluate
+from ..eval import EvalSettings, evaluate, make_eval_attack
 from ..flags import add_common_flags
 from ..model_files import load_trained_model
 from ..rng import rng_state, set_rng_state
@@ -70,16 +71,17 @@ def score(config: TrainConfig, checkpoint: Path, test: tuple[torch.Tensor, torch
     model without routes); with ``aa_size``, AutoAttack's APGD-CE and APGD-T (1 restart, as in its standard
     version) through the adv route on the first ``aa_size`` of the test images."""
     loaded = load_trained_model(checkpoint)
-    common = dict(norm=config.attack_norm, route=loaded.route(), seed=config.seed, batch_size=2 * config.batch_size,
-                  clean_route=config.clean_route, device=resolve_device(config.device), progress=config.progress)
-    report = evaluate(loaded.model, *test, config.eps, attack=f"pgd-{pgd_steps}", **common)
+    settings = EvalSettings(config.threat, f"pgd-{pgd_steps}", config.seed, 2 * config.batch_size,
+                            resolve_device(config.device), progress=config.progress)
+    routes = dict(route=loaded.route(), clean_route=config.clean_route)
+    report = evaluate(loaded.model, *test, settings, **routes)
     oracle = report.protocols.get(ORACLE_ROUTING)
     result = {"clean": report.clean_acc, "pgd": report.robust_acc,
               "clean_oracle": oracle.clean_acc if oracle else report.clean_acc}
     if aa_size:
         x, y = test
-        aa = evaluate(loaded.model, x[:aa_size], y[:aa_size], config.eps, attack="autoattack", version="custom",
-                      aa_attacks=list(AA_ATTACKS), aa_restarts=1, **common)
+        attack = make_eval_attack("autoattack", "custom", AA_ATTACKS, aa_restarts=1)
+        aa = evaluate(loaded.model, x[:aa_size], y[:aa_size], replace(settings, attack=attack), **routes)
         result["aa"] = aa.robust_acc
     return result
 
@@ -155,7 +157,7 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
                      f"{pct['pgd']} / {pct.get('aa', '-')}", f"{per_epoch:.1f}", f"{per_epoch / first:.2f}"])
     aa = f", AA = AutoAttack's {' + '.join(AA_ATTACKS)} on the first {aa_size}" if aa_size else ""
     header = (f"{base.dataset}, {base.arch}{f' width {base.width}' if base.width else ''}, objective "
-              f"{base.objective}, PGD-{base.steps} training ({base.attack_norm} eps {base.eps:g}), {base.epochs} "
+              f"{base.objective}, PGD-{base.steps} training ({base.threat.label}), {base.epochs} "
               f"epochs x {base.train_size or 'all'} images, seed {base.seed}, variants trained epoch by epoch in "
               f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}{aa}; accuracies in %\n\n")
     return header + markdown_table(HEADERS, rows)

@@ -8,6 +8,7 @@ from .datasets import (
     as_tensors,
     default_val_size,
     fixed_subset,
+    gather,
     load_dataset,
     split_indices,
     test_images,
@@ -16,5 +17,5 @@ from .extra import read_image_npz, write_image_npz
 from .images import ImageFiles, ImageTensors
 
 __all__ = ["DATASETS", "Augment", "CropFlip", "DataSplits", "DatasetFacts", "ImageFiles", "ImageTensors",
-           "as_tensors", "default_val_size", "fixed_subset", "load_dataset", "random_crop_flip", "read_image_npz",
-           "split_indices", "test_images", "write_image_npz"]
+           "as_tensors", "default_val_size", "fixed_subset", "gather", "load_dataset", "random_crop_flip",
+           "read_image_npz", "split_indices", "test_images", "write_image_npz"]

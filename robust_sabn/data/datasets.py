@@ -158,13 +158,18 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
                       facts.in_channels, facts.image_size, facts.mean, facts.std, facts.augment)
 
 
-def as_tensors(dataset: Dataset, n: int | None = None) -> tuple[Tensor, Tensor]:
-    """The first ``n`` items (all when None) as ``(x in [0, 1] N x C x H x W, y int64)``."""
-    n = len(dataset) if n is None else min(n, len(dataset))
+def gather(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """The items at ``indices`` as one batch ``(x in [0, 1] N x C x H x W, y int64)``: one indexing operation for
+    in-memory data."""
     if isinstance(dataset, ImageTensors):
-        return dataset.batch(torch.arange(n))
-    items = [dataset[i] for i in range(n)]
+        return dataset.batch(indices)
+    items = [dataset[i] for i in indices.tolist()]
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+
+
+def as_tensors(dataset: Dataset, n: int | None = None) -> tuple[Tensor, Tensor]:
+    """The first ``n`` items (all when None) as one batch (:func:`gather`)."""
+    return gather(dataset, torch.arange(len(dataset) if n is None else min(n, len(dataset))))
 
 
 def test_images(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> tuple[Tensor, Tensor]:

@@ -10,14 +10,17 @@ from ..constants import ADV_ROUTE, CLEAN_ROUTE
 from ..data import test_images
 from ..devices import resolve_device
 from ..errors import ConfigError
+from ..eval import EvalSettings, evaluate, make_eval_attack, write_report
 from ..eval.cli import add_model_arguments, add_recalibrate_flag
+from ..eval.report import report_stem
 from ..flags import add_common_flags
 from ..io import check_writable
 from ..mixing import describe_mixture, mixture_weights
-from ..model_files import LoadedModel, load_trained_model
-from ..parsing import format_eps, parse_json_object, parse_number
+from ..model_files import LoadedModel, TrainedFor, load_trained_model
+from ..parsing import parse_json_object, parse_number
 from ..tables import markdown_table
-from . import card_path, export, fill_card, weights_path
+from ..threat import Threat
+from . import ExportOptions, card_path, export, fill_card, reports_dir, weights_path
 from .robustbench import unreachable
 
 
@@ -30,8 +33,8 @@ def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
                            clean=config.get("clean_route", CLEAN_ROUTE), adv=config.get("adv_route", ADV_ROUTE))
 
 
-def recalibration(loaded: LoadedModel, args: argparse.Namespace, route: str | dict[str, float] | None, eps: float,
-                  norm: str) -> tuple[Callable[[nn.Module], nn.Module] | None, str | None]:
+def recalibration(loaded: LoadedModel, args: argparse.Namespace, route: str | dict[str, float] | None,
+                  threat: Threat) -> tuple[Callable[[nn.Module], nn.Module] | None, str | None]:
     """``--recalibrate N``: what re-estimates the mixture's BN statistics before it is written, and its note."""
     if args.recalibrate is None:
         return None, None
@@ -41,7 +44,7 @@ def recalibration(loaded: LoadedModel, args: argparse.Namespace, route: str | di
                           "use it with --route-mix T, 0 < T < 1 (the routes themselves stay as trained)")
     from ..eval.recalibration import training_recalibration
 
-    recalibrate = training_recalibration(loaded, args.recalibrate, eps, norm, args.data_dir, args.seed)
+    recalibrate = training_recalibration(loaded, args.recalibrate, threat, args.data_dir, args.seed)
     return (lambda mixed: recalibrate(mixed, t, resolve_device(args.device))), recalibrate.describe(t)
 
 
@@ -54,47 +57,46 @@ def describe(route: str | dict[str, float] | None) -> str:
 def run(args: argparse.Namespace) -> int:
     loaded = load_trained_model(args.checkpoint, args.model, parse_json_object(args.model_kwargs))
     route = loaded.route(args.route) if args.route_mix is None else mixture(loaded, args)
-    norm, eps = loaded.threat(args.threat_model, args.eps)
-    trained = loaded.trained_on()
-    dataset = args.dataset or trained or "cifar10"  # RobustBench's slot
+    threat = loaded.threat(args.threat_model, args.eps)
+    trained = TrainedFor(threat, loaded.trained_on(), loaded.input_shape)
+    dataset = args.dataset or trained.dataset or "cifar10"  # RobustBench's slot
     model = loaded.model
     arch = None if getattr(model, "model_spec", None) is not None else loaded.spec
-    report_stem = weights_path(args.name, args.model_dir, dataset, norm).with_name(f"{args.name}.eval")
+    weights_file = weights_path(args.name, args.model_dir, dataset, threat.norm)
+    settings = EvalSettings(threat, make_eval_attack("autoattack", args.version), args.seed, args.batch_size,
+                            args.device, progress=args.progress)
+    stem = report_stem(reports_dir(weights_file), args.name, settings, "plain")
     if args.eval:
         for suffix in (".json", ".md"):
-            check_writable(report_stem.with_name(report_stem.name + suffix))
-    prepare, note = recalibration(loaded, args, route, eps, norm)
-    weights = export(model, args.name, route, args.model_dir, dataset, norm, arch, eps=eps,
-                     info_dir=args.info_dir, overwrite=args.overwrite, trained_on=trained,
-                     allow_dataset_mismatch=args.allow_dataset_mismatch, input_shape=loaded.input_shape,
-                     prepare=prepare, note=note)
-    card = card_path(args.name, args.model_dir, dataset, norm, args.info_dir)
+            check_writable(stem.with_name(stem.name + suffix))
+    prepare, note = recalibration(loaded, args, route, threat)
+    options = ExportOptions(args.overwrite, args.info_dir, args.allow_dataset_mismatch, prepare, note)
+    weights = export(model, args.name, route, args.model_dir, trained=trained, dataset=dataset, arch=arch,
+                     options=options)
+    card = card_path(args.name, args.model_dir, dataset, threat.norm, args.info_dir)
     rows = [["weights (state dict)", weights], ["architecture", weights.with_name(f"{args.name}.arch.json")],
             ["leaderboard card", card]]
     if args.eval:
-        from ..eval import evaluate, write_report
-
         exported = load_trained_model(weights).model  # the files RobustBench reads, nothing else
-        device = resolve_device(args.device)
         data_dir = args.data_dir or loaded.config.get("data_dir")
-        x, y = test_images(trained or dataset, data_dir, args.n_examples)  # the model's own dataset
-        report = evaluate(exported.to(device), x, y, eps, norm=norm, attack="autoattack", version=args.version,
-                          seed=args.seed, batch_size=args.batch_size, device=device, progress=args.progress)
-        report.checkpoint, report.dataset = str(weights), trained or dataset
-        report.source = f"exported model ({describe(route)})"
+        x, y = test_images(trained.dataset or dataset, data_dir, args.n_examples)  # the model's own dataset
+        report = evaluate(exported, x, y, settings, clean_route=None)
+        report.checkpoint, report.dataset = str(weights), trained.dataset or dataset
+        report.source, report.trained_threat = f"exported model ({describe(route)})", threat
         fill_card(card, report)
-        json_path = write_report(report, report_stem)[0]
+        json_path = write_report(report, stem)[0]
         rows += [["evaluation report", json_path],
                  ["clean / AutoAttack accuracy (%)",
                   f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
-                  f"{args.version}, {norm} eps {format_eps(eps, norm)})"]]
+                  f"{args.version}, {threat.label})"]]
         rows += [["AutoAttack flag", flag] for flag in report.flags]
-    print(f"exported {loaded.path} ({loaded.source}, {describe(route)}{f'; {note}' if note else ''}) as {args.name}\n")
+    print(f"exported {loaded.path} ({loaded.source}, {describe(route)}{f'; {note}' if note else ''}) as {args.name}, "
+          f"trained for {threat.label}\n")
     print(markdown_table(["", ""], rows))
-    reason = unreachable(dataset, norm)
+    reason = unreachable(dataset, threat.norm)
     if reason is None:
         print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
-              f"dataset={dataset!r}, threat_model={norm!r}) after `import robust_sabn`")
+              f"dataset={dataset!r}, threat_model={threat.norm!r})")
     else:
         print(f"\n{reason}, so its load_model cannot reach this export; evaluate it with "
               f"`robust-sabn eval {weights}`")
