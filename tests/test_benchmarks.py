@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import write_run_dir
 
-from robust_sabn.bench.norms import NORM_VARIANTS
 from robust_sabn.cli import main
+from robust_sabn.cli.bench.norms import NORM_VARIANTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -165,3 +165,30 @@ def test_a_replaced_setting_is_checked_again():
     with pytest.raises(ConfigError, match="batch_size"):
         replace(settings, batch_size=0)
     assert math.isclose(replace(settings, threat=Threat("Linf", "4/255")).threat.eps, 4 / 255)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def command_parsers():
+    """(name, argparse parser) of every command and benchmark."""
+    from robust_sabn.cli import BENCHMARKS, COMMANDS, build_parser
+
+    for argv in [[name] for name in COMMANDS] + [["bench", name] for name in BENCHMARKS]:
+        parser = build_parser(argv)
+        for word in argv:
+            parser = next(a for a in parser._actions if getattr(a, "choices", None) and word in a.choices).choices[word]
+        yield " ".join(argv), parser
+
+
+def test_no_parser_takes_an_abbreviated_flag(capsys):
+    assert all(not parser.allow_abbrev for _, parser in command_parsers())
+    with pytest.raises(SystemExit) as exit_code:
+        main(["train", "--log", "5"])  # once read as --log-every
+    assert exit_code.value.code == 2 and "unrecognized arguments: --log 5" in capsys.readouterr().err
+
+
+def test_every_computing_command_takes_the_common_flags():
+    for name, parser in command_parsers():
+        if name == "doctor":
+            continue
+        flags = {option for action in parser._actions for option in action.option_strings}
+        assert {"--device", "--seed", "--progress", "--no-progress"} <= flags, name

@@ -9,7 +9,8 @@ from helpers import free_port
 from test_training_ddp import worker
 
 from robust_sabn import Threat, create_model, use_route
-from robust_sabn.bench.gpu import bench_gpu
+from robust_sabn.cli.bench.gpu import bench_gpu
+from robust_sabn.cli.bench.timing import Timing
 from robust_sabn.eval import EvalSettings, evaluate
 from robust_sabn.io import load_checkpoint
 from robust_sabn.training import TrainConfig, train
@@ -70,5 +71,5 @@ def test_two_nccl_processes_end_with_identical_weights(tmp_path):
 
 
 def test_bench_gpu_prints_every_row():
-    table = bench_gpu(arch="resnet_small", batch_size=16, steps=1, repeats=1, warmup=1, n_eval=16)
+    table = bench_gpu(arch="resnet_small", batch_size=16, steps=1, timing=Timing(1, 1), n_eval=16)
     assert table.count("\n| ") == 6 and "float16" in table and "split_routes" in table and "APGD-CE" in table

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fake_data import write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder, write_svhn
 
-from robust_sabn.bench.data import crops_one_by_one
+from robust_sabn.cli.bench.data import crops_one_by_one
 from robust_sabn.data import DATASETS, ImageTensors, load_dataset, random_crop_flip
 from robust_sabn.errors import ConfigError
 from robust_sabn.training.batches import BatchPlan

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from robust_sabn.training.cli import add_config_arguments, flag_help, flag_name
+from robust_sabn.cli.flags import add_config_arguments, flag_help, flag_name
 from robust_sabn.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 
 from robust_sabn import create_model, fold_route, use_route
 from robust_sabn.cli import main
-from robust_sabn.doctor import changed_files, check_robustbench, run_checks
+from robust_sabn.cli.doctor import changed_files, check_robustbench, run_checks
 from robust_sabn.io import save_checkpoint
 
 
@@ -43,7 +43,7 @@ def test_doctor_passes_here_and_exits_zero(capsys):
 
 def test_doctor_detects_robustbench_files_overwritten_by_torchattacks(monkeypatch, capsys):
     assert changed_files("robustbench") == []
-    monkeypatch.setattr("robust_sabn.doctor.changed_files", lambda dist: ["robustbench/eval.py"])
+    monkeypatch.setattr("robust_sabn.cli.doctor.changed_files", lambda dist: ["robustbench/eval.py"])
     result = check_robustbench()
     assert not result.ok and "force-reinstall robustbench==1.1.1" in result.fix
     assert main(["doctor", "--quiet"]) == 1

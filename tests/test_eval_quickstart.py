@@ -4,8 +4,8 @@ import json
 import pytest
 from fake_data import write_fashion_mnist
 
-import robust_sabn.quickstart as quickstart
-from robust_sabn.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, run_quickstart
+import robust_sabn.cli.quickstart as quickstart
+from robust_sabn.cli.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, run_quickstart
 
 
 @pytest.mark.slow

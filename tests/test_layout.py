@@ -1,5 +1,6 @@
-"""The layout holds: imports point one way (core <- attacks <- eval <- training <- entry points), no cycles, and
-the autoattack adapter is a leaf."""
+"""The layout holds: imports point one way (core <- attacks <- eval <- training <- commands), no cycles, every command
+in robust_sabn.cli and none importing another, the package root imported from nowhere below it, and the leaves
+(the version, the autoattack adapter) are leaves."""
 import ast
 from pathlib import Path
 
@@ -8,11 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"robust_sabn": "robust_sabn", "attacks": "robust_sabn.attacks", "training": "robust_sabn.training",
            "eval": "robust_sabn.eval"}
-ENTRY_POINTS = ("robust_sabn.cli", "robust_sabn.quickstart", "robust_sabn.doctor", "robust_sabn.bench",
-                "robust_sabn.exporting.cli", "robust_sabn.__main__")
-# (importer prefix, imported prefix) pairs that must not occur
-FORBIDDEN = [("robust_sabn.attacks", "robust_sabn.eval"), ("robust_sabn.attacks", "robust_sabn.training"),
-             ("robust_sabn.eval", "robust_sabn.training")]
+# The layers, lowest first: a module imports its own layer and those below it only.
+LAYERS = ("core", "robust_sabn.attacks", "robust_sabn.eval", "robust_sabn.training", "robust_sabn.cli")
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
@@ -71,13 +69,38 @@ def test_no_import_cycles(graph):
     assert not cycles, cycles
 
 
+def layer(name: str) -> int:
+    if name == "robust_sabn.__main__":
+        return len(LAYERS) - 1
+    return next((i for i, prefix in enumerate(LAYERS) if name == prefix or name.startswith(prefix + ".")), 0)
+
+
+def defines(path: Path, *names: str) -> bool:
+    defined = {node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)}
+    return set(names) <= defined
+
+
 def test_imports_point_one_way(graph):
-    wrong = [(a, b) for a, targets in graph.items() for b in targets
-             for importer, imported in FORBIDDEN if a.startswith(importer) and b.startswith(imported)]
-    core = [(a, b) for a, targets in graph.items() for b in targets
-            if a.startswith("robust_sabn.") and not a.startswith(ENTRY_POINTS + tuple(FOLDERS.values())[1:])
-            and b.startswith(tuple(FOLDERS.values())[1:])]
-    assert not wrong and not core, wrong + core
+    upward = [(a, b) for a, targets in graph.items() for b in targets if layer(b) > layer(a)]
+    assert not upward, upward
+
+
+def test_every_command_lives_in_the_cli_package_and_none_imports_another(graph):
+    found = modules()
+    commands = {name for name, (path, _) in found.items() if defines(path, "add_arguments", "run")}
+    assert commands and all(name.startswith("robust_sabn.cli.") for name in commands), sorted(commands)
+    from robust_sabn.cli import BENCHMARKS, COMMANDS
+
+    named = {f"robust_sabn.cli.{module}" for module, _ in [*COMMANDS.values(), *BENCHMARKS.values()]}
+    assert named == commands  # the command table names every command module, and nothing else
+    crossing = [(a, b) for a in commands for b in graph[a] if b in commands]
+    assert not crossing, crossing
+
+
+def test_the_package_root_is_imported_from_nowhere_below_it(graph):
+    below = [name for name, targets in graph.items() if "robust_sabn" in targets and name != "robust_sabn.__main__"]
+    assert not below, below
+    assert graph["robust_sabn.version"] == set()  # __version__ in a leaf that pyproject.toml reads
 
 
 def test_the_autoattack_adapter_is_a_leaf(graph):

@@ -3,7 +3,7 @@ import pytest
 from fake_data import write_fashion_mnist
 
 from robust_sabn.cli import main
-from robust_sabn.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, report, run_quickstart
+from robust_sabn.cli.quickstart import QUICKSTART_STEPS, TABLE_HEADERS, quickstart_config, report, run_quickstart
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ import torch
 from fake_data import write_fashion_mnist
 
 from robust_sabn import ConfigError
-from robust_sabn.bench.train import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved, variant_configs
 from robust_sabn.cli import main
+from robust_sabn.cli.bench.train import HEADERS, TRAIN_BENCH_VARIANTS, train_interleaved, variant_configs
 from robust_sabn.io import load_checkpoint, save_checkpoint
 from robust_sabn.training import TrainConfig, train
 

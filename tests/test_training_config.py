@@ -8,9 +8,9 @@ import yaml
 from fake_data import write_cifar10
 
 from robust_sabn.cli import build_parser, main
+from robust_sabn.cli.train import config_from_args
 from robust_sabn.errors import ConfigError
 from robust_sabn.parsing import parse_number
-from robust_sabn.training.cli import config_from_args
 from robust_sabn.training.config import TrainConfig, read_config_file, recipe_names
 
 

@@ -1,6 +1,6 @@
 """mkdocs hook: the flag table of docs/training.md, built from ``TrainConfig``'s fields and their help metadata.
 
-``robust-sabn train --help`` reads the same metadata (``robust_sabn.training.cli.flag_help``), so the table and
+``robust-sabn train --help`` reads the same metadata (``robust_sabn.cli.flags.flag_help``), so the table and
 the command cannot disagree. The page holds the marker below where the table goes.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import dataclasses
 from fractions import Fraction
 from typing import Any
 
-from robust_sabn.training.cli import flag_help, flag_name
+from robust_sabn.cli.flags import flag_help, flag_name
 from robust_sabn.training.config import TrainConfig
 
 MARKER = "<!-- training-flags -->"

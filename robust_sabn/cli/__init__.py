@@ -1,6 +1,7 @@
-"""The ``robust-sabn`` command. A command's module is imported only when that command runs (so ``doctor`` works,
-and says what is broken, when torchattacks or RobustBench is); each defines ``add_arguments(parser)`` and
-``run(args) -> int``."""
+"""The ``robust-sabn`` command and every subcommand, in this one package: one module per command, each defining
+``add_arguments(parser)`` and ``run(args) -> int``; the flag groups they share in :mod:`robust_sabn.cli.flags`. No
+command module imports another. A command's module is imported only when that command runs (so ``doctor`` works,
+and says what is broken, when torchattacks or RobustBench is). Parsers never take an abbreviation of a flag."""
 from __future__ import annotations
 
 import argparse
@@ -8,37 +9,32 @@ import importlib
 import sys
 import warnings
 
-from .devices import warn_if_oversubscribed
-from .errors import UserError
-from .version import __version__
+from ..devices import warn_if_oversubscribed
+from ..errors import UserError
+from ..version import __version__
 
-# name -> (module, one-line help)
+# name -> (module of this package, one-line help)
 COMMANDS = {
-    "quickstart": ("robust_sabn.quickstart",
-                   "train a small SaBN model on Fashion-MNIST and print its clean/robust accuracy table"),
-    "train": ("robust_sabn.training.cli",
-              "adversarial training (PGD, hybrid SaBN, TRADES, fast) with checkpoints and resume"),
-    "holdout": ("robust_sabn.training.holdout",
-                "write the training images a config does not train on as an extra-data .npz (offline extra data)"),
-    "eval": ("robust_sabn.eval.cli",
-             "AutoAttack / APGD-CE / PGD / CW evaluation of a run folder, checkpoint or exported model"),
-    "export": ("robust_sabn.exporting.cli",
-               "fold a route and write the model in RobustBench's format (+ leaderboard card)"),
-    "doctor": ("robust_sabn.doctor", "check the environment (exit 0 only when every check passes)"),
+    "quickstart": ("quickstart", "train a small SaBN model on Fashion-MNIST and print its clean/robust accuracy table"),
+    "train": ("train", "adversarial training (PGD, hybrid SaBN, TRADES, fast) with checkpoints and resume"),
+    "holdout": ("holdout", "write the training images a config does not train on as an extra-data .npz (offline)"),
+    "eval": ("eval", "AutoAttack / APGD-CE / PGD / CW evaluation of a run folder, checkpoint or exported model"),
+    "export": ("export", "fold a route and write the model in RobustBench's format (+ leaderboard card)"),
+    "doctor": ("doctor", "check the environment (exit 0 only when every check passes)"),
 }
 BENCHMARKS = {
-    "norms": ("robust_sabn.bench.norms", "forward+backward time of BN, SaBN, AuxBN and the fused route split"),
-    "train": ("robust_sabn.bench.train", "train BN, AuxBN, SaAuxBN (and more) alike; clean/PGD accuracy per protocol"),
-    "eval": ("robust_sabn.bench.eval", "AutoAttack and PGD-10 through robust-sabn vs pyautoattack / torchattacks"),
-    "data": ("robust_sabn.bench.data", "the batched training augmentation vs a per-image loop, per device"),
-    "gpu": ("robust_sabn.bench.gpu", "on a CUDA device: training steps per precision, the fused split, AutoAttack"),
+    "norms": ("bench.norms", "forward+backward time of BN, SaBN, AuxBN and the fused route split"),
+    "train": ("bench.train", "train BN, AuxBN, SaAuxBN (and more) alike; clean/PGD accuracy per protocol"),
+    "eval": ("bench.eval", "AutoAttack and PGD-10 through robust-sabn vs pyautoattack / torchattacks"),
+    "data": ("bench.data", "the batched training augmentation vs a per-image loop, per device"),
+    "gpu": ("bench.gpu", "on a CUDA device: training steps per precision, the fused split, AutoAttack"),
 }
 
 
 def _attach(parser: argparse.ArgumentParser, module_name: str, command: str) -> None:
-    """Give ``parser`` the arguments of the command in ``module_name`` (imported now)."""
+    """Give ``parser`` the arguments of the command in ``module_name`` (a module of this package, imported now)."""
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(f"{__name__}.{module_name}")
     except ImportError as err:
         raise UserError(f"`robust-sabn {command}` cannot start ({type(err).__name__}: {err}); "
                         "run `robust-sabn doctor` for the fix") from None
@@ -52,7 +48,7 @@ def _add_commands(parser: argparse.ArgumentParser, commands: dict[str, tuple[str
     subparsers = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     for name, (module, help_text) in commands.items():
-        sub = subparsers.add_parser(name, help=help_text)
+        sub = subparsers.add_parser(name, help=help_text, allow_abbrev=False)  # no flag read as a longer one
         if name != chosen:
             continue
         if module is None:  # a group of commands: ``bench``
@@ -64,7 +60,7 @@ def _add_commands(parser: argparse.ArgumentParser, commands: dict[str, tuple[str
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="robust-sabn",
+        prog="robust-sabn", allow_abbrev=False,
         description="Adversarial training with dual-path Sandwich BN, AutoAttack evaluation, RobustBench export.")
     parser.add_argument("--version", action="version", version=f"robust-sabn {__version__}")
     commands = {**COMMANDS, "bench": (None, "speed and quality benchmarks (print tables of ratios)")}

@@ -14,20 +14,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .batching import batch_slices
-from .constants import ORACLE_ROUTING, SINGLE_ROUTE
-from .data import as_tensors, fixed_subset, load_dataset
-from .devices import resolve_device
-from .eval import EvalSettings, evaluate, write_report
-from .exporting import ExportOptions, export
-from .exporting.robustbench import import_robustbench
+from ..batching import batch_slices
+from ..constants import ORACLE_ROUTING, SINGLE_ROUTE
+from ..data import as_tensors, fixed_subset, load_dataset
+from ..devices import resolve_device
+from ..eval import EvalSettings, evaluate, write_report
+from ..exporting import ExportOptions, export
+from ..exporting.robustbench import import_robustbench
+from ..model_files import TrainedFor, load_trained_model
+from ..nn import use_route
+from ..tables import markdown_table
+from ..training.config import TrainConfig
+from ..training.loop import train
+from ..training.run_dir import BEST, default_run_dir
 from .flags import add_common_flags
-from .model_files import TrainedFor, load_trained_model
-from .nn import use_route
-from .tables import markdown_table
-from .training.config import TrainConfig
-from .training.loop import train
-from .training.run_dir import BEST, default_run_dir
 
 RECIPE = "fashion-mnist-small"
 # Sized for about five minutes on two quiet CPU cores: four passes over 25,000 images with PGD-5 training attacks

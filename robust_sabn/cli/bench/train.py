@@ -18,20 +18,20 @@ from pathlib import Path
 
 import torch
 
-from ..constants import ORACLE_ROUTING
-from ..data import as_tensors, fixed_subset, load_dataset
-from ..devices import resolve_device
-from ..distributed import start_processes
-from ..errors import ConfigError
-from ..eval import EvalSettings, evaluate, make_eval_attack
+from ...constants import ORACLE_ROUTING
+from ...data import as_tensors, fixed_subset, load_dataset
+from ...devices import resolve_device
+from ...distributed import start_processes
+from ...errors import ConfigError
+from ...eval import EvalSettings, evaluate, make_eval_attack
+from ...model_files import load_trained_model
+from ...rng import rng_state, set_rng_state
+from ...tables import markdown_table
+from ...training.config import TrainConfig
+from ...training.holdout import write_heldout
+from ...training.loop import Trainer, TrainResult
+from ...training.run_dir import BEST, LAST, resume_config
 from ..flags import add_common_flags
-from ..model_files import load_trained_model
-from ..rng import rng_state, set_rng_state
-from ..tables import markdown_table
-from ..training.config import TrainConfig
-from ..training.holdout import write_heldout
-from ..training.loop import Trainer, TrainResult
-from ..training.run_dir import BEST, LAST, resume_config
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {

@@ -11,17 +11,16 @@ from ..data import test_images
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..eval import EvalSettings, evaluate, make_eval_attack, write_report
-from ..eval.cli import add_model_arguments, add_recalibrate_flag
 from ..eval.report import report_stem
-from ..flags import add_common_flags
+from ..exporting import ExportOptions, card_path, export, fill_card, reports_dir, weights_path
+from ..exporting.robustbench import unreachable
 from ..io import check_writable
 from ..mixing import describe_mixture, mixture_weights
 from ..model_files import LoadedModel, TrainedFor, load_trained_model
 from ..parsing import parse_json_object, parse_number
 from ..tables import markdown_table
 from ..threat import Threat
-from . import ExportOptions, card_path, export, fill_card, reports_dir, weights_path
-from .robustbench import unreachable
+from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
 
 
 def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:

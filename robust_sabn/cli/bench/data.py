@@ -7,9 +7,11 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from ..data import random_crop_flip
-from ..tables import markdown_table
-from .timing import interleaved_medians
+from ...data import random_crop_flip
+from ...devices import resolve_device
+from ...tables import markdown_table
+from ..flags import add_common_flags
+from .timing import Timing
 
 
 def crops_one_by_one(x: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
@@ -25,20 +27,23 @@ def crops_one_by_one(x: torch.Tensor, generator: torch.Generator, padding: int, 
     return out
 
 
-def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, repeats: int = 20,
-               warmup: int = 3) -> str:
-    """A Markdown table of milliseconds per batch and the ratio of the batched crop to the loop, per device."""
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, timing: Timing = Timing(20, 3),
+               device: str = "auto", seed: int = 0) -> str:
+    """A Markdown table of milliseconds per batch and the ratio of the batched crop to the loop on the CPU, and on
+    ``device`` too when that is a GPU."""
+    torch.manual_seed(seed)
+    gpu = resolve_device(device)
+    devices = [torch.device("cpu")] + ([gpu] if gpu.type == "cuda" else [])
     rows = []
     for device in devices:
         x = torch.rand(batch_size, 3, image_size, image_size, device=device)
-        variants = {name: (lambda fn=fn, x=x: fn(x, torch.Generator().manual_seed(0), padding, True))
+        variants = {name: (lambda fn=fn, x=x: fn(x, torch.Generator().manual_seed(seed), padding, True))
                     for name, fn in (("batched", random_crop_flip), ("loop", crops_one_by_one))}
         wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        times = interleaved_medians(variants, repeats=repeats, warmup=warmup, wait=wait)
+        times = timing.medians(variants, wait=wait)
         rows.append([str(device), 1e3 * times["batched"], 1e3 * times["loop"], times["batched"] / times["loop"]])
     header = (f"random crop (padding {padding}) and flip of {batch_size}x3x{image_size}x{image_size} float images, "
-              f"median of {repeats}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}\n\n")
+              f"median of {timing.repeats}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}\n\n")
     return header + markdown_table(["device", "batched (ms)", "per-image loop (ms)", "ratio"], rows)
 
 
@@ -47,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
+    add_common_flags(parser, data=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(bench_data(args.batch_size, args.image_size, repeats=args.repeats))
+    print(bench_data(args.batch_size, args.image_size, timing=Timing(args.repeats, 3, args.progress),
+                     device=args.device, seed=args.seed))
     return 0

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import create_model, set_route, split_routes, use_route
-from ..memory_format import choose_memory_format
-from ..tables import markdown_table
-from .timing import interleaved_medians
+from ...devices import resolve_device
+from ...memory_format import choose_memory_format
+from ...models import create_model
+from ...nn import set_route
+from ...tables import markdown_table
+from ..flags import add_common_flags
+from .steps import SPLIT_TARGET, Step, split_steps
+from .timing import Timing
 
 # label -> create_model arguments; every model runs on the same input, in train mode, on the "adv" route.
 NORM_VARIANTS: dict[str, dict] = {
@@ -24,8 +27,6 @@ NORM_VARIANTS: dict[str, dict] = {
     "WeightAlign+GN": {"norm": "gn", "conv": "weightalign"},
 }
 TARGETS = {"SaBN": 1.03}
-SPLIT_TARGET = 0.85
-Step = Callable[[], None]
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
@@ -35,49 +36,31 @@ def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
     return step
 
 
-def split_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
-    """The hybrid loss's two halves as one fused forward over [x | x] and as two separate forwards."""
-    n = x.shape[0]
-    joined, labels = torch.cat([x, x]), torch.cat([y, y])
-
-    def fused() -> None:
-        model.zero_grad(set_to_none=True)
-        with split_routes(model, clean=n, adv=n):
-            F.cross_entropy(model(joined), labels).backward()
-
-    def separate() -> None:
-        model.zero_grad(set_to_none=True)
-        with use_route(model, "clean"):
-            loss = F.cross_entropy(model(x), y)
-        with use_route(model, "adv"):
-            loss = (loss + F.cross_entropy(model(x), y)) / 2
-        loss.backward()
-
-    return fused, separate
-
-
 def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 64, image_size: int = 32,
-                repeats: int = 10, warmup: int = 2, seed: int = 0, channels_last: bool | None = None) -> str:
+                timing: Timing = Timing(), seed: int = 0, channels_last: bool | None = None,
+                device: str = "cpu") -> str:
     """Time every variant on one input and return a Markdown table of ratios against BN.
 
-    The memory format is the one training picks on the CPU (``channels_last=None``: NHWC activations unless the
-    model has convolutions that oneDNN mishandles there, see :mod:`robust_sabn.memory_format`), or the one asked
-    for. Two extra rows compare one forward over the joined batch with two separate forwards: through SaBN's routes
-    (``split_routes``), and through plain BN, where no routing is involved and the ratio shows how the hardware
-    scales with batch size.
+    The memory format is the one training picks on ``device`` (``channels_last=None``: on the CPU NHWC activations
+    unless the model has convolutions that oneDNN mishandles there, see :mod:`robust_sabn.memory_format`), or the
+    one asked for. Two extra rows compare one forward over the joined batch with two separate forwards: through
+    SaBN's routes (``split_routes``), and through plain BN, where no routing is involved and the ratio shows how the
+    hardware scales with batch size.
     """
     torch.manual_seed(seed)
+    device = resolve_device(device)
     arch_kwargs = {"width": width} if arch == "resnet_small" else {}
-    x, y = torch.rand(batch_size, 3, image_size, image_size), torch.randint(0, 10, (batch_size,))
-    models = {label: set_route(create_model(arch, **kwargs, **arch_kwargs).train(), "adv")
+    x = torch.rand(batch_size, 3, image_size, image_size, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    models = {label: set_route(create_model(arch, **kwargs, **arch_kwargs).to(device).train(), "adv")
               for label, kwargs in NORM_VARIANTS.items()}
     # The variants differ in their norm and conv types, not in their convolutions' shapes: one choice for all.
-    choice = choose_memory_format(models["BN"], torch.device("cpu"), channels_last)
+    choice = choose_memory_format(models["BN"], device, channels_last)
     x = x.contiguous(memory_format=choice.memory_format)
     steps = {label: _train_step(model.to(memory_format=choice.memory_format), x, y) for label, model in models.items()}
     for label in ("SaBN", "BN"):
         steps[f"{label} joined"], steps[f"{label} two"] = split_steps(models[label], x, y)
-    times = interleaved_medians(steps, repeats=repeats, warmup=warmup)
+    times = timing.medians(steps, wait=torch.cuda.synchronize if device.type == "cuda" else lambda: None)
 
     rows = [[label, 1e3 * times[label], times[label] / times["BN"], TARGETS.get(label, "")]
             for label in NORM_VARIANTS]
@@ -87,7 +70,7 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
                  1e3 * times["BN joined"], times["BN joined"] / times["BN two"], ""])
     layout = "channels_last" if choice.channels_last else "NCHW"
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
-              f"forward+backward, median of {repeats}, {torch.get_num_threads()} threads, "
+              f"forward+backward, median of {timing.repeats}, {torch.get_num_threads()} threads, {device}, "
               f"torch {torch.__version__}\n\n")
     if choice.note:
         header += f"NCHW, not channels_last: {choice.note}\n\n"
@@ -95,8 +78,9 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
 
 
 def run(args: argparse.Namespace) -> int:
-    print(bench_norms(args.arch, args.width, args.batch_size, args.image_size, args.repeats, args.warmup, args.seed,
-                      args.channels_last))
+    timing = Timing(args.repeats, args.warmup, args.progress)
+    print(bench_norms(args.arch, args.width, args.batch_size, args.image_size, timing, args.seed, args.channels_last,
+                      args.device))
     return 0
 
 
@@ -109,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC activations (default: as training on the CPU: on, unless the model has 1x1 "
                              "strided convolutions with fewer than 16 input channels; see docs/memory-format.md)")
+    add_common_flags(parser, data=False)

@@ -12,15 +12,17 @@ import time
 
 import torch
 
-from .. import create_model, set_route
-from ..devices import resolve_device
-from ..errors import ConfigError
-from ..eval import EvalSettings, evaluate
-from ..tables import markdown_table
-from ..threat import Threat
-from ..training.objectives import OBJECTIVES
-from .norms import SPLIT_TARGET, split_steps
-from .timing import interleaved_medians
+from ...devices import resolve_device
+from ...errors import ConfigError
+from ...eval import EvalSettings, evaluate
+from ...models import create_model
+from ...nn import set_route
+from ...tables import markdown_table
+from ...threat import Threat
+from ...training.objectives import OBJECTIVES
+from ..flags import add_common_flags
+from .steps import SPLIT_TARGET, split_steps
+from .timing import Timing
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,14 +41,14 @@ def _training_step(model, objective, x, y, dtype):
     return step
 
 
-def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int = 7, repeats: int = 10,
-              warmup: int = 3, n_eval: int = 512, device: str = "cuda") -> str:
+def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int = 7, timing: Timing = Timing(10, 3),
+              n_eval: int = 512, device: str = "auto", seed: int = 0) -> str:
     """Time the rows above on ``device``; a Markdown table."""
-    if not torch.cuda.is_available() or not device.startswith("cuda"):
+    device = resolve_device(device)
+    if device.type != "cuda":
         raise ConfigError("bench gpu measures a CUDA device and none is available; on the CPU run bench norms, "
                           "bench train, bench eval and bench data")
-    device = resolve_device(device)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
     objective = OBJECTIVES["hybrid"](threat=Threat(), step_size=2 / 255, steps=steps)
@@ -54,7 +56,7 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
     variants = {name: _training_step(model, objective, x, y, dtype) for name, dtype in PRECISIONS.items()}
     fused, separate = split_steps(set_route(model, "adv"), x, y)
     variants.update({"split": fused, "two": separate})
-    times = interleaved_medians(variants, repeats=repeats, warmup=warmup, wait=torch.cuda.synchronize)
+    times = timing.medians(variants, wait=torch.cuda.synchronize)
 
     rows = [[f"hybrid training step (PGD-{steps}), {name}", batch_size / times[name],
              times["float32"] / times[name], ""] for name in PRECISIONS]
@@ -66,12 +68,12 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
     set_route(model, None)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    evaluate(model, images, labels, EvalSettings(attack="apgd-ce", batch_size=n_eval, progress=False), route="adv",
-             clean_route=None)
+    evaluate(model, images, labels, EvalSettings(attack="apgd-ce", batch_size=n_eval, progress=timing.progress),
+             route="adv", clean_route=None)
     torch.cuda.synchronize()
     rows.append([f"APGD-CE evaluation, {n_eval} images", n_eval / (time.perf_counter() - start), "-", ""])
     header = (f"{arch} with SaBN on {torch.cuda.get_device_name(device)}, batch {batch_size}x3x32x32 channels_last, "
-              f"median of {repeats}, torch {torch.__version__}\n\n")
+              f"median of {timing.repeats}, torch {torch.__version__}\n\n")
     return header + markdown_table(["row", "images / s", "ratio", "target (<=)"], rows)
 
 
@@ -83,9 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=7, help="PGD steps of the training attack")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--n-eval", type=int, default=512, help="images for the APGD-CE row")
-    parser.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    add_common_flags(parser, data=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(bench_gpu(args.arch, args.batch_size, args.steps, args.repeats, n_eval=args.n_eval, device=args.device))
+    print(bench_gpu(args.arch, args.batch_size, args.steps, Timing(args.repeats, 3, args.progress), args.n_eval,
+                    args.device, args.seed))
     return 0

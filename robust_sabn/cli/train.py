@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-from typing import Any
 
 from ..errors import ConfigError
-from ..flags import DeprecatedAlias
-from .config import RENAMED, TrainConfig, choices, recipe_names
+from ..training.config import TrainConfig, recipe_names
+from .flags import add_config_arguments, given_settings
 
 EXAMPLES = """examples:
   robust-sabn train --config fashion-mnist-small --out-dir runs/fmnist
@@ -19,53 +17,9 @@ EXAMPLES = """examples:
 """
 
 
-def flag_help() -> dict[str, str]:
-    """Help per config field: the field's ``help`` metadata, then its choices where it has a fixed set (read from
-    the registries now, so registered additions show)."""
-    helps = {}
-    for f in dataclasses.fields(TrainConfig):
-        known = choices(f)
-        helps[f.name] = f.metadata["help"] + (f", one of: {', '.join(known)}" if known else "")
-    return helps
-
-
-def flag_name(field_name: str) -> str:
-    """The flag of a config field: ``--step-size`` for ``step_size``."""
-    return "--" + field_name.replace("_", "-")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, all defaulting to "not given" so that only given flags override."""
-    helps = {name: text.replace("%", "%%") for name, text in flag_help().items()}  # argparse formats help with %
-    for f in dataclasses.fields(TrainConfig):
-        flag = flag_name(f.name)
-        kind = str(f.type)
-        if f.name == "amp":
-            parser.add_argument(flag, nargs="?", const="bf16", default=argparse.SUPPRESS, help=helps[f.name])
-        elif kind.startswith("bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=helps[f.name])
-        elif kind.startswith("list"):
-            parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="N", help=helps[f.name])
-        else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=f.name.upper(), help=helps[f.name])
-    for old, new in RENAMED.items():
-        parser.add_argument(flag_name(old), dest=new, action=DeprecatedAlias, new=flag_name(new),
-                            default=argparse.SUPPRESS)
-
-
-def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The config fields set by flags on the command line."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    if "milestones" in values:
-        values["milestones"] = ",".join(values["milestones"])
-    return values
-
-
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The run's config and whether it resumes: flags > ``--config`` file or recipe > defaults."""
-    from .run_dir import resume_config
+    from ..training.run_dir import resume_config
 
     given = given_settings(args)
     if args.resume:
@@ -78,7 +32,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .loop import train
+    from ..training.loop import train
 
     config, resume = config_from_args(args)
     result = train(config, resume=resume)

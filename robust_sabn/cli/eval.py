@@ -6,27 +6,27 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..constants import AA_VERSIONS, CLEAN_ROUTE
+from ..constants import CLEAN_ROUTE
 from ..data import test_images
 from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
+from ..eval.attacks import make_eval_attack
+from ..eval.evaluate import evaluate
+from ..eval.front import front_table, mixture_front, write_front
+from ..eval.numerics import NUMERICS
+from ..eval.recalibration import training_recalibration
+from ..eval.report import ADVERSARIALS, report_stem, write_adversarials, write_report
+from ..eval.settings import EvalSettings
+from ..eval.state import STATE, remove_state
+from ..eval.sweep import eps_sweep, plot_sweep
 from ..exporting import reports_dir
-from ..flags import add_common_flags
 from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..mixing import parse_tradeoffs
 from ..model_files import LoadedModel, load_trained_model
 from ..parsing import parse_json_object
 from ..tables import markdown_table
-from ..threat import THREAT_MODELS, Threat
-from .attacks import make_eval_attack
-from .evaluate import evaluate
-from .front import front_table, mixture_front, write_front
-from .numerics import NUMERICS
-from .recalibration import training_recalibration
-from .report import ADVERSARIALS, report_stem, write_adversarials, write_report
-from .settings import EvalSettings
-from .state import STATE, remove_state
-from .sweep import eps_sweep, plot_sweep
+from ..threat import Threat
+from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
 
 DEFAULT_SWEEP_ATTACK = "pgd-20"
 
@@ -154,31 +154,6 @@ def finish(processes: Processes, state_dir: Path, write: Callable[[], None]) -> 
         remove_state(state_dir)
     if error is not None:
         raise error
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model to load, and the route and threat model to use: shared by ``eval`` and ``export``."""
-    parser.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
-                        help="run folder (best.pt, else last.pt), training checkpoint, or exported <name>.pt")
-    parser.add_argument("--model", help="architecture for a plain state dict, or the Python callable an architecture "
-                                        "file names, if you trust it: zoo name or 'module:callable'")
-    parser.add_argument("--model-kwargs", help="JSON keyword arguments for --model, e.g. '{\"num_classes\": 10}'")
-    parser.add_argument("--route", help="route to evaluate / fold (default: the route training attacked, adv)")
-    parser.add_argument("--dataset", help="default: the dataset the model was trained on, else cifar10")
-    parser.add_argument("--threat-model", choices=THREAT_MODELS, help="default: the training attack's, else Linf")
-    parser.add_argument("--eps", help="attack radius, e.g. 8/255 (default: the training eps, else 8/255)")
-    parser.add_argument("--n-examples", type=int, default=1000, help="first N test images (default 1000)")
-    parser.add_argument("--version", default="standard", choices=[v for v in AA_VERSIONS if v != "custom"],
-                        help="AutoAttack version (default standard)")
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="images per batch; each batch is attacked with its own seed (default 256)")
-
-
-def add_recalibrate_flag(parser: argparse.ArgumentParser) -> None:
-    """``--recalibrate N``, shared by ``eval --route-mix`` and ``export --route-mix``."""
-    parser.add_argument("--recalibrate", type=int, metavar="N",
-                        help="with --route-mix: re-estimate each mixture's BN statistics on N training images, a share "
-                             "t of them PGD-5 adversarials (docs/route-mixing.md; e.g. 2000)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

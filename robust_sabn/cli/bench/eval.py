@@ -10,7 +10,7 @@ the per-image results are identical). Each library call runs in a fresh Python p
 and is timed there without the start-up: a process-wide setting of one variant (robust-sabn's allocator, see
 :mod:`robust_sabn.allocator`) then cannot speed up another. Both library baselines get ``fold_route(model,
 route)``, folded before timing. Every variant runs once per round, rounds interleaved
-(:func:`robust_sabn.bench.timing.interleaved_medians`). robust-sabn's AutoAttack and pyautoattack run in one batch
+(:meth:`robust_sabn.cli.bench.timing.Timing.medians`). robust-sabn's AutoAttack and pyautoattack run in one batch
 of all the images, so that the exact form must give pyautoattack's own result.
 
 The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
@@ -34,16 +34,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import create_model, fold_route
-from ..constants import AA_VERSIONS
-from ..data import test_images
-from ..eval import EvalAttack, EvalSettings, evaluate, make_eval_attack
-from ..eval.numerics import NUMERICS
-from ..model_files import load_trained_model
-from ..parsing import parse_number
-from ..tables import markdown_table
-from ..threat import Threat
-from .timing import interleaved_medians
+from ...constants import AA_VERSIONS
+from ...convert import fold_route
+from ...data import test_images
+from ...eval import EvalAttack, EvalSettings, evaluate, make_eval_attack
+from ...eval.numerics import NUMERICS
+from ...model_files import load_trained_model
+from ...models import create_model
+from ...parsing import parse_number
+from ...tables import markdown_table
+from ...threat import Threat
+from ..flags import add_common_flags
+from .timing import Timing
 
 TARGETS = {"autoattack": 0.80, "pgd-10": 0.90}
 
@@ -146,7 +148,7 @@ def _in_fresh_process(spec: dict[str, Any], results: dict[str, Any]) -> Callable
     """A call that runs :func:`time_variant` on ``spec`` in a new Python process (so that no variant inherits
     another's allocator settings, caches or heap) and returns the seconds it measured; the robust accuracy lands
     in ``results[spec["variant"]]``."""
-    code = ("import json, sys; from robust_sabn.bench.eval import time_variant; "
+    code = ("import json, sys; from robust_sabn.cli.bench.eval import time_variant; "
             "print(json.dumps(time_variant(json.load(sys.stdin))))")
 
     def call() -> float:
@@ -203,7 +205,7 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
             variants.update({label: _timed(_eval_command(
                 checkpoint, Path(scratch) / label.replace(" ", ""), sharded_attack, len(case.y), batch_size,
                 case.eps, seed, *setting, results, label)) for label, setting in shards.items()})
-        times = interleaved_medians(variants, repeats=repeats, warmup=warmup, reported=True)
+        times = Timing(repeats, warmup).medians(variants, reported=True)
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
     direct = times["pyautoattack"]
     rows = [[f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
@@ -227,7 +229,7 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
 
 
 def _timed(call: Callable[[], None]) -> Callable[[], float]:
-    """``call`` timed whole (a command, start-up included), in the form interleaved_medians(reported=True) reads."""
+    """``call`` timed whole (a command, start-up included), in the form Timing.medians(reported=True) reads."""
     def timed() -> float:
         start = time.perf_counter()
         call()
@@ -264,4 +266,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attack of the sharded robust-sabn eval commands (checkpoint only; 'none' to skip them)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    add_common_flags(p, data=False)

@@ -1,0 +1,117 @@
+"""Flag groups shared by commands, defined once in this module that no command owns: the common flags
+(``--device``, ``--seed``, ``--data-dir``, ``--progress``), the model a command loads with its route and threat
+model (``eval``, ``export``), ``--recalibrate``, the training config's flags (``train``, ``holdout``), and old flag
+names kept for a version."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from ..constants import AA_VERSIONS
+from ..threat import THREAT_MODELS
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, seed: int | None = 0, data: bool = True) -> None:
+    """Add the shared flags; ``seed=None`` leaves the default to the command (e.g. its recipe's), ``data=False``
+    leaves out ``--data-dir`` for commands that read no dataset."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (this process's GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=seed,
+                        help="seed of everything random" + (f" (default {seed})" if seed is not None else ""))
+    if data:
+        parser.add_argument("--data-dir", help="folder holding the dataset (default: the dataset's usual place)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars (default: on)")
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag name that still works for a version: it stores into the new flag's setting and says, in one line
+    on stderr, to use the new name."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"robust-sabn: warning: {option_string} is deprecated and will be removed; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model to load, and the route and threat model to use: shared by ``eval`` and ``export``."""
+    parser.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                        help="run folder (best.pt, else last.pt), training checkpoint, or exported <name>.pt")
+    parser.add_argument("--model", help="architecture for a plain state dict, or the Python callable an architecture "
+                                        "file names, if you trust it: zoo name or 'module:callable'")
+    parser.add_argument("--model-kwargs", help="JSON keyword arguments for --model, e.g. '{\"num_classes\": 10}'")
+    parser.add_argument("--route", help="route to evaluate / fold (default: the route training attacked, adv)")
+    parser.add_argument("--dataset", help="default: the dataset the model was trained on, else cifar10")
+    parser.add_argument("--threat-model", choices=THREAT_MODELS, help="default: the training attack's, else Linf")
+    parser.add_argument("--eps", help="attack radius, e.g. 8/255 (default: the training eps, else 8/255)")
+    parser.add_argument("--n-examples", type=int, default=1000, help="first N test images (default 1000)")
+    parser.add_argument("--version", default="standard", choices=[v for v in AA_VERSIONS if v != "custom"],
+                        help="AutoAttack version (default standard)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="images per batch; each batch is attacked with its own seed (default 256)")
+
+
+def add_recalibrate_flag(parser: argparse.ArgumentParser) -> None:
+    """``--recalibrate N``, shared by ``eval --route-mix`` and ``export --route-mix``."""
+    parser.add_argument("--recalibrate", type=int, metavar="N",
+                        help="with --route-mix: re-estimate each mixture's BN statistics on N training images, a share "
+                             "t of them PGD-5 adversarials (docs/route-mixing.md; e.g. 2000)")
+
+
+def flag_help() -> dict[str, str]:
+    """Help per config field: the field's ``help`` metadata, then its choices where it has a fixed set (read from
+    the registries now, so registered additions show)."""
+    from ..training.config import TrainConfig, choices
+
+    helps = {}
+    for f in dataclasses.fields(TrainConfig):
+        known = choices(f)
+        helps[f.name] = f.metadata["help"] + (f", one of: {', '.join(known)}" if known else "")
+    return helps
+
+
+def flag_name(field_name: str) -> str:
+    """The flag of a config field: ``--step-size`` for ``step_size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, all defaulting to "not given" so that only given flags override; a renamed field's
+    old flag too, with a warning (:data:`~robust_sabn.training.config.RENAMED`)."""
+    from ..training.config import RENAMED, TrainConfig
+
+    helps = {name: text.replace("%", "%%") for name, text in flag_help().items()}  # argparse formats help with %
+    for f in dataclasses.fields(TrainConfig):
+        flag = flag_name(f.name)
+        kind = str(f.type)
+        if f.name == "amp":
+            parser.add_argument(flag, nargs="?", const="bf16", default=argparse.SUPPRESS, help=helps[f.name])
+        elif kind.startswith("bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=helps[f.name])
+        elif kind.startswith("list"):
+            parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="N", help=helps[f.name])
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=f.name.upper(), help=helps[f.name])
+    for old, new in RENAMED.items():
+        parser.add_argument(flag_name(old), dest=new, action=DeprecatedAlias, new=flag_name(new),
+                            default=argparse.SUPPRESS)
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields set by flags on the command line."""
+    from ..training.config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if "milestones" in values:
+        values["milestones"] = ",".join(values["milestones"])
+    return values
