@@ -18,13 +18,13 @@ from .nn import (
 
 __version__ = "0.1.0"
 
-from . import compat as _compat  # noqa: E402
+import _robust_sabn_hooks  # noqa: E402
+
 from .exporting import export  # noqa: E402  (imports __version__)
-from .exporting import robustbench as _robustbench  # noqa: E402
 from .exporting.robustbench import register_robustbench  # noqa: E402
 
-_compat.install()  # `import autoattack` finds upstream's if installed, else robust-sabn's adapter
-_robustbench.install()  # lazy: exported models are registered when RobustBench gets imported
+# The .pth of the installed package did this at start-up; again for a source checkout on PYTHONPATH or `python -S`.
+_robust_sabn_hooks.install()
 
 __all__ = [
     "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DiskFullError", "DualBatchNorm2d", "RouteError",

@@ -1,6 +1,7 @@
 """The layout holds: imports point one way (core <- attacks <- eval <- training <- entry points), no cycles, and
-the autoattack adapter is a leaf."""
+the autoattack adapter and the import hooks are leaves."""
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,25 @@ def test_imports_point_one_way(graph):
     assert not wrong and not core, wrong + core
 
 
-def test_the_autoattack_adapter_is_a_leaf(graph):
-    for name in ("robust_sabn._autoattack", "robust_sabn._autoattack.state"):
-        assert graph[name] <= {"robust_sabn.devices"}, graph[name]
-    assert graph["robust_sabn.devices"] <= {"robust_sabn.errors"}
+def imported_names(path: Path, module_level_only: bool = False) -> set[str]:
+    """Every module a file imports (absolute imports), at module level only or anywhere."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    return {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names} | \
+        {node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_the_autoattack_adapter_is_a_leaf():
+    """Served as `autoattack` from its file, it must import no robust_sabn (pyautoattack, torch, the stdlib)."""
+    for path in (ROOT / "robust_sabn" / "_autoattack").glob("*.py"):
+        tops = {name.split(".")[0] for name in imported_names(path)}
+        assert tops <= set(sys.stdlib_module_names) | {"pyautoattack", "torch"}, (path.name, tops)
+
+
+def test_the_hooks_module_imports_only_the_stdlib_and_its_callbacks_module():
+    """It runs at every interpreter start-up: module-level imports from the stdlib only; robust_sabn only in the
+    callbacks, and only the module that holds them."""
+    path = ROOT / "_robust_sabn_hooks.py"
+    assert {name.split(".")[0] for name in imported_names(path, module_level_only=True)} <= sys.stdlib_module_names
+    others = {name for name in imported_names(path) if name.split(".")[0] not in sys.stdlib_module_names}
+    assert others == {"robust_sabn.exporting"}, others
