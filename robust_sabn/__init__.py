@@ -1,5 +1,7 @@
 """robust-sabn: dual-path Sandwich Batch Normalization for adversarial training, AutoAttack evaluation,
 and export to RobustBench."""
+import _robust_sabn_hooks
+
 from .convert import convert_convs, convert_norms, fold_route, fold_spec
 from .errors import CheckpointError, ConfigError, DiskFullError, RouteError, UserError
 from .mixing import mix_routes
@@ -17,8 +19,6 @@ from .nn import (
 )
 
 __version__ = "0.1.0"
-
-import _robust_sabn_hooks  # noqa: E402
 
 from .exporting import export  # noqa: E402  (imports __version__)
 from .exporting.robustbench import register_robustbench  # noqa: E402

@@ -87,7 +87,7 @@ def check_robustbench() -> Check:
 
 # Runs in a fresh interpreter and never imports robust_sabn. Both import orders: autoattack first (which alone must
 # not import robust_sabn), then RobustBench first, with the modules of the first round dropped (torch stays).
-# load_model must be robust-sabn's wrapper each time. A warning from the hooks is an error, so its message ends stderr.
+# load_model must be robust-sabn's wrapper each time. A failing hook's warning is an error, so its message ends stderr.
 IMPORT_PROBE = """\
 import sys
 for first in ('autoattack', 'robustbench'):
@@ -100,7 +100,7 @@ for first in ('autoattack', 'robustbench'):
     assert hasattr(robustbench.utils.load_model, '__robust_sabn_original__'), f'load_model not wrapped ({first} first)'
 print('adapter' if getattr(autoattack, 'IS_ROBUST_SABN_ADAPTER', False) else 'upstream')
 """
-PROBE_FLAGS = ("-W", "ignore", "-W", "error:robust-sabn")
+PROBE_FLAGS = ("-W", "ignore", "-W", "error:robust-sabn could not register")
 
 
 def check_autoattack() -> Check:
