@@ -1,4 +1,5 @@
-"""robust-sabn installs like any plugin: the wheel alone, into a fresh virtual environment, without bin/setup."""
+"""robust-sabn installs like any plugin: the wheel alone, into a fresh virtual environment, without bin/setup; its
+.pth makes plain RobustBench code work there without `import robust_sabn`."""
 import shutil
 import subprocess
 import sys
@@ -41,11 +42,24 @@ def test_the_wheel_in_a_fresh_venv_exports_and_loads_through_robustbench(tmp_pat
         import torch, robust_sabn
         from robustbench.utils import load_model
         model = robust_sabn.create_model("resnet_small", width=4, norm="sandwich").eval()
-        robust_sabn.export(model, "FreshVenv2026", route="adv", model_dir="models")
-        loaded = load_model("FreshVenv2026", model_dir="models", dataset="cifar10", threat_model="Linf")
+        robust_sabn.export(model, "FreshVenv2026", route="adv", model_dir="exports")
+        loaded = load_model("FreshVenv2026", model_dir="exports", dataset="cifar10", threat_model="Linf")
         x = torch.rand(2, 3, 32, 32)
         with torch.no_grad(), robust_sabn.use_route(model, "adv"):
             assert (loaded(x) - model(x)).abs().max() <= 1e-5
+            torch.save({"x": x, "logits": model(x)}, "expected.pt")
         print("ok")
     """)
     assert run(python, "-W", "ignore", "-c", script, cwd=tmp_path).strip() == "ok"
+    plain = textwrap.dedent("""
+        import sys, torch
+        import autoattack
+        assert autoattack.IS_ROBUST_SABN_ADAPTER and "robust_sabn" not in sys.modules
+        from robustbench.utils import load_model
+        loaded = load_model("FreshVenv2026", model_dir="exports", dataset="cifar10", threat_model="Linf")
+        expected = torch.load("expected.pt")
+        with torch.no_grad():
+            assert (loaded(expected["x"]) - expected["logits"]).abs().max() <= 1e-5
+        print("ok")
+    """)  # a process that never imports robust_sabn: the wheel's .pth installed the hooks
+    assert run(python, "-W", "ignore", "-c", plain, cwd=tmp_path).strip() == "ok"
