@@ -114,3 +114,16 @@ def test_doctor_works_and_names_a_broken_dependency_other_commands_say_to_run_it
     command = cli("eval", "nowhere.pt") if broken == "torchattacks" else cli("export", "nowhere.pt", "--name", "X")
     assert command.returncode == 2 and command.stderr.count("\n") == 1, command.stderr
     assert "robust-sabn doctor" in command.stderr or "no checkpoint" in command.stderr
+
+
+def test_the_pins_live_in_one_file_that_the_set_up_installed_and_the_doctor_names():
+    import importlib.metadata as metadata
+    from importlib import resources
+
+    pins = [line.split("#")[0].strip() for line in
+            resources.files("robust_sabn").joinpath("constraints.txt").read_text().splitlines()]
+    exact = dict(pin.split("==") for pin in pins if "==" in pin)
+    assert {"torch", "torchvision", "torchattacks", "pyautoattack", "robustbench"} <= set(exact)
+    for name, version in exact.items():  # what bin/setup installed here
+        assert metadata.version(name).split("+")[0] == version, name
+        assert doctor.pinned(name) == f"{name}=={version}"

@@ -30,7 +30,7 @@ def test_the_wheel_in_a_fresh_venv_exports_and_loads_through_robustbench(tmp_pat
     wheel = next((tmp_path / "dist").glob("robust_sabn-*.whl"))
     run(sys.executable, "-m", "venv", tmp_path / "venv")
     python = tmp_path / "venv" / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt", wheel)
+    run(python, "-m", "pip", "install", "-q", "-c", ROOT / "robust_sabn" / "constraints.txt", wheel)
     doctor = subprocess.run([tmp_path / "venv" / "bin" / "robust-sabn", "doctor"], capture_output=True, text=True)
     for line in doctor.stdout.splitlines():  # every fix the doctor names is a command a pip user can run
         if line.startswith("FAIL"):

@@ -8,6 +8,7 @@ import importlib
 import importlib.metadata as metadata
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -15,11 +16,22 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import _robust_sabn_hooks
 
-REINSTALL_ROBUSTBENCH = "pip install --no-deps --force-reinstall robustbench==1.1.1"
+
+def pinned(distribution: str) -> str:
+    """``name==version`` as the set-up pins it: the one list of versions verified together, shipped in the package
+    (``robust_sabn/constraints.txt``, which ``bin/setup`` installs with)."""
+    text = resources.files("robust_sabn").joinpath("constraints.txt").read_text()
+    return next(line.split("#")[0].strip() for line in text.splitlines()
+                if re.match(rf"{re.escape(distribution)}\s*[=<>!~]", line))
+
+
+def reinstall_robustbench() -> str:
+    return f"pip install --no-deps --force-reinstall {pinned('robustbench')}"
 
 
 @dataclass
@@ -39,7 +51,7 @@ def check_torch() -> Check:
         nms(torch.zeros(1, 4), torch.zeros(1), 0.5)  # fails when torchvision's C++ ops do not match torch
     except Exception as err:  # noqa: BLE001 -- any failure here is the finding
         return Check("torch", False, f"{type(err).__name__}: {err}",
-                     "pip install torch==2.14.1 torchvision==0.29.1 (a matching pair)")
+                     f"pip install {pinned('torch')} {pinned('torchvision')} (a matching pair)")
     return Check("torch", True, f"torch {torch.__version__}, torchvision {torchvision.__version__}")
 
 
@@ -71,11 +83,11 @@ def check_robustbench() -> Check:
         version = metadata.version("robustbench")
         changed = changed_files("robustbench")
     except metadata.PackageNotFoundError:
-        return Check("robustbench", False, "not installed", REINSTALL_ROBUSTBENCH)
+        return Check("robustbench", False, "not installed", reinstall_robustbench())
     if changed:
         return Check("robustbench", False,
                      f"{len(changed)} files overwritten (torchattacks ships an old robustbench), e.g. {changed[0]}",
-                     REINSTALL_ROBUSTBENCH)
+                     reinstall_robustbench())
     try:
         from robustbench.eval import benchmark  # noqa: F401
         from robustbench.utils import load_model  # noqa: F401
@@ -144,7 +156,7 @@ def check_torchattacks() -> Check:
     try:
         import torchattacks
     except Exception as err:  # noqa: BLE001
-        return Check("torchattacks", False, f"{type(err).__name__}: {err}", "pip install torchattacks==3.5.1")
+        return Check("torchattacks", False, f"{type(err).__name__}: {err}", f"pip install {pinned('torchattacks')}")
     return Check("torchattacks", True, torchattacks.__version__)
 
 
