@@ -20,15 +20,6 @@ from ..errors import ConfigError, RouteError
 from ..nn import routes_of, use_route
 
 
-def check_eps(eps: float, norm: str = "Linf") -> float:
-    """``eps`` must be non-negative, and at most 1 for Linf (inputs live in [0, 1])."""
-    eps = float(eps)
-    if eps < 0 or (norm == "Linf" and eps > 1):
-        bound = "between 0 and 1 (inputs are in [0, 1]; e.g. 8/255)" if norm == "Linf" else "non-negative"
-        raise ConfigError(f"attack eps must be {bound}, got {eps}")
-    return eps
-
-
 def check_positive(name: str, value: float) -> float:
     value = float(value)
     if not value > 0:

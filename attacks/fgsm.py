@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import check_eps
+from ..limits import check_eps
 from .pgd import PGD
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import RoutedAttack, check_eps, check_norm, check_positive, check_steps
+from ..limits import check_eps
+from .base import RoutedAttack, check_norm, check_positive, check_steps
 
 
 def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ from ..constants import AA_VERSIONS, CLEAN_ROUTE, THREAT_MODELS
 from ..data import test_images
 from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
-from ..flags import add_common_flags
+from ..flags import InRange, add_common_flags
 from ..io import all_or_nothing, atomic_write_text, check_writable
+from ..limits import BATCH_SIZE, IMAGES, check_eps
 from ..mixing import parse_tradeoffs
 from ..model_files import LoadedModel, load_trained_model
 from ..parsing import format_eps, parse_json_object, parse_number_list
@@ -48,7 +49,8 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     norm, eps = loaded.threat(args.threat_model, args.eps)
     dataset = args.dataset or loaded.trained_on() or "cifar10"
     clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
-    sweep = parse_number_list(args.eps_sweep, "--eps-sweep value") if args.eps_sweep else None
+    sweep = ([check_eps(eps, norm, "--eps-sweep value", "--eps-sweep") for eps in
+              parse_number_list(args.eps_sweep, "--eps-sweep value")] if args.eps_sweep else None)
     tradeoffs = route_mix(args, sweep)
     recalibration = (training_recalibration(loaded, args.recalibrate, eps, norm, args.data_dir, args.seed)
                      if args.recalibrate is not None else None)  # only with --route-mix (route_mix checks)
@@ -156,16 +158,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="default: the dataset the model was trained on, else cifar10")
     parser.add_argument("--threat-model", choices=THREAT_MODELS, help="default: the training attack's, else Linf")
     parser.add_argument("--eps", help="attack radius, e.g. 8/255 (default: the training eps, else 8/255)")
-    parser.add_argument("--n-examples", type=int, default=1000, help="first N test images (default 1000)")
+    parser.add_argument("--n-examples", action=InRange, limits=IMAGES, default=1000,
+                        help="first N test images (default 1000)")
     parser.add_argument("--version", default="standard", choices=[v for v in AA_VERSIONS if v != "custom"],
                         help="AutoAttack version (default standard)")
-    parser.add_argument("--batch-size", type=int, default=256,
+    parser.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE.but(example="256"), default=256,
                         help="images per batch; each batch is attacked with its own seed (default 256)")
 
 
 def add_recalibrate_flag(parser: argparse.ArgumentParser) -> None:
     """``--recalibrate N``, shared by ``eval --route-mix`` and ``export --route-mix``."""
-    parser.add_argument("--recalibrate", type=int, metavar="N",
+    parser.add_argument("--recalibrate", action=InRange, limits=IMAGES.but(example="2000"), metavar="N",
                         help="with --route-mix: re-estimate each mixture's BN statistics on N training images, a share "
                              "t of them PGD-5 adversarials (docs/route-mixing.md; e.g. 2000)")
 

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..attacks.base import check_eps
 from ..constants import CLEAN_ROUTE, ORACLE_ROUTING, SINGLE_ROUTE, THREAT_MODELS
 from ..convert import fold_route
 from ..devices import model_device
 from ..distributed import Processes
 from ..errors import ConfigError
+from ..limits import check_eps
 from ..nn import check_model_route
 from ..parsing import format_eps, parse_number
 from ..rng import check_seed, preserved_rng

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
-from .config import TrainConfig, choices, recipe_names
+from .config import TrainConfig, choices, flag_name, recipe_names
 
 EXAMPLES = """examples:
   robust-sabn train --config fashion-mnist-small --out-dir runs/fmnist
@@ -20,17 +20,13 @@ EXAMPLES = """examples:
 
 def flag_help() -> dict[str, str]:
     """Help per config field: the field's ``help`` metadata, then its choices where it has a fixed set (read from
-    the registries now, so registered additions show)."""
+    the registries now, so registered additions show) or its range where it is a number."""
     helps = {}
     for f in dataclasses.fields(TrainConfig):
-        known = choices(f)
-        helps[f.name] = f.metadata["help"] + (f", one of: {', '.join(known)}" if known else "")
+        known, limits = choices(f), f.metadata["limits"]
+        helps[f.name] = (f.metadata["help"] + (f", one of: {', '.join(known)}" if known else "")
+                         + (f"; range {limits}" if limits else ""))
     return helps
-
-
-def flag_name(field_name: str) -> str:
-    """The flag of a config field: ``--step-size`` for ``step_size``."""
-    return "--" + field_name.replace("_", "-")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +74,14 @@ def run(args: argparse.Namespace) -> int:
 
     config, resume = config_from_args(args)
     result = train(config, resume=resume)
-    if result.best and os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process reports
+        return 0
+    if resume and result.steps_run == 0:
+        print(f"nothing to do: {result.run_dir} already finished {result.epoch} epochs ({result.step} steps); "
+              + (f"raise --max-steps (now {config.max_steps}) to continue it" if result.epoch < config.epochs else
+                 f"its --epochs {config.epochs} fix its schedule, which a resumed run keeps: start a new run for a "
+                 "longer one"))
+    elif result.best:
         print(f"run folder {result.run_dir}: {result.epoch} epochs, {result.step} steps; best robust validation "
               f"accuracy {100 * result.best['val_robust_acc']:.2f}% (step {result.best['step']}) in "
               f"{result.run_dir / 'best.pt'}")

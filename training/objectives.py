@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import FGSM, PGD, RoutedAttack, TradesPGD, restore_modes
-from ..attacks.base import check_bn_mode, check_eps, check_norm, check_positive, check_steps
+from ..attacks.base import check_bn_mode, check_norm, check_positive, check_steps
 from ..constants import ADV_ROUTE, CLEAN_ROUTE
 from ..errors import ConfigError
+from ..limits import check_eps
 from ..nn import routes_of, split_routes, use_route
 from ..registry import Registry
 

@@ -38,9 +38,13 @@ from .. import create_model, fold_route
 from ..constants import AA_VERSIONS
 from ..data import test_images
 from ..eval import evaluate
-from ..eval.numerics import NUMERICS
+from ..eval.numerics import NUMERICS, refusal
+from ..flags import InRange
+from ..limits import BATCH_SIZE, IMAGE_SIZE, IMAGES, REPEATS, WARMUP_ROUNDS, check_eps
 from ..model_files import load_trained_model
+from ..models.arguments import ARGUMENT_RANGES
 from ..parsing import parse_number
+from ..rng import SEED_RANGE
 from ..tables import markdown_table
 from .timing import interleaved_medians
 
@@ -183,15 +187,17 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
                seed: int = 0, checkpoint: str | None = None, numerics: Sequence[str] = ("exact",),
                sharded_attack: str | None = "autoattack") -> str:
     """Time the pairs on one model and one image set; a Markdown table of ratios. ``eps`` defaults to the
-    checkpoint's training eps, else 8/255. ``numerics``: the forms robust-sabn's AutoAttack runs in (one row each).
+    checkpoint's training eps, else 8/255. ``numerics``: the forms robust-sabn's AutoAttack runs in (one row each;
+    a form refused for the model, e.g. channels-last for narrow ones on the CPU, is a row saying why it is skipped).
     ``sharded_attack`` (None: no sharded rows) is the attack of the ``robust-sabn eval`` commands timed with 2
     processes and with 1, on a checkpoint only."""
     case = Case.build(checkpoint, width, n, image_size, eps, seed)
     threads = torch.get_num_threads()
+    refused = {form: refusal(case.model, torch.device("cpu"), form) for form in numerics}
     specs = {variant: dict(case=[checkpoint, width, n, image_size, case.eps, seed], variant=variant, seed=seed,
                            version=version, attacks=attacks, batch_size=batch_size, threads=threads)
-             for variant in [*(f"autoattack {form}" for form in numerics), "pyautoattack", "pgd-10",
-                             "torchattacks-pgd"]}
+             for variant in [*(f"autoattack {form}" for form in numerics if refused[form] is None), "pyautoattack",
+                             "pgd-10", "torchattacks-pgd"]}
     results: dict[str, Any] = {}  # robust accuracy of each library variant, per-image results of each command
     variants = {variant: _in_fresh_process(spec, results) for variant, spec in specs.items()}
     cores = len(os.sched_getaffinity(0))
@@ -204,7 +210,8 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
         times = interleaved_medians(variants, repeats=repeats, warmup=warmup, reported=True)
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
     direct = times["pyautoattack"]
-    rows = [[f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
+    rows = [[f"{label}, numerics {form}", "skipped", direct, "", "", refused[form]] if refused[form] else
+            [f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
              TARGETS["autoattack"] if form == "exact" else "",
              f"{100 * results[f'autoattack {form}']:.2f} / {100 * results['pyautoattack']:.2f}"] for form in numerics]
     rows.append(["PGD-10 (eps/4 steps)", times["pgd-10"], times["torchattacks-pgd"],
@@ -235,7 +242,7 @@ def _timed(call: Callable[[], None]) -> Callable[[], float]:
 
 def run(args: argparse.Namespace) -> int:
     attacks = [a for a in (args.aa_attacks or "").split(",") if a] or None
-    eps = None if args.eps is None else parse_number(args.eps, "--eps")
+    eps = None if args.eps is None else check_eps(parse_number(args.eps, "--eps"), "Linf")
     print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, eps, args.version, attacks,
                      args.repeats, args.warmup, args.seed, args.checkpoint, args.numerics,
                      None if args.sharded_attack == "none" else args.sharded_attack))
@@ -248,10 +255,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a trained model and its dataset's first test images (default: an untrained SaBN resnet_small "
                         "on random images)")
-    p.add_argument("--width", type=int, default=16, help="width of the untrained resnet_small SaBN model")
-    p.add_argument("--n-examples", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--width", action=InRange, limits=ARGUMENT_RANGES["width"], default=16,
+                   help="width of the untrained resnet_small SaBN model")
+    p.add_argument("--n-examples", action=InRange, limits=IMAGES.but(example="64"), default=64)
+    p.add_argument("--image-size", action=InRange, limits=IMAGE_SIZE, default=32)
+    p.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE.but(example="32"), default=32,
                    help="batch of the PGD pair and of the sharded commands (AutoAttack runs on all images at once)")
     p.add_argument("--eps", help="Linf radius; fractions allowed (default: the checkpoint's training eps, else 8/255)")
     p.add_argument("--version", default="standard", choices=AA_VERSIONS)
@@ -260,6 +268,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="forms of robust-sabn's AutoAttack to time, one row each (default: all)")
     p.add_argument("--sharded-attack", default="autoattack",
                    help="attack of the sharded robust-sabn eval commands (checkpoint only; 'none' to skip them)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", action=InRange, limits=REPEATS, default=3)
+    p.add_argument("--warmup", action=InRange, limits=WARMUP_ROUNDS, default=0)
+    p.add_argument("--seed", action=InRange, limits=SEED_RANGE, default=0)

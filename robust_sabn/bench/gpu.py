@@ -16,6 +16,8 @@ from .. import create_model, set_route
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..eval import evaluate
+from ..flags import InRange
+from ..limits import ATTACK_STEPS, BATCH_SIZE, IMAGES, REPEATS
 from ..tables import markdown_table
 from ..training.objectives import OBJECTIVES
 from .norms import SPLIT_TARGET, split_steps
@@ -78,10 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Throughput on a CUDA device: training steps per precision, the fused route split against "
                           "two forwards, and APGD-CE.")
     parser.add_argument("--arch", default="preact_resnet18")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=7, help="PGD steps of the training attack")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--n-eval", type=int, default=512, help="images for the APGD-CE row")
+    parser.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE, default=128)
+    parser.add_argument("--steps", action=InRange, limits=ATTACK_STEPS, default=7,
+                        help="PGD steps of the training attack")
+    parser.add_argument("--repeats", action=InRange, limits=REPEATS, default=10)
+    parser.add_argument("--n-eval", action=InRange, limits=IMAGES.but(example="512"), default=512,
+                        help="images for the APGD-CE row")
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N")
 
 
