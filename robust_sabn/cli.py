@@ -9,6 +9,7 @@ import sys
 
 from . import __version__
 from .errors import UserError
+from .flags import InRange
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -68,6 +69,19 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     commands = {**COMMANDS, "bench": (None, "speed and quality benchmarks (print tables of ratios)")}
     _add_commands(parser, commands, argv, "command", "")
     return parser
+
+
+def numeric_flags() -> list[tuple[str, argparse.Action]]:
+    """Every flag that takes a number, of every command but ``train`` (whose numbers are its config's fields), as
+    (the command, the flag's argparse action): for the documentation's table of ranges and for the tests."""
+    found = []
+    for argv in [[name] for name in COMMANDS if name != "train"] + [["bench", name] for name in BENCHMARKS]:
+        parser = build_parser(argv)
+        for word in argv:
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+        found += [(" ".join(argv), action) for action in parser._actions
+                  if isinstance(action, InRange) or action.type in (int, float)]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

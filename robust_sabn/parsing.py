@@ -19,16 +19,16 @@ def parse_number(value: Any, name: str = "value") -> float:
     try:
         return float(_parse(value, name))
     except OverflowError:
-        raise ConfigError(f"{name} is too large, got {value!r}") from None
+        raise ConfigError(f"{name} is too large, got {shown(value)}") from None
 
 
 def _parse(value: Any, name: str) -> int | float | Fraction:
     """A number from a number or its spelling, exactly when it is an integer or a fraction; finite only."""
     if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
+        raise ConfigError(f"{name} must be a number, got {shown(value)}")
     number = value if isinstance(value, (int, float)) else _from_text(str(value).strip(), name)
     if isinstance(number, float) and not math.isfinite(number):
-        raise ConfigError(f"{name} must be a finite number within float range, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number within float range, got {shown(value)}")
     return number
 
 
@@ -39,14 +39,14 @@ def _from_text(text: str, name: str) -> int | float | Fraction:
             return convert(text)
         except (ValueError, ZeroDivisionError):
             continue
-    raise ConfigError(f"{name} must be a number or a fraction like 8/255, got {text!r}")
+    raise ConfigError(f"{name} must be a number or a fraction like 8/255, got {shown(text)}")
 
 
 def to_int(value: Any, name: str = "value") -> int:
     """An exact integer from a number or its spelling ("3", "3.0", "6/2")."""
     number = _parse(value, name)
     if int(number) != number:
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {shown(value)}")
     return int(number)
 
 
@@ -96,7 +96,7 @@ class Range:
         kind = "an integer" if self.integer else "a number"
         interval = self._interval(_bound(self.upper())) + (f" ({self.shown})" if self.shown else "")
         why = f" ({self.why})" if self.why and value > self.low else ""  # above the range: say why it ends there
-        return f"{name} must be {kind} in {interval}, got {shown_number(value)}{why}"
+        return f"{name} must be {kind} in {interval}, got {shown(value)}{why}"
 
     def parse(self, text: Any, name: str) -> int | float:
         """``text`` as a number of the range's kind, checked (``name`` is the flag it was given with)."""
@@ -107,13 +107,15 @@ def _bound(value: float) -> str:
     return "inf" if value == math.inf else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def shown_number(value: Any) -> str:
-    """A number as a message shows it: huge integers by their size (``str`` refuses them past 4300 digits)."""
+def shown(value: Any) -> str:
+    """A value as a one-line message shows it: huge integers by their size (``str`` refuses them past 4300 digits),
+    floats short, long text cut."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
         return f"{'-' if value < 0 else ''}an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     if isinstance(value, float):
         return f"{value:g}"
-    return repr(value)
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def parse_number_list(text: str, name: str = "value") -> list[float]:

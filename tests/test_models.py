@@ -52,7 +52,7 @@ def test_normalization_is_inside_the_model_and_grayscale_works():
     ({"width": 0}, r"width must be an integer in \[1, 1024\], got 0"),
     ({"width": 4.5}, "width of resnet_small must be an integer, got 4.5"),
     ({"width": True}, "width of resnet_small must be an integer, got True"),
-    ({"width": 512, "depth": 8}, "would hold about 793 million parameters, more than 400 million"),
+    ({"width": 512, "depth": 8}, "would hold about 793 million parameters, more than the 400 million"),
     ({"num_classes": 10**30}, r"num_classes must be an integer in \[2, 100000\]"),
     ({"routes": ["a", "a"]}, "distinct names"),
     ({"norm": "sandwich", "norm_kwargs": {"momentum": 2.0}}, r"momentum must be a number in \[0, 1\]"),

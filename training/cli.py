@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process reports
         return 0
     if resume and result.steps_run == 0:
-        print(f"nothing to do: {result.run_dir} already finished {result.epoch} epochs ({result.step} steps); "
+        print(f"nothing to do: {result.run_dir} already ran {result.step} steps ({result.epoch} of {config.epochs} "
+              "epochs); "
               + (f"raise --max-steps (now {config.max_steps}) to continue it" if result.epoch < config.epochs else
                  f"its --epochs {config.epochs} fix its schedule, which a resumed run keeps: start a new run for a "
                  "longer one"))

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..errors import CheckpointError, ConfigError, UserError
 from ..nn import CONVS, NORMS
-from ..parsing import Range, shown_number
+from ..parsing import Range, shown
+from ..registry import Registry
 
 MAX_ROUTES = 8
 ARGUMENT_RANGES: dict[str, Range] = {
@@ -35,6 +36,7 @@ ARGUMENT_RANGES: dict[str, Range] = {
     "std": Range(0.0, 1000.0, "0.25", open_low=True),
 }
 SIMPLE_TYPES = (bool, int, float, str, type(None))
+FILE_FIX = "; the file is damaged or was not written by robust-sabn: re-export the model"  # of a spec read from one
 
 
 class ArgumentError(Exception):
@@ -50,9 +52,7 @@ def check_model_arguments(name: str, builder: Callable, arguments: Mapping[str, 
         _check(name, builder, dict(arguments))
     except ArgumentError as err:
         where = f"{source}: " if source else ""
-        fix = ("; the file is damaged or was not written by robust-sabn: re-export the model"
-               if issubclass(error, CheckpointError) else "")
-        raise error(f"{where}{err}{fix}") from None
+        raise error(f"{where}{err}{FILE_FIX if issubclass(error, CheckpointError) else ''}") from None
 
 
 def _check(name: str, builder: Callable, arguments: dict[str, Any]) -> None:
@@ -60,21 +60,21 @@ def _check(name: str, builder: Callable, arguments: dict[str, Any]) -> None:
     _registered(arguments.pop("conv", "standard"), CONVS, "conv")
     in_channels = arguments.pop("in_channels", 3)
     if not _is(in_channels, int) or in_channels not in (1, 3):
-        raise ArgumentError(f"in_channels must be 1 or 3, got {_shown(in_channels)}")
+        raise ArgumentError(f"in_channels must be 1 or 3, got {shown(in_channels)}")
     _in_range("num_classes", arguments.pop("num_classes", 10), int)
     for key in ("mean", "std"):
         _numbers(key, arguments.pop(key, None), in_channels)
     _routes(arguments.pop("routes", ("clean", "adv")))
     norm_kwargs = arguments.pop("norm_kwargs", None) or {}
     if not isinstance(norm_kwargs, Mapping):
-        raise ArgumentError(f"norm_kwargs must be a mapping of argument names to values, got {_shown(norm_kwargs)}")
+        raise ArgumentError(f"norm_kwargs must be a mapping of argument names to values, got {shown(norm_kwargs)}")
     _typed(f"norm {norm!r}", NORMS[norm], dict(norm_kwargs), skip_first=True)
     _typed(name, builder, arguments)
 
 
-def _registered(value: Any, registry: Mapping, kind: str) -> str:
+def _registered(value: Any, registry: Registry, kind: str) -> str:
     if not isinstance(value, str) or value not in registry:
-        raise ArgumentError(f"unknown {kind} {_shown(value)}; choose one of: {', '.join(registry)}")
+        raise ArgumentError(f"unknown {kind} {shown(value)}; choose one of: {', '.join(registry)}")
     return value
 
 
@@ -83,7 +83,7 @@ def _numbers(key: str, values: Any, count: int) -> None:
     if values is None:
         return
     if not isinstance(values, Sequence) or isinstance(values, str) or len(values) != count:
-        raise ArgumentError(f"{key} must be a list of {count} numbers (one per input channel), got {_shown(values)}")
+        raise ArgumentError(f"{key} must be a list of {count} numbers (one per input channel), got {shown(values)}")
     for value in values:
         _in_range(key, value, float)
 
@@ -92,7 +92,7 @@ def _routes(routes: Any) -> None:
     if (not isinstance(routes, Sequence) or isinstance(routes, str) or not 1 <= len(routes) <= MAX_ROUTES
             or not all(isinstance(r, str) and r.isidentifier() for r in routes) or len(set(routes)) != len(routes)):
         raise ArgumentError(f"routes must be 1 to {MAX_ROUTES} distinct names like 'clean' and 'adv', got "
-                            f"{_shown(routes)}")
+                            f"{shown(routes)}")
 
 
 def _typed(owner: str, target: Callable, values: dict[str, Any], skip_first: bool = False) -> None:
@@ -104,14 +104,14 @@ def _typed(owner: str, target: Callable, values: dict[str, Any], skip_first: boo
         kinds = _leaves(hints[key])
         if not any(_is(value, kind) for kind in kinds):
             raise ArgumentError(f"{key} of {owner} must be {' or '.join(_word(k) for k in kinds)}, "
-                                f"got {_shown(value)}")
+                                f"got {shown(value)}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _in_range(key, value, kinds[0], owner)
 
 
 def _in_range(key: str, value: Any, kind: type, owner: str = "") -> None:
     if not _is(value, kind):
-        raise ArgumentError(f"{key} must be {_word(kind)}, got {_shown(value)}")
+        raise ArgumentError(f"{key} must be {_word(kind)}, got {shown(value)}")
     limits = ARGUMENT_RANGES.get(key)
     if limits is None:
         raise ArgumentError(f"{key} of {owner} has no declared range (robust_sabn.models.arguments.ARGUMENT_RANGES), "
@@ -154,8 +154,3 @@ def _word(kind: type) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, "null")
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return shown_number(value)
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:50]}... ({type(value).__name__})"

@@ -119,6 +119,6 @@ def resnet_small(width: int = 16, depth: int = 1, **kwargs) -> ResNet:
     parameters = 378 * depth * width**2  # its 3x3 convolutions: 2 * 9 * depth * (1 + 4 + 16) * width^2
     if parameters > MAX_PARAMETERS:
         raise ConfigError(f"resnet_small with width {width} and depth {depth} would hold about {parameters / 1e6:,.0f} "
-                          f"million parameters, more than {MAX_PARAMETERS // 10**6} million (1.6 GB); lower the "
-                          "width or the depth")
+                          f"million parameters, more than the {MAX_PARAMETERS // 10**6} million (1.6 GB) a zoo model "
+                          "may; choose a smaller width or depth")
     return ResNet(BasicBlock, (depth,) * 3, (width, 2 * width, 4 * width), **kwargs)

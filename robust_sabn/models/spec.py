@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, UserError
-from .arguments import check_model_arguments
+from .arguments import FILE_FIX, check_model_arguments
 from .registry import MODELS, create_model
 
 MAX_NESTING = 8  # how deep the values of a spec's kwargs may nest (a zoo spec needs 3: norm_kwargs' values)
@@ -113,7 +113,7 @@ def build_model(spec: Mapping, trusted: str | None = None, source: str | None = 
     except ConfigError as err:
         if source is None:
             raise
-        raise CheckpointError(f"{source}: {err}") from None
+        raise CheckpointError(f"{source}: {err}{FILE_FIX}") from None
 
 
 def import_callable(target: str):
