@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,7 +25,7 @@ def parse_number(value: Any, name: str = "value") -> float:
 
 def _parse(value: Any, name: str) -> int | float | Fraction:
     """A number from a number or its spelling, exactly when it is an integer or a fraction; finite only."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, list, tuple, dict, set)):  # str() of a deeply nested list would recurse
         raise ConfigError(f"{name} must be a number, got {shown(value)}")
     number = value if isinstance(value, (int, float)) else _from_text(str(value).strip(), name)
     if isinstance(number, float) and not math.isfinite(number):
@@ -107,15 +108,18 @@ def _bound(value: float) -> str:
     return "inf" if value == math.inf else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+_SHORT = reprlib.Repr()  # it recurses no deeper than maxlevel, however deep the value
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+
+
 def shown(value: Any) -> str:
     """A value as a one-line message shows it: huge integers by their size (``str`` refuses them past 4300 digits),
-    floats short, long text cut."""
+    floats short, long text and deep or long lists cut."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
         return f"{'-' if value < 0 else ''}an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     if isinstance(value, float):
         return f"{value:g}"
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+    return _SHORT.repr(value)
 
 
 def parse_number_list(text: str, name: str = "value") -> list[float]:
@@ -129,8 +133,9 @@ def parse_json_object(text: str | None, name: str = "--model-kwargs") -> dict:
         return {}
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{name} must be a JSON object like '{{\"num_classes\": 10}}' ({err})") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as err:  # nested too deep; over 4300 digits
+        why = str(err).splitlines()[0] if isinstance(err, json.JSONDecodeError) else "nested too deep or too long"
+        raise ConfigError(f"{name} must be a JSON object like '{{\"num_classes\": 10}}' ({why})") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a JSON object like '{{\"num_classes\": 10}}'")
     return value

@@ -1,6 +1,6 @@
 """Bad input found by probing (issue 18): numbers no run needs on every command, crafted architecture files and
-model specs. Each ends in one line (exit 2, or one UserError from the API) before any work: nothing is written,
-nothing is built, and no tensor is allocated for the model."""
+model specs, values nested too deep or too long. Each ends in one line (exit 2, or one UserError from the API)
+before any work: nothing is written, nothing is built, and no tensor is allocated for the model."""
 import json
 import zipfile
 
@@ -10,10 +10,11 @@ from helpers import write_run_dir
 
 from robust_sabn import create_model, export
 from robust_sabn.cli import main
-from robust_sabn.errors import CheckpointError
+from robust_sabn.errors import CheckpointError, ConfigError
 from robust_sabn.io import save_checkpoint
 from robust_sabn.model_files import arch_file, load_trained_model
 from robust_sabn.models import resnet
+from robust_sabn.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,3 +192,43 @@ def test_bench_eval_of_a_narrow_checkpoint_skips_the_channels_last_row_with_its_
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| AutoAttack")]
     assert len(rows) == 1 and "numerics channels-last | skipped |" in rows[0]
     assert "oneDNN computes the weight gradient of strided 1x1 convolutions" in rows[0]
+
+
+# ------------------------------------------------------------------------------ deep or long values elsewhere
+DEEP = "[" * 100_000 + "]" * 100_000
+LONG_NUMBER = "9" * 5000
+
+
+@pytest.mark.parametrize("kwargs, message", [(DEEP, "nested too deep or too long"),
+                                             ('{"width": ' + LONG_NUMBER + "}", "nested too deep or too long"),
+                                             ('{"width": 1000000}', "width must be an integer in [1, 1024]")])
+def test_model_kwargs_typed_on_the_command_line_are_checked_like_a_file(tmp_path, capsys, request, kwargs, message):
+    run = write_run_dir(tmp_path)
+    request.getfixturevalue("nothing_built")  # from here on
+    before = files_under(tmp_path)
+    assert main(["eval", str(run / "last.pt"), "--model", "resnet_small", "--model-kwargs", kwargs]) == 2
+    assert message in one_line_error(capsys)
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("deep.yaml", DEEP, "is nested too deep to be a config file"),
+    ("deep.json", DEEP, "is nested too deep to be a config file"),
+    ("long.json", '{"steps": ' + LONG_NUMBER + "}", "holds a number of thousands of digits, which no setting takes"),
+    ("long.yaml", "steps: " + LONG_NUMBER, "holds a number of thousands of digits, which no setting takes"),
+])
+def test_a_config_file_nested_too_deep_or_with_a_huge_number_is_one_line(tmp_path, capsys, name, text, message):
+    (tmp_path / name).write_text(text)
+    assert main(["train", "--config", str(tmp_path / name), "--out-dir", str(tmp_path / "run")]) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["dataset", "steps", "milestones", "progress"])
+def test_settings_read_back_from_a_checkpoint_may_nest_deep_without_recursion(name):
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ConfigError) as refused:
+        TrainConfig.from_dict({name: deep})
+    assert str(refused.value).startswith(name) and len(str(refused.value)) < 200

@@ -32,7 +32,7 @@ from ..limits import (
 from ..models import MODELS
 from ..models.arguments import ARGUMENT_RANGES
 from ..nn import CONVS, NORMS
-from ..parsing import Range, parse_number, to_int
+from ..parsing import Range, parse_number, shown, to_int
 from ..rng import SEED_RANGE
 from .objectives import OBJECTIVES
 
@@ -211,22 +211,23 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if kind.startswith("list"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{f.name} must be a list of integers, got {value!r}")
-        return [to_int(v, f.name) for v in items if str(v).strip() != ""]
+            raise ConfigError(f"{f.name} must be a list of integers, got {shown(value)}")
+        return [to_int(v, f.name) for v in items if not (isinstance(v, str) and v.strip() == "")]
     if kind.startswith("bool"):
         if isinstance(value, bool):
             return value
-        if str(value).lower() in ("true", "yes", "1", "on"):
+        text = str(value).lower() if isinstance(value, (str, int)) else None
+        if text in ("true", "yes", "1", "on"):
             return True
-        if str(value).lower() in ("false", "no", "0", "off"):
+        if text in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+        raise ConfigError(f"{f.name} must be true or false, got {shown(value)}")
     if kind.startswith("float"):
         return parse_number(value, f.name)
     if kind.startswith("int"):
         return to_int(value, f.name)
     if not isinstance(value, str):
-        raise ConfigError(f"{f.name} must be a string, got {value!r}")
+        raise ConfigError(f"{f.name} must be a string, got {shown(value)}")
     return value
 
 
@@ -251,9 +252,13 @@ def read_config_file(path_or_recipe: str | Path) -> dict[str, Any]:
             raise ConfigError(f"cannot read config file {path}: {err}") from err
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path_or_recipe} is nested too deep to be a config file") from None
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path_or_recipe} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                           f"{str(err).splitlines()[0]}") from err
+    except ValueError:  # Python reads no integer of over 4300 digits
+        raise ConfigError(f"{path_or_recipe} holds a number of thousands of digits, which no setting takes") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
