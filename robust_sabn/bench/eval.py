@@ -40,7 +40,7 @@ from ..data import test_images
 from ..eval import evaluate
 from ..eval.numerics import NUMERICS, refusal
 from ..flags import InRange
-from ..limits import BATCH_SIZE, IMAGE_SIZE, IMAGES, REPEATS, WARMUP_ROUNDS, check_eps
+from ..limits import BATCH_SIZE, IMAGE_SIZE, IMAGES, REPEATS, WARMUP_ROUNDS, check_eps, cpu_cores
 from ..model_files import load_trained_model
 from ..models.arguments import ARGUMENT_RANGES
 from ..parsing import parse_number
@@ -200,7 +200,7 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
                              "pgd-10", "torchattacks-pgd"]}
     results: dict[str, Any] = {}  # robust accuracy of each library variant, per-image results of each command
     variants = {variant: _in_fresh_process(spec, results) for variant, spec in specs.items()}
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_cores()
     shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
     with tempfile.TemporaryDirectory() as scratch:
         if checkpoint is not None and sharded_attack is not None:
