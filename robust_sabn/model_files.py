@@ -21,12 +21,13 @@ from .checkpoint import TrainingCheckpoint
 from .constants import ADV_ROUTE
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text, extract_state_dict, load_checkpoint, load_weights
-from .models.spec import build_model, check_spec, resolve_spec
+from .models.spec import MAX_NESTING, build_model, check_spec, is_plain, resolve_spec
 from .nn import routes_of
 from .threat import Threat
 
 ARCH_SUFFIX = ".arch.json"
 ARCH_FORMAT = "robust-sabn-arch/1"
+MAX_ARCH_BYTES = 1_000_000  # an architecture file robust-sabn writes is under 2 KB
 RUN_CHECKPOINTS = ("best.pt", "last.pt")
 EXPORTED = "exported model"  # LoadedModel.source of a robust-sabn export
 
@@ -129,16 +130,32 @@ def write_arch_file(path: str | os.PathLike, spec: Mapping, **info: Any) -> Path
 
 
 def read_arch_file(path: str | os.PathLike) -> dict:
-    """Read an architecture file; a malformed one is a :class:`CheckpointError` naming the file."""
+    """Read an architecture file; a malformed one is a :class:`CheckpointError` naming the file. A file over
+    :data:`MAX_ARCH_BYTES` is refused unread, one nested deeper than a spec may be unparsed, and every value of
+    its spec is checked (:func:`~robust_sabn.models.spec.check_spec`) before anything is built."""
     path = Path(path)
+
+    def invalid(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a valid architecture file ({why}); re-export the model")
+
     try:
-        record = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_ARCH_BYTES + 1)
+        if len(data) > MAX_ARCH_BYTES:
+            raise invalid(f"it holds over {MAX_ARCH_BYTES:,} bytes; robust-sabn writes under 2 KB")
+        record = json.loads(data.decode())
     except FileNotFoundError:
         raise CheckpointError(f"no architecture file at {path}") from None
+    except RecursionError:  # json's parser recurses once per level
+        raise invalid("it is nested too deep") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not a valid architecture file ({err}); re-export the model") from None
+        raise invalid(str(err).splitlines()[0]) from None
+    except ValueError:  # Python reads no integer of over 4300 digits
+        raise invalid("it holds a number of thousands of digits") from None
     if not isinstance(record, dict) or record.get("format") != ARCH_FORMAT:
         raise CheckpointError(f"{path} is not a robust-sabn architecture file (expected format {ARCH_FORMAT!r})")
+    if not is_plain(record):
+        raise invalid(f"it is nested deeper than {MAX_NESTING} levels")
     record["spec"] = check_spec(record.get("spec"), str(path), CheckpointError)
     return record
 
@@ -185,7 +202,7 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
         file_spec, source, kind = None, str(path), "state dict"
     state_dict = extract_state_dict(checkpoint, str(path))
     spec, trusted = resolve_spec(file_spec, source, arch, arch_kwargs, hint)
-    model = build_model(spec, trusted)
+    model = build_model(spec, trusted, source if arch is None else None)
     load_weights(model, state_dict, str(path))
     config = dict(record.get("config") or {})
     return LoadedModel(model.eval(), path, spec, kind, config, TrainedFor.read(record, config, source))

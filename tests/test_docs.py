@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from robust_sabn.cli.flags import add_config_arguments, flag_help, flag_name
-from robust_sabn.training.config import TrainConfig
+from robust_sabn.cli.flags import add_config_arguments, flag_help
+from robust_sabn.training.config import TrainConfig, flag_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -219,8 +219,8 @@ def test_bad_images_and_labels_are_refused(change, error, match):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"eps": 8}, ConfigError, "between 0 and 1"),
-    ({"eps": -0.1}, ConfigError, "between 0 and 1"),
+    ({"eps": 8}, ConfigError, r"eps must be a number in \[0, 1\]"),
+    ({"eps": -0.1}, ConfigError, r"eps must be a number in \[0, 1\]"),
     ({"eps": float("nan")}, ConfigError, "finite"),
     ({"route": "adversarial"}, RouteError, "unknown route"),
     ({"route": None}, RouteError, "pass the route to evaluate"),

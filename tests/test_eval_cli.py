@@ -130,7 +130,7 @@ def test_a_malicious_pickle_is_refused_without_running_it(tmp_path, capsys):
 
 def test_bad_cli_input_is_one_line_and_exit_two(run_dir, tmp_path, capsys):
     common = ["--attack", "pgd-2", "--n-examples", "4"]
-    bad(["eval", str(run_dir), "--eps", "8", *common], capsys, "between 0 and 1")
+    bad(["eval", str(run_dir), "--eps", "8", *common], capsys, "eps must be a number in [0, 1], got 8")
     bad(["eval", str(run_dir), "--eps", "eight", *common], capsys, "fraction like 8/255")
     bad(["eval", str(run_dir), "--route", "adversarial", *common], capsys, "unknown route")
     bad(["eval", str(run_dir), "--attack", "fgsm"], capsys, "unknown attack")
@@ -138,7 +138,7 @@ def test_bad_cli_input_is_one_line_and_exit_two(run_dir, tmp_path, capsys):
     bad(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"width": 8}', *common],
         capsys, "does not match the architecture")
     bad(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"bogus": 1}', *common],
-        capsys, "cannot build the architecture")
+        capsys, "resnet_small takes no argument 'bogus' (it takes: width, depth)")
     write_cifar100(tmp_path / "c100", n_train=10, n_test=4)
     bad(["eval", str(run_dir), "--dataset", "cifar100", "--data-dir", str(tmp_path / "c100"), *common], capsys,
         "labels must be in [0, 9]")

@@ -35,7 +35,18 @@ from .ema import WeightAverage
 from .metrics import Meter, MetricsLog
 from .objectives import OBJECTIVES
 from .optim import build_optimizer, build_scheduler
-from .run_dir import BEST, CONFIG, CURVES, LAST, METRICS, RunDirLock, claim_run_dir, default_run_dir, load_last
+from .run_dir import (
+    BEST,
+    CONFIG,
+    CURVES,
+    LAST,
+    METRICS,
+    RunDirLock,
+    claim_run_dir,
+    default_run_dir,
+    load_last,
+    resume_file,
+)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,6 +62,7 @@ class TrainResult:
     step: int  # optimizer steps
     best: dict[str, Any] = field(default_factory=dict)  # {"val_robust_acc", "epoch", "step"} of best.pt
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+    steps_run: int = 0  # optimizer steps this call took (0: a resumed run that had already finished)
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
@@ -156,13 +168,9 @@ class Trainer:
     def _build_model(self) -> nn.Module:
         config, splits = self.config, self.splits
         kwargs = {"width": config.width} if config.width is not None else {}
-        try:
-            model = create_model(config.arch, num_classes=splits.num_classes, norm=config.norm,
-                                 in_channels=splits.in_channels, mean=splits.mean, std=splits.std,
-                                 conv=config.conv, routes=(config.clean_route, config.adv_route), **kwargs)
-        except TypeError as err:
-            raise ConfigError(f"{config.arch} does not take these settings ({err}); "
-                              "--width applies to resnet_small") from None
+        model = create_model(config.arch, num_classes=splits.num_classes, norm=config.norm,
+                             in_channels=splits.in_channels, mean=splits.mean, std=splits.std,
+                             conv=config.conv, routes=(config.clean_route, config.adv_route), **kwargs)
         if config.sync_bn:
             spec = model.model_spec
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -175,11 +183,15 @@ class Trainer:
         return model.to(memory_format=self.memory_format)
 
     def _restore(self, checkpoint: TrainingCheckpoint) -> None:
-        load_weights(self.model, checkpoint.model, source=str(self.run_dir / LAST))
+        source = resume_file(self.run_dir)
+        if source.name == BEST and self.processes.is_main:
+            tqdm.write(f"resuming from {source}: the run stopped while it wrote its first {LAST}, which would hold "
+                       "the same state")
+        load_weights(self.model, checkpoint.model, source=str(source))
         if self.ema is not None:
             if checkpoint.ema is None:
-                raise ConfigError(f"{self.run_dir / LAST} holds no weight average; resume without --ema-decay")
-            load_weights(self.ema.model, checkpoint.ema, source=f"{self.run_dir / LAST} (ema)")
+                raise ConfigError(f"{source} holds no weight average; resume without --ema-decay")
+            load_weights(self.ema.model, checkpoint.ema, source=f"{source} (ema)")
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.scaler.load_state_dict(checkpoint.scaler)
@@ -226,7 +238,8 @@ class Trainer:
         if self.batch > 0 and self.step > self.first_step:  # cut inside an epoch: validate, save where it stopped
             self.finish("stop")
         records = self.log.records if self.log is not None else []
-        return TrainResult(self.run_dir, self.epoch, self.step, dict(self.best), list(records))
+        return TrainResult(self.run_dir, self.epoch, self.step, dict(self.best), list(records),
+                           self.step - self.first_step)
 
     def train_epoch(self) -> None:
         config = self.config

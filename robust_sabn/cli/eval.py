@@ -42,7 +42,8 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     threat = loaded.threat(args.threat_model, args.eps)
     dataset = args.dataset or loaded.trained_on() or "cifar10"
     clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
-    sweep = [eps for eps in args.eps_sweep.split(",") if eps.strip()] if args.eps_sweep else None
+    sweep = ([Threat.parse(threat.norm, eps, "--eps-sweep value", "--eps-sweep").eps
+              for eps in args.eps_sweep.split(",") if eps.strip()] if args.eps_sweep else None)
     tradeoffs = route_mix(args, sweep)
     recalibration = (training_recalibration(loaded, args.recalibrate, threat, args.data_dir, args.seed)
                      if args.recalibrate is not None else None)  # only with --route-mix (route_mix checks)

@@ -138,9 +138,9 @@ def build_exported(arch_path: str | os.PathLike) -> nn.Module:
     """The constructor behind every registered entry: the architecture from its JSON file, untrained."""
     arch_path = Path(arch_path)
     hint = f", or call robust_sabn.register_robustbench({str(arch_path.parent.parent.parent)!r}, arch=...) first"
-    spec, trusted = resolve_spec(read_arch_file(arch_path)["spec"], str(arch_path),
-                                 _trusted.get(arch_path.resolve()), hint=hint)
-    return build_model(spec, trusted)
+    trusted = _trusted.get(arch_path.resolve())
+    spec, trusted = resolve_spec(read_arch_file(arch_path)["spec"], str(arch_path), trusted, hint=hint)
+    return build_model(spec, trusted, str(arch_path) if trusted is None else None)
 
 
 def _register(dataset: str, threat_model: str, name: str, arch_path: Path) -> bool:

@@ -24,14 +24,16 @@ from ...devices import resolve_device
 from ...distributed import start_processes
 from ...errors import ConfigError
 from ...eval import EvalSettings, evaluate, make_eval_attack
+from ...limits import ATTACK_STEPS, BATCH_SIZE, EPOCHS, IMAGES
 from ...model_files import load_trained_model
+from ...models.arguments import ARGUMENT_RANGES
 from ...rng import rng_state, set_rng_state
 from ...tables import markdown_table
 from ...training.config import TrainConfig
 from ...training.holdout import write_heldout
 from ...training.loop import Trainer, TrainResult
-from ...training.run_dir import BEST, LAST, resume_config
-from ..flags import add_common_flags
+from ...training.run_dir import BEST, RESUMABLE, resume_config
+from ..flags import InRange, add_common_flags
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {
@@ -96,7 +98,7 @@ def train_interleaved(configs: dict[str, TrainConfig], resume: bool = False) -> 
         try:
             states = {}
             for label, config in configs.items():
-                again = resume and (Path(config.out_dir) / LAST).is_file()
+                again = resume and any((Path(config.out_dir) / name).is_file() for name in RESUMABLE)
                 if again:
                     # the bench's settings as overrides: any that differs from the run's own config is refused
                     resume_config(config.out_dir, **{k: v for k, v in config.to_dict().items() if k != "out_dir"})
@@ -194,16 +196,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="norms: " + ", ".join(TRAIN_BENCH_VARIANTS) + "; modern: "
                              + ", ".join(MODERN_BENCH_VARIANTS))
     parser.add_argument("--variants", nargs="+", help="a subset of the suite's variants")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--milestones", type=int, nargs="+", help="epochs of the step schedule's decays")
-    parser.add_argument("--train-size", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--val-size", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--steps", type=int, help="PGD steps of the training attack")
-    parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the test attack (eval's pgd-K)")
-    parser.add_argument("--aa-size", type=int, default=500,
+    parser.add_argument("--epochs", action=InRange, limits=EPOCHS)
+    parser.add_argument("--milestones", action=InRange, limits=EPOCHS.but(example="150"), nargs="+",
+                        help="epochs of the step schedule's decays")
+    parser.add_argument("--train-size", action=InRange, limits=IMAGES)
+    parser.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE)
+    parser.add_argument("--val-size", action=InRange, limits=IMAGES)
+    parser.add_argument("--width", action=InRange, limits=ARGUMENT_RANGES["width"])
+    parser.add_argument("--steps", action=InRange, limits=ATTACK_STEPS.but(example="7"),
+                        help="PGD steps of the training attack")
+    parser.add_argument("--test-size", action=InRange, limits=IMAGES, default=1000)
+    parser.add_argument("--pgd-steps", action=InRange, limits=ATTACK_STEPS.but(example="20"), default=20,
+                        help="steps of the test attack (eval's pgd-K)")
+    parser.add_argument("--aa-size", action=InRange, limits=IMAGES.but(low=0, example="500"), default=500,
                         help="test images attacked by AutoAttack's APGD-CE + APGD-T (0: none)")
     parser.add_argument("--out-dir", help="folder for the variants' run folders (default runs/bench-train-<time>)")
     parser.add_argument("--resume", action="store_true",
