@@ -354,6 +354,7 @@ def test_autoattack_progress_totals_are_the_passes_each_attack_takes():
         adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = 3
         adversary.square.n_queries = 7
         counts.clear()
+        phase[0] = "checks"  # AutoAttack's own checks run before its first attack
         for owner in (adversary, adversary.apgd, adversary.apgd_targeted):
             owner.logger = Log()
         adversary.run_standard_evaluation(x, y, batch_size=4)
