@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Writes <model-dir>/<dataset>/<threat>/<name>.pt (state dict), <name>.arch.json "
                           "(architecture) and model_info/<dataset>/<threat>/<name>.json (card; accuracies with "
-                          "--eval). After `import robust_sabn`, robustbench.utils.load_model(name, model_dir, dataset, "
-                          "threat_model) loads it offline.")
+                          "--eval). robustbench.utils.load_model(name, model_dir, dataset, threat_model) then loads it "
+                          "offline, in any process of this environment.")
     add_model_arguments(parser)
     parser.add_argument("--name", required=True, help="RobustBench-style name, e.g. Name2026Title (must be new)")
     parser.add_argument("--model-dir", default="models", help="RobustBench's model_dir (default ./models)")
