@@ -334,7 +334,7 @@ class Trainer:
                                   settings.with_attack(None))[0] if routed else []
         n = len(y)
         result = {"val_clean_acc": sum(int(r.correct.sum()) for r in attacked) / n,
-                  "val_robust_acc": sum(int(r.robust.sum()) for r in attacked) / n}
+                  "val_robust_acc": sum(int(r.robust.sum()) for r in attacked) / n, "val_images": n}
         if routed:
             result["val_clean_acc_clean_route"] = sum(int(r.correct.sum()) for r in clean) / n
         return result

@@ -24,7 +24,7 @@ from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..mixing import parse_tradeoffs
 from ..model_files import LoadedModel, load_trained_model
 from ..parsing import parse_json_object
-from ..tables import markdown_table
+from ..tables import markdown_table, percent
 from ..threat import Threat
 from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
 
@@ -82,9 +82,9 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
 
     if sweep is not None:
         reports = eps_sweep(model, x, y, sweep, settings, route=route, clean_route=clean_route, state_dir=state_dir)
-        rows = [[r.threat.eps_str, f"{100 * r.clean_acc:.2f}", f"{100 * r.robust_acc:.2f}"] for r in reports]
-        table = markdown_table([f"{threat.norm} eps", "clean acc (%)",
-                                f"{reports[0].attack_description} robust acc (%)"], rows)
+        rows = [[r.threat.eps_str, percent(r.clean_acc, r.n, 2), percent(r.robust_acc, r.n, 2)] for r in reports]
+        table = markdown_table([f"{threat.norm} eps", "clean acc (%, 95% CI)",
+                                f"{reports[0].attack_description} robust acc (%, 95% CI)"], rows)
 
         def write() -> None:
             with all_or_nothing():
