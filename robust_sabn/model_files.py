@@ -71,6 +71,7 @@ class LoadedModel:
     source: str  # "training checkpoint", "training checkpoint (EMA weights)", "exported model" or "state dict"
     config: dict = field(default_factory=dict)  # the training config, when the checkpoint holds one
     trained: TrainedFor = TrainedFor()
+    step: int | None = None  # the optimizer steps a training checkpoint was saved after
 
     @property
     def is_export(self) -> bool:
@@ -172,6 +173,7 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
     """
     path = resolve_weights(target)
     checkpoint = load_checkpoint(path)
+    step = checkpoint.get("step") if isinstance(checkpoint, Mapping) else None
     record: Mapping = {}
     if TrainingCheckpoint.holds_model(checkpoint):
         record = TrainingCheckpoint.model_part(checkpoint, str(path))
@@ -188,7 +190,8 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
     model = build_model(spec, trusted)
     load_weights(model, state_dict, str(path))
     config = dict(record.get("config") or {})
-    return LoadedModel(model.eval(), path, spec, kind, config, TrainedFor.read(record, config, source))
+    return LoadedModel(model.eval(), path, spec, kind, config, TrainedFor.read(record, config, source),
+                       step if isinstance(step, int) else None)
 
 
 def _input_shape(value: Any, source: str) -> tuple[int, int, int] | None:

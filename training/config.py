@@ -28,6 +28,7 @@ from ..rng import check_seed
 from ..threat import ATTACK_NORMS, Threat
 from .batches import extra_share
 from .objectives import OBJECTIVES
+from .trackers import TRACKERS
 
 AMP_MODES = ("off", "bf16", "fp16")
 LR_SCHEDULES = ("step", "cosine", "onecycle")
@@ -116,16 +117,19 @@ class TrainConfig:
     deterministic: bool = setting(False, "deterministic algorithms only (torch.use_deterministic_algorithms)")
     sync_bn: bool = setting(False, "synchronize batch statistics across processes (SyncBatchNorm; CUDA)")
     save_every: int = setting(0, "also write last.pt every N optimizer steps (0: once per epoch)")
-    log_every: int = setting(50, "write a metrics.jsonl line every N optimizer steps")
+    log_every: int | None = setting(None, "write a metrics line every N optimizer steps (default: a tenth of an epoch, "
+                                    "or of a shorter --max-steps run; at least 1, at most 50)")
+    log: list[str] = setting([], "experiment trackers that get the metrics too, beside metrics.jsonl and curves.png "
+                             "(e.g. --log tensorboard csv; docs/training.md#experiment-tracking)", TRACKERS)
     num_workers: int = setting(0, "worker processes that gather and augment the training batches (0: this one)")
     progress: bool = setting(True, "show tqdm progress bars")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
-            known = choices(f)
-            if known is not None:
-                choose(getattr(self, f.name), known, f.name)
+            known, value = choices(f), getattr(self, f.name)
+            for item in (value if isinstance(value, list) else [value]) if known is not None else []:
+                choose(item, known, f.name)
         check_device_name(self.device)
         objective = OBJECTIVES[self.objective]
         if self.step_size is None:
@@ -142,10 +146,10 @@ class TrainConfig:
         if not 0 < self.step_size or (self.step_size > self.eps and not objective.step_exceeds_eps):
             raise ConfigError(f"step size {self.step_size} must be positive and at most eps ({self.eps}); "
                               f"e.g. --step-size {Fraction(self.eps / 4).limit_denominator(1000)}")
-        for name in ("steps", "val_steps", "epochs", "batch_size", "log_every"):
+        for name in ("steps", "val_steps", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "train_size", "val_size", "width"):
+        for name in ("max_steps", "train_size", "val_size", "width", "log_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (or left unset), got {getattr(self, name)}")
         for name in ("lr", "momentum", "weight_decay", "lr_gamma", "beta", "awp_gamma"):
@@ -219,8 +223,9 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if kind.startswith("list"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{f.name} must be a list of integers, got {value!r}")
-        return [to_int(v, f.name) for v in items if str(v).strip() != ""]
+            raise ConfigError(f"{f.name} must be a list, got {value!r}")
+        convert = (lambda v: str(v).strip()) if kind == "list[str]" else (lambda v: to_int(v, f.name))
+        return [convert(v) for v in items if str(v).strip() != ""]
     if kind.startswith("bool"):
         if isinstance(value, bool):
             return value

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from ...constants import ORACLE_ROUTING
 from ...data import as_tensors, fixed_subset, load_dataset
 from ...devices import resolve_device
 from ...distributed import start_processes
