@@ -22,7 +22,7 @@ from ..eval.sweep import eps_sweep, plot_sweep
 from ..exporting import reports_dir
 from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..mixing import parse_tradeoffs
-from ..model_files import LoadedModel, load_trained_model
+from ..model_files import HF_FOLDER, LoadedModel, load_trained_model
 from ..parsing import parse_json_object
 from ..tables import markdown_table, percent
 from ..threat import Threat
@@ -52,8 +52,8 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
                             args.progress and processes.is_main, processes, args.save_adversarials)
     mixes = "route-mix" + (f"-recalibrated-{args.recalibrate}" if args.recalibrate is not None else "")
     stem = output_stem(args.out) if args.out else report_stem(
-        reports_dir(loaded.path) if loaded.is_export else loaded.path.parent / "eval", loaded.path.stem, settings,
-        mixes if tradeoffs else route or "plain", "sweep" if sweep else None)
+        reports_folder(loaded), loaded.path.stem, settings, mixes if tradeoffs else route or "plain",
+        "sweep" if sweep else None)
     suffixes = [".json", ".md", ".png"] if sweep or tradeoffs else [".json", ".md"]
     if args.save_adversarials and not (sweep or tradeoffs):
         suffixes.append(ADVERSARIALS)
@@ -150,6 +150,18 @@ def track(names: list[str] | None, log_dir: Path | None, loaded: LoadedModel,
         trackers.record(record)
     finally:
         trackers.close()
+
+
+def reports_folder(loaded: LoadedModel) -> Path:
+    """Where reports go without ``--out``: beside an export's model folder (:func:`reports_dir`); for a Hugging Face
+    folder ``eval/<folder>`` here (never inside it, which an upload would publish, nor in the Hugging Face cache,
+    where it is named by its repository's folder); else ``<checkpoint folder>/eval``."""
+    if loaded.is_export:
+        return reports_dir(loaded.path)
+    if loaded.source == HF_FOLDER:
+        folder = loaded.path.parent
+        return Path("eval") / (folder.parent.parent.name if folder.parent.name == "snapshots" else folder.name)
+    return loaded.path.parent / "eval"
 
 
 def output_stem(out: str) -> Path:
