@@ -124,4 +124,5 @@ def test_the_version_is_spelled_in_one_place():
                and path.suffix in (".py", ".md", ".yaml", ".toml") and ".venv" not in path.parts)]
     spelled = sorted(str(path.relative_to(ROOT)) for path in files if __version__ in path.read_text())
     assert spelled == ["robust_sabn/version.py"]
-    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog") and (ROOT / "robust_sabn" / "py.typed").exists()
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+    assert (ROOT / "robust_sabn" / "py.typed").exists()
