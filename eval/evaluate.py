@@ -42,16 +42,8 @@ from .state import EvalState, fingerprint
 INTERVALS = ("clean_acc_ci", "robust_acc_ci")  # the JSON report's 95% Wilson intervals, beside each accuracy
 
 
-@dataclass
-class ProtocolResult:
-    """Clean and robust accuracy under one protocol on ``n`` images, with the routes each was measured through;
-    the 95% Wilson interval of each accuracy is a property (``clean_acc_ci``, ``robust_acc_ci``)."""
-
-    clean_route: str | None
-    adv_route: str | None
-    clean_acc: float
-    robust_acc: float
-    n: int
+class Intervals:
+    """The 95% Wilson intervals of the ``clean_acc`` and ``robust_acc`` of a result on ``n`` images."""
 
     @property
     def clean_acc_ci(self) -> tuple[float, float]:
@@ -61,12 +53,23 @@ class ProtocolResult:
     def robust_acc_ci(self) -> tuple[float, float]:
         return accuracy_interval(self.robust_acc, self.n)
 
+
+@dataclass
+class ProtocolResult(Intervals):
+    """Clean and robust accuracy under one protocol on ``n`` images, with the routes each was measured through."""
+
+    clean_route: str | None
+    adv_route: str | None
+    clean_acc: float
+    robust_acc: float
+    n: int
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), **{key: list(getattr(self, key)) for key in INTERVALS}}
 
 
 @dataclass
-class EvaluationReport:
+class EvaluationReport(Intervals):
     """What :func:`evaluate` measured and how; :meth:`to_dict` is the JSON report."""
 
     attack: str  # "autoattack", "apgd-ce", "pgd-20", ...
@@ -104,15 +107,6 @@ class EvaluationReport:
     def version(self) -> str | None:
         """AutoAttack's version (attacks that run AutoAttack), else None."""
         return self.options.get("version")
-
-    @property
-    def clean_acc_ci(self) -> tuple[float, float]:
-        """The 95% Wilson interval of ``clean_acc`` (single route)."""
-        return accuracy_interval(self.clean_acc, self.n)
-
-    @property
-    def robust_acc_ci(self) -> tuple[float, float]:
-        return accuracy_interval(self.robust_acc, self.n)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (everything but the adversarial images), every accuracy with its 95% Wilson interval as
