@@ -48,5 +48,8 @@ def test_bench_train_pool_prints_each_seed_and_the_pooled_table(tmp_path, capsys
     assert main(["bench", "train", "--pool", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
     out = capsys.readouterr().out
     assert "seed 0" in out and "seed 1" in out and "mean of 2 seeds" in out
-    assert main(["bench", "train", "--pool", str(tmp_path / "missing")]) == 2
-    assert "score that bench again" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "bench-train.json").write_text('{"format": "robust-sabn-bench-train/1", "rows": []}')
+    for folder in ("missing", "other"):
+        assert main(["bench", "train", "--pool", str(tmp_path / folder)]) == 2
+        assert "score that bench again" in capsys.readouterr().err

@@ -154,3 +154,15 @@ def test_a_missing_tracker_package_is_one_line_naming_the_install(tmp_path, monk
     assert err == "robust-sabn: error: --log wandb needs the wandb package: pip install wandb"
     assert main(argv[:-3] + ["--log", "mlflow"]) == 2
     assert "unknown log 'mlflow'; choose one of: tensorboard, csv, wandb" in capsys.readouterr().err
+
+
+def test_eval_of_an_export_needs_the_run_named_to_log_to(tmp_path, capsys):
+    from robust_sabn import create_model
+    from robust_sabn.exporting import export
+
+    weights = export(create_model("resnet_small", width=4).eval(), "Logged2026", model_dir=tmp_path / "models")
+    argv = ["eval", str(weights), "--attack", "pgd-2", "--n-examples", "2", "--log", "csv"]
+    assert main(argv) == 2
+    assert "is not a training checkpoint, so --log has no run to add to; name one with --log-dir" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()  # refused before the evaluation

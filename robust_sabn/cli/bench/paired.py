@@ -49,10 +49,12 @@ class Bench:
         except (OSError, json.JSONDecodeError) as err:
             raise ConfigError(f"cannot read {path} ({err}); score that bench again with `robust-sabn bench train "
                               "--resume --out-dir` and its settings") from None
-        if not isinstance(values, dict) or values.pop("format", None) != FORMAT:
-            raise ConfigError(f"{path} is not a bench train result ({FORMAT}); score that bench again")
-        variants = {label: Variant(**v) for label, v in values.pop("variants").items()}
-        return cls(**values, variants=variants)
+        try:
+            if values.pop("format") == FORMAT:
+                return cls(**{**values, "variants": {label: Variant(**v) for label, v in values["variants"].items()}})
+        except (AttributeError, KeyError, TypeError):
+            pass
+        raise ConfigError(f"{path} is not a bench train result ({FORMAT}); score that bench again")
 
 
 def accuracy(outcomes: str) -> float:
