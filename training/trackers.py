@@ -79,7 +79,7 @@ class Tracker:
         raise NotImplementedError
 
     def adversarials(self, x: torch.Tensor, x_adv: torch.Tensor, step: int) -> None:
-        """Images the training attack made (tracker that show images only)."""
+        """Images the training attack made (trackers that show images draw them)."""
 
     def close(self) -> None:
         """Flush and let go of the files."""
@@ -112,6 +112,8 @@ class Trackers:
             sink.record(record)
 
     def adversarials(self, x: torch.Tensor, x_adv: torch.Tensor, step: int) -> None:
+        if not self.sinks:
+            return
         x, x_adv = x[:IMAGES].detach().float().cpu(), x_adv[:IMAGES].detach().float().cpu()
         for sink in self.sinks:
             sink.adversarials(x, x_adv, step)
