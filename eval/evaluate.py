@@ -252,8 +252,8 @@ def build_report(results: Sequence[BatchResult], oracle: Sequence[BatchResult] |
         **settings, backend=next((r.backend for r in results if r.backend), None),
         n=n, clean_acc=clean_acc, robust_acc=robust_acc,
         per_attack=per_attack, per_class=per_class(y, correct, robust, num_classes),
-        per_image={"correct": _bits(correct), "robust": _bits(robust)}, protocols=protocols, flags=flags,
-        warnings=warnings, environment={},
+        per_image={"correct": per_image_bits(correct), "robust": per_image_bits(robust)}, protocols=protocols,
+        flags=flags, warnings=warnings, environment={},
         time={"total_s": 0.0, "clean_s": timing.pop("clean", 0.0), "attack_s": timing.pop("attack", 0.0),
               "per_attack_s": timing}, adversarials=adversarials)
 
@@ -269,8 +269,8 @@ def per_class(y: torch.Tensor, correct: torch.Tensor, robust: torch.Tensor, num_
     return rows
 
 
-def _bits(flags: torch.Tensor) -> str:
-    """Per-image flags as a string of 0s and 1s, image 0 first."""
+def per_image_bits(flags: torch.Tensor) -> str:
+    """Per-image flags as a string of 0s and 1s, image 0 first (a report's ``per_image``)."""
     return "".join("1" if flag else "0" for flag in flags.tolist())
 
 

@@ -42,7 +42,7 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model to load, and the route and threat model to use: shared by ``eval`` and ``export``."""
+    """The model to load, and the route and threat model to use: shared by ``eval``, ``audit`` and ``export``."""
     parser.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                         help="run folder (best.pt, else last.pt), training checkpoint, or exported <name>.pt")
     parser.add_argument("--model", help="architecture for a plain state dict, or the Python callable an architecture "
@@ -52,7 +52,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="default: the dataset the model was trained on, else cifar10")
     parser.add_argument("--threat-model", choices=THREAT_MODELS, help="default: the training attack's, else Linf")
     parser.add_argument("--eps", help="attack radius, e.g. 8/255 (default: the training eps, else 8/255)")
-    parser.add_argument("--n-examples", type=int, default=1000, help="first N test images (default 1000)")
+    parser.add_argument("--n-examples", type=int, default=1000, help="first N test images (default %(default)s)")
     parser.add_argument("--version", default="standard", choices=[v for v in AA_VERSIONS if v != "custom"],
                         help="AutoAttack version (default standard)")
     parser.add_argument("--batch-size", type=int, default=256,
