@@ -94,16 +94,14 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSett
     elif check_model_route(model, route, "audit"):
         reference = Reference(model, route, clean_route)
     run = AuditRun(model, x, y, settings.on(model), None if source is not None else route, reference, options)
-    checks = []
     with preserved_rng():
-        run.standard  # noqa: B018  (first: the headline number, and its inputs checked before anything else runs)
-        for check in tqdm(CHECKS, desc="audit", unit="check", leave=False, disable=not run.settings.progress):
-            checks.append(check(run))
+        standard = run.standard  # first: the headline number, its inputs checked before anything else runs
+        checks = [check(run) for check in tqdm(CHECKS, desc="audit", unit="check", leave=False,
+                                               disable=not run.settings.progress)]
     evaluations = {key: {"attack": r.attack_description, "threat": r.threat.label, "images": r.n,
                          "clean_acc": r.clean_acc, "robust_acc": r.robust_acc, "seconds": r.time["total_s"]}
                    for key, r in run.evaluations.items()}
-    return AuditReport(checks, run.standard, evaluations, options.level,
-                       {"total_s": time.perf_counter() - start})
+    return AuditReport(checks, standard, evaluations, options.level, {"total_s": time.perf_counter() - start})
 
 
 def _pct(value: float) -> str:

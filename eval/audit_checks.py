@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -30,7 +31,7 @@ from .numerics import evaluation_form
 from .settings import EvalSettings
 from .sweep import eps_sweep
 
-TOLERANCE = 0.01  # share of images allowed an unusable gradient, or to survive the unbounded attack
+TOLERANCE = 0.01  # share of images allowed an unusable gradient, or to be left robust where breaking them is certain
 LOGIT_TOLERANCE = 1e-4  # logits "equal": within this share of the largest logit (at least 1) of each other
 PGD_STEPS = 200  # the convergence check's long PGD
 SHORT_STEPS = 20  # the radius sweep's and the transfer surrogate's PGD
@@ -114,12 +115,9 @@ class AuditRun:
 
     @property
     def whitebox(self) -> EvaluationReport:
-        """APGD-CE and APGD-T as in the standard AutoAttack, keeping the points they broke."""
-        attack = AutoAttackEval(AutoAttackOptions("custom", ("apgd-ce", "apgd-t"), standard_apgd=True),
-                                label="apgd-ce+apgd-t")
-        settings = replace(self.settings, attack=attack, keep_adversarials=True)
-        return self.once("white-box", lambda: evaluate(self.model, self.x, self.y, settings, route=self.route,
-                                                       clean_route=None))
+        """APGD-CE and APGD-T with the standard AutoAttack's settings."""
+        return self.attacked("white-box", AutoAttackEval(AutoAttackOptions("custom", ("apgd-ce", "apgd-t"),
+                                                                           standard_apgd=True), label="apgd-ce+apgd-t"))
 
     def sweep(self) -> dict[str, EvaluationReport]:
         """PGD-20 (APGD-CE in L1) at every radius of :func:`radius_grid`, smallest first, keeping the points it
@@ -132,7 +130,7 @@ class AuditRun:
             self.evaluations.update(zip(keys, eps_sweep(self.model, self.x, self.y, grid, settings, route=self.route)))
         return {key: self.evaluations[key] for key in keys}
 
-    def frozen(self, numerics: str | None = None):
+    def frozen(self, numerics: str | None = None) -> AbstractContextManager[nn.Module]:
         """The audited model, folded and frozen on the settings' device, in the form ``numerics`` (the settings')."""
         device = self.settings.device
         return evaluation_form(freeze(self.model, self.route, device), device, numerics or self.settings.numerics)
@@ -163,6 +161,11 @@ def above(count: int, n: int, bound: float, level: float) -> dict[str, Any]:
 
 def _pct(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def _flags(bits: str) -> torch.Tensor:
+    """A report's per-image outcomes ("0"/"1") as booleans."""
+    return torch.tensor([bit == "1" for bit in bits], dtype=torch.bool)
 
 
 def _max_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -249,34 +252,43 @@ def short_attack(norm: str) -> str:
 
 
 def radius(run: AuditRun) -> CheckResult:
-    """Robust accuracy does not rise with the radius; at the radius that reaches the gray image it is at most the
-    largest class's share; at a radius that reaches every image the attack breaks (almost) every image."""
-    threat, level = run.settings.threat, run.options.level
+    """Robust accuracy does not rise with the radius; at the radius from which every image reaches the gray image
+    it is at chance (the images of the gray image's class) or below; at the radius from which every image reaches
+    every other, the attack breaks every image that the gray image or another image is classified against."""
+    threat, level, y = run.settings.threat, run.options.level, run.y
     _, reach, unbounded = radius_grid(threat, run.x[0].numel())
     sweep = run.sweep()
     reports = list(sweep.values())
     robust = {r.threat.eps: r.per_image["robust"] for r in reports}
     rises = {f"{a.threat.eps_str} -> {b.threat.eps_str}": stronger(robust[b.threat.eps], robust[a.threat.eps], level)
              for a, b in zip(reports, reports[1:])}
-    chance = torch.bincount(run.y).max().item() / len(run.y)
-    at_reach = above(robust[reach].count("1"), len(run.y), chance, level)
-    at_unbounded = above(robust[unbounded].count("1"), len(run.y), TOLERANCE, level)
+    with run.frozen() as model:  # the gray image, and the images themselves, are within reach at the largest radius
+        gray = run.logits(model, torch.full_like(run.x[:1], 0.5)).argmax(1).item()
+        classes = {gray, *run.logits(model, run.x).argmax(1).tolist()}
+    other_exists = torch.tensor([bool(classes - {label}) for label in y.tolist()], dtype=torch.bool)
+    missed = {"gray": above(int((_flags(robust[reach]) & (y != gray)).sum()), len(y), TOLERANCE, level),
+              "any": above(int((_flags(robust[unbounded]) & other_exists).sum()), len(y), TOLERANCE, level)}
     failed = [f"rises from {step}" for step, test in rises.items() if test["significant"]]
-    if at_reach["significant"]:
+    if missed["gray"]["significant"]:
         failed.append(f"above chance at {threat.with_eps(reach).label}")
-    if at_unbounded["significant"]:
+    if missed["any"]["significant"]:
         failed.append(f"images survive {threat.with_eps(unbounded).label}")
+    chance = float((y == gray).float().mean())
     curve = ", ".join(f"{r.threat.eps_str}: {_pct(r.robust_acc)}" for r in reports)
     return CheckResult(
         "radius", not failed, measured=f"{reports[0].attack} robust accuracy at eps {curve}",
-        expected=f"non-increasing; <= {_pct(chance)} (chance) at {reach:g}; <= {TOLERANCE:.0%} at {unbounded:g}",
-        explanation=("; ".join(failed) + ": the attack fails where success is guaranteed." if failed else
-                     "robust accuracy falls with the radius to chance and to zero."),
+        expected=f"non-increasing; at {reach:g} <= {_pct(chance)} (the gray image's class), at {unbounded:g} about 0",
+        explanation=("; ".join(failed) + ": the attack fails where success is certain." if failed else
+                     "robust accuracy never rises with the radius, and the attack breaks what the largest radii make "
+                     "certain to break."),
         rule=f"fails when a larger radius leaves significantly more images robust than a smaller one (exact one-sided "
-             f"binomial test, p < {level}), or the one-sided Wilson lower bound (level {level}) of the robust share "
-             f"exceeds the largest class's share at {reach:g} or {TOLERANCE} at {unbounded:g}",
+             f"binomial test, p < {level}), or when the images left robust that are certain to be breakable (at "
+             f"{reach:g} those of another class than the gray image's; at {unbounded:g} those of another class than "
+             f"the gray image's or another image's) are significantly more than {TOLERANCE} of all (one-sided Wilson "
+             f"lower bound, level {level})",
         numbers={"radii": list(robust), "robust_acc": [r.robust_acc for r in reports], "rises": rises,
-                 "chance": at_reach, "unbounded": at_unbounded}, evaluations=list(sweep))
+                 "gray_class": gray, "chance": chance, "classes_given": sorted(classes),
+                 "missed_at_gray": missed["gray"], "missed_at_any": missed["any"]}, evaluations=list(sweep))
 
 
 def long_attack(norm: str) -> EvalAttack:
@@ -339,8 +351,7 @@ def transfer(run: AuditRun) -> CheckResult:
     images[points["indices"]] = points["images"].to(images.dtype)
     with run.frozen() as model:
         predictions = run.logits(model, images).argmax(1)
-    correct = torch.tensor([c == "1" for c in run.standard.per_image["correct"]])
-    transferred = per_image_bits(correct & (predictions == run.y))
+    transferred = per_image_bits(_flags(run.standard.per_image["correct"]) & (predictions == run.y))
     test = stronger(run.whitebox.per_image["robust"], transferred, level)
     return CheckResult(
         "transfer", not test["significant"],
