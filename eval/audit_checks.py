@@ -322,7 +322,7 @@ def convergence(run: AuditRun) -> CheckResult:
              "for the stronger attack", numbers=tests, evaluations=["standard", attack.name, PLUS])
 
 
-def _surrogate(run: AuditRun) -> tuple[str, Callable[[], EvaluationReport]] | None:
+def surrogate(run: AuditRun) -> tuple[str, Callable[[], EvaluationReport]] | None:
     """What the transfer attack is crafted on, and the evaluation that crafts it (PGD-20 keeping its points)."""
     settings = replace(run.settings, attack=short_attack(run.settings.threat.norm), keep_adversarials=True)
     ref = run.reference
@@ -339,13 +339,13 @@ def _surrogate(run: AuditRun) -> tuple[str, Callable[[], EvaluationReport]] | No
 def transfer(run: AuditRun) -> CheckResult:
     """Adversarials crafted on a surrogate (a routed model's clean route; the exact float32 model of one evaluated
     in a faster form) must not break significantly more images than the white-box attack left robust."""
-    surrogate = _surrogate(run)
+    crafted_on = surrogate(run)
     level = run.options.level
-    if surrogate is None:
+    if crafted_on is None:
         return CheckResult("transfer", True, measured="-", expected="-", applicable=False,
                            explanation="not applicable: a plain model evaluated in its exact form has no surrogate.",
                            rule="none")
-    name, craft = surrogate
+    name, craft = crafted_on
     points = run.once("transfer source", craft).adversarials
     images = run.x.clone()
     images[points["indices"]] = points["images"].to(images.dtype)

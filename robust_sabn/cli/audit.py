@@ -9,7 +9,7 @@ from ..eval.audit import audit, to_markdown, write_audit
 from ..eval.audit_checks import AuditOptions
 from ..eval.numerics import NUMERICS
 from ..eval.settings import EvalSettings
-from .flags import add_common_flags, add_model_arguments
+from .flags import add_common_flags, add_model_arguments, add_plus_images_flag
 from .target import EvaluatedModel
 
 DEFAULT_IMAGES = 500
@@ -44,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
                         help="the form the model is audited in (default exact); in another, the transfer check "
                              "crafts adversarials on the exact float32 model")
-    parser.add_argument("--plus-images", type=int, default=AuditOptions.plus_images,
-                        help=f"first images attacked by AutoAttack's plus version (default {AuditOptions.plus_images})")
+    add_plus_images_flag(parser, AuditOptions.plus_images)
     parser.add_argument("--out", help="report path without suffix (default: <checkpoint folder>/eval/"
                                       "<checkpoint>-audit-<settings>; for an export, its reports folder)")
     add_common_flags(parser)

@@ -12,6 +12,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..eval import EvalSettings, evaluate, make_eval_attack, write_report
 from ..eval.audit import audit, write_audit
+from ..eval.audit_checks import AuditOptions
 from ..eval.report import report_stem
 from ..exporting import ExportOptions, card_path, export, fill_card, reports_dir, weights_path
 from ..exporting.robustbench import unreachable
@@ -21,7 +22,7 @@ from ..model_files import LoadedModel, TrainedFor, load_trained_model
 from ..parsing import parse_json_object, parse_number
 from ..tables import markdown_table
 from ..threat import Threat
-from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
+from .flags import add_common_flags, add_model_arguments, add_plus_images_flag, add_recalibrate_flag
 
 
 def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         if args.audit:  # compared with the routed model where one route was folded as trained
             folded = route if isinstance(route, str) and prepare is None else None
             audited = audit(exported, x, y, settings, route=folded, source=loaded.model if folded else None,
-                            clean_route=loaded.config.get("clean_route", CLEAN_ROUTE))
+                            clean_route=loaded.config.get("clean_route", CLEAN_ROUTE),
+                            options=AuditOptions(plus_images=args.plus_images))
         report = audited.standard if audited is not None else evaluate(exported, x, y, settings, clean_route=None)
         report.checkpoint, report.dataset = str(weights), trained.dataset or dataset
         report.source, report.trained_threat = f"exported model ({describe(route)})", threat
@@ -136,4 +138,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audit", action="store_true",
                         help="with --eval: run the gradient-masking audit of that evaluation (docs/audit.md); the "
                              "card's unreliable field and footnote carry its verdict")
+    add_plus_images_flag(parser, AuditOptions.plus_images)
     add_common_flags(parser)

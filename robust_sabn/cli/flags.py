@@ -66,6 +66,13 @@ def add_recalibrate_flag(parser: argparse.ArgumentParser) -> None:
                              "t of them PGD-5 adversarials (docs/route-mixing.md; e.g. 2000)")
 
 
+def add_plus_images_flag(parser: argparse.ArgumentParser, default: int) -> None:
+    """``--plus-images N``: the first images the audit's convergence check attacks with AutoAttack's plus version
+    (``audit``, ``export --audit``)."""
+    parser.add_argument("--plus-images", type=int, default=default,
+                        help=f"the audit attacks the first N images with AutoAttack's plus version (default {default})")
+
+
 def flag_help() -> dict[str, str]:
     """Help per config field: the field's ``help`` metadata, then its choices where it has a fixed set (read from
     the registries now, so registered additions show)."""
