@@ -20,6 +20,7 @@ from torch import nn
 
 from ..attacks import CWPGD, PGD
 from ..errors import ConfigError
+from ..limits import ATTACK_STEPS
 from ..registry import Registry
 from ..threat import ATTACK_NORMS, THREAT_MODELS, Threat
 from .autoattack import AutoAttackOptions, autoattack_backend, run_autoattack
@@ -154,9 +155,9 @@ def _no_steps(name: str, steps: int | None) -> None:
 
 
 def _steps(name: str, steps: int | None) -> int:
-    if steps is not None and steps < 1:
-        raise ConfigError(f"attack {name}-{steps} needs at least one step")
-    return 20 if steps is None else steps
+    if steps is None:
+        return 20
+    return ATTACK_STEPS.but(example=f"{name}-20").check(steps, f"the steps K of {name}-K", "--attack")
 
 
 @EVAL_ATTACKS.register("autoattack")
@@ -191,7 +192,8 @@ def make_eval_attack(name: str, version: str = "standard", aa_attacks: Sequence[
     family, steps = name, None
     head, dash, tail = name.rpartition("-")
     if dash and tail.isdigit():
-        family, steps = head, int(tail)
+        # int() refuses over 4300 digits: such a K is out of range anyway, and the message shows its size
+        family, steps = head, int(tail) if len(tail) <= 4000 else 10 ** len(tail)
     if family not in EVAL_ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of: autoattack, apgd-ce, pgd-K, cw-K (K steps)")
     if family == "autoattack":

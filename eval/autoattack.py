@@ -1,7 +1,7 @@
 """Run the real AutoAttack once and read its per-attack results, flags and progress from its log.
 
 Backend: upstream ``autoattack`` (fra31/auto-attack) when a real one is installed, else PyPI's
-``pyautoattack`` through robust-sabn's adapter, which :mod:`robust_sabn.compat` supplies as the module
+``pyautoattack`` through robust-sabn's adapter, which ``_robust_sabn_hooks`` supplies as the module
 ``autoattack`` (it says so with ``IS_ROBUST_SABN_ADAPTER``). torchattacks' ``AutoAttack``
 (10-iteration APGD/FAB) is never used. AutoAttack runs unmodified: one ``run_standard_evaluation`` call.
 robust-sabn only replaces its logger by a recorder that keeps the gradient-masking warnings of its checks

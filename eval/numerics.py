@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..allocator import keep_freed_memory
+from ..errors import ConfigError
 from ..memory_format import choose_memory_format
 from ..registry import choose
 from .batchnorm import with_input_grad_batchnorm
@@ -47,6 +48,17 @@ def check_numerics(numerics: str) -> str:
     return choose(numerics, NUMERICS, "numerics")
 
 
+def refusal(model: nn.Module, device: torch.device, numerics: str) -> str | None:
+    """Why ``model`` cannot be evaluated in the form ``numerics`` on ``device``, or None when it can: channels-last
+    is refused on the CPU for models oneDNN mishandles in that format."""
+    if numerics == "channels-last":
+        try:
+            choose_memory_format(model, device, requested=True)
+        except ConfigError as err:
+            return str(err)
+    return None
+
+
 @contextmanager
 def evaluation_form(model: nn.Module, device: torch.device, numerics: str = "exact") -> Iterator[nn.Module]:
     """``model`` (a frozen copy, on ``device``; changed in place) in the form ``numerics``; on CUDA cuDNN's
@@ -57,8 +69,10 @@ def evaluation_form(model: nn.Module, device: torch.device, numerics: str = "exa
         keep_freed_memory()
         if numerics == "exact":
             model = with_input_grad_batchnorm(model)
+    reason = refusal(model, device, numerics)
+    if reason is not None:
+        raise ConfigError(reason)
     if numerics == "channels-last":
-        choose_memory_format(model, device, requested=True)  # one-line error for models oneDNN gets wrong
         model = model.to(memory_format=torch.channels_last)
     elif numerics == "bf16":
         model = Autocast(model, device, torch.bfloat16)

@@ -1,11 +1,11 @@
 """robust-sabn: dual-path Sandwich Batch Normalization for adversarial training, AutoAttack evaluation,
 and export to RobustBench."""
-from . import compat as _compat  # noqa: E402
+import _robust_sabn_hooks
+
 from .convert import convert_convs, convert_norms, fold_route, fold_spec
 from .errors import CheckpointError, ConfigError, DiskFullError, RouteError, UserError
-from .exporting import export  # noqa: E402
-from .exporting import robustbench as _robustbench  # noqa: E402
-from .exporting.robustbench import register_robustbench  # noqa: E402
+from .exporting import export
+from .exporting.robustbench import register_robustbench
 from .mixing import mix_routes
 from .models import create_model, list_models, register_model
 from .nn import (
@@ -22,8 +22,8 @@ from .nn import (
 from .threat import Threat
 from .version import __version__
 
-_compat.install()  # `import autoattack` finds upstream's if installed, else robust-sabn's adapter
-_robustbench.install()  # lazy: exported models are registered when RobustBench gets imported
+# The .pth of the installed package did this at start-up; again for a source checkout on PYTHONPATH or `python -S`.
+_robust_sabn_hooks.install()
 
 __all__ = [
     "CalibratedBatchNorm2d", "CheckpointError", "ConfigError", "DiskFullError", "DualBatchNorm2d", "RouteError",

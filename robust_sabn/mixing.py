@@ -11,6 +11,7 @@ import copy
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 import torch
@@ -24,6 +25,7 @@ from .nn.stats import module_factory_kwargs
 
 WEIGHT_TOLERANCE = 1e-6  # how far from 1 the weights' sum may be (then they are divided by it)
 MAX_GRID_POINTS = 1001  # a trade-off grid longer than this is a typo, e.g. a step of 0.0001 for 0.1
+MAX_DECIMALS = 9  # finer trade-offs change no prediction a float32 model makes
 
 
 def mix_routes(model: nn.Module, weights: Mapping[str, float]) -> nn.Module:
@@ -112,13 +114,9 @@ def parse_tradeoffs(text: str) -> list[float]:
         raise ConfigError(f"trade-offs must look like 'start:stop:step' (e.g. '0:1:0.1') or '0,0.5,1', got {text!r}")
     if len(fields) == 1:
         points = [_decimal(field, text) for field in text.split(",")]
-        outside = [float(p) for p in points if not 0 <= p <= 1]
-        if outside:
-            raise ConfigError(f"trade-offs must lie in [0, 1] (0 = clean route, 1 = adv route), got {outside} "
-                              f"from {text!r}")
     else:
         start, stop, step = (_decimal(field, text) for field in fields)
-        if not 0 <= start <= stop <= 1 or step <= 0:
+        if not start <= stop or step <= 0:
             raise ConfigError(f"trade-off grid {text!r} needs 0 <= start <= stop <= 1 and a positive step, "
                               "e.g. '0:1:0.1'")
         count = math.floor((stop - start) / step) + 1
@@ -130,10 +128,20 @@ def parse_tradeoffs(text: str) -> list[float]:
 
 
 def _decimal(field: str, text: str) -> Fraction:
+    """A number of the trade-offs, exactly: a decimal (read as a Decimal first, so that "1e999" or "1e-999999999"
+    is refused without expanding it digit by digit) or a fraction, in [0, 1] with at most
+    :data:`MAX_DECIMALS` decimal places."""
+    field = field.strip()
     try:
-        return Fraction(field.strip())
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{field.strip()!r} in the trade-offs {text!r} is not a decimal number") from None
+        number = Fraction(field) if "/" in field else Decimal(field)
+    except (ValueError, ZeroDivisionError, InvalidOperation):
+        raise ConfigError(f"{field!r} in the trade-offs {text!r} is not a decimal number") from None
+    if (isinstance(number, Decimal) and not number.is_finite()) or not 0 <= number <= 1:
+        raise ConfigError(f"trade-offs must lie in [0, 1] (0 = clean route, 1 = adv route), got {field!r} from "
+                          f"{text!r}")
+    if isinstance(number, Decimal) and number != number.quantize(Decimal(10) ** -MAX_DECIMALS):
+        raise ConfigError(f"trade-offs take at most {MAX_DECIMALS} decimal places, got {field!r} from {text!r}")
+    return Fraction(number)
 
 
 def _mix_layer(layer: RoutedNorm, weights: Mapping[str, float], name: str) -> nn.BatchNorm2d:

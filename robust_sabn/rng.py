@@ -10,14 +10,16 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .parsing import Range
 
 SEEDS = 2**32  # seeds are 0 .. 2**32 - 1, as NumPy's
+SEED_RANGE = Range(0, SEEDS - 1, "0", integer=True)
 
 
 def check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEEDS:
-        raise ConfigError(f"seed must be an integer from 0 to {SEEDS - 1}, got {seed!r}")
-    return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    return SEED_RANGE.check(seed, "seed", "--seed")
 
 
 def derive_seed(*keys: int) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigError
-from .parsing import format_eps, parse_number
+from .parsing import Range, format_eps, parse_number
 from .registry import choose
 
 # The perturbation norms. robust-sabn's own attacks (PGD, FGSM, TRADES, CW) run in Linf and L2; AutoAttack also in
@@ -20,23 +20,33 @@ THREAT_MODELS = ("Linf", "L2", "L1")
 ATTACK_NORMS = ("Linf", "L2")
 # The radius each threat model is usually evaluated at on CIFAR-10 (RobustBench's leaderboards).
 STANDARD_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
+_BEYOND = "beyond it every image in [0, 1] of up to 1000x1000 RGB pixels reaches every other"
+EPS_RANGES = {  # the radii of each threat model, for images in [0, 1]
+    "Linf": Range(0.0, 1.0, "8/255", why="inputs lie in [0, 1]"),
+    "L2": Range(0.0, 2000.0, "0.5", why=_BEYOND),
+    "L1": Range(0.0, 3e6, "12", why=_BEYOND),
+}
 
 
 @dataclass(frozen=True)
 class Threat:
     """Perturbations of at most ``eps`` in the ``norm`` (Linf, L2 or L1) around images in [0, 1]. ``eps`` may be
-    given as a string such as "8/255"; it is stored as a float. A Linf radius above 1 allows any image."""
+    given as a string such as "8/255"; it is stored as a float, and must lie in the norm's range
+    (:data:`EPS_RANGES`: beyond it every image reaches every other)."""
 
     norm: str = "Linf"
     eps: float = 8 / 255
 
     def __post_init__(self) -> None:
         choose(self.norm, THREAT_MODELS, "threat model")
-        eps = parse_number(self.eps, "eps")
-        if eps < 0 or (self.norm == "Linf" and eps > 1):
-            bound = "between 0 and 1 (inputs are in [0, 1]; e.g. 8/255)" if self.norm == "Linf" else "non-negative"
-            raise ConfigError(f"eps must be {bound} for the {self.norm} threat model, got {eps:g}")
+        eps = EPS_RANGES[self.norm].check(parse_number(self.eps, "eps"), f"{self.norm} eps", "--eps")
         object.__setattr__(self, "eps", eps)
+
+    @classmethod
+    def parse(cls, norm: str, text: float | str, name: str = "eps", flag: str = "--eps") -> Threat:
+        """``norm`` at the radius ``text``, a refusal naming ``name`` and ``flag`` (e.g. "--eps-sweep value")."""
+        range_ = EPS_RANGES[choose(norm, THREAT_MODELS, "threat model")]
+        return cls(norm, range_.check(parse_number(text, name), name, flag))
 
     @classmethod
     def standard(cls, norm: str = "Linf") -> Threat:

@@ -237,10 +237,10 @@ def test_a_quickstart_like_model_passes_every_check(tmp_path):
 # ------------------------------------------------------------------------------------------- command and card
 def test_bad_audit_input_is_one_line_and_exit_two(tmp_path, capsys):
     run_dir = write_run_dir(tmp_path)
-    bad_cli(["audit", str(run_dir), "--plus-images", "0"], capsys, "plus_images must be a positive integer")
+    bad_cli(["audit", str(run_dir), "--plus-images", "0"], capsys, "--plus-images must be an integer in [1, 100000000]")
     bad_cli(["audit", str(run_dir), "--route", "adversarial"], capsys, "unknown route")
     bad_cli(["audit", str(tmp_path / "missing")], capsys, "no checkpoint")
-    bad_cli(["audit", str(run_dir), "--eps", "2"], capsys, "between 0 and 1")
+    bad_cli(["audit", str(run_dir), "--eps", "2"], capsys, "eps must be a number in [0, 1], got 2")
     bad_cli(["export", str(run_dir), "--name", "NoEval2026", "--model-dir", str(tmp_path / "m"), "--audit"], capsys,
             "pass --eval too")
     assert not (tmp_path / "m").exists() and not (run_dir / "eval").exists()

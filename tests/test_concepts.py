@@ -10,7 +10,7 @@ import torch
 
 from robust_sabn import Threat, create_model
 from robust_sabn.checkpoint import TrainingCheckpoint
-from robust_sabn.cli import main
+from robust_sabn.cli import command_parsers, main
 from robust_sabn.devices import check_device_name, oversubscription, resolve_device, warn_if_oversubscribed
 from robust_sabn.errors import CheckpointError, ConfigError
 from robust_sabn.eval import EvalSettings, make_eval_attack
@@ -34,7 +34,8 @@ def test_a_threat_is_parsed_once_and_labelled_as_people_write_it(norm, eps, valu
 
 
 @pytest.mark.parametrize("norm, eps, match", [
-    ("Linf", 1.5, "between 0 and 1"), ("L2", -1, "non-negative"), ("L3", 1, "unknown threat model 'L3'"),
+    ("Linf", 1.5, r"Linf eps must be a number in \[0, 1\], got 1.5 \(inputs lie in \[0, 1\]\)"),
+    ("L2", -1, r"L2 eps must be a number in \[0, 2000\], got -1"), ("L3", 1, "unknown threat model 'L3'"),
     ("Linf", "8/255s", "a fraction like 8/255"), ("Linf", "1e999", "finite"), ("Linf", True, "must be a number"),
 ])
 def test_a_bad_threat_is_one_line(norm, eps, match):
@@ -156,8 +157,8 @@ def test_the_old_name_of_a_setting_still_works_for_a_version(tmp_path, capsys):
         assert main(["holdout", *old, "--out", str(tmp_path / "x.npz")]) == 2  # read as the threat model: Linf
         warning, error = capsys.readouterr().err.splitlines()  # one line each
         assert warning.startswith("robust-sabn: warning: ") and "threat_model" in warning.replace("-", "_")
-        assert error == "robust-sabn: error: eps must be between 0 and 1 (inputs are in [0, 1]; e.g. 8/255) for the " \
-                        "Linf threat model, got 2"
+        assert error == "robust-sabn: error: Linf eps must be a number in [0, 1], got 2 (inputs lie in [0, 1]); " \
+                        "e.g. --eps 8/255"
 
 
 def test_a_replaced_setting_is_checked_again():
@@ -168,22 +169,11 @@ def test_a_replaced_setting_is_checked_again():
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def command_parsers():
-    """(name, argparse parser) of every command and benchmark."""
-    from robust_sabn.cli import BENCHMARKS, COMMANDS, build_parser
-
-    for argv in [[name] for name in COMMANDS] + [["bench", name] for name in BENCHMARKS]:
-        parser = build_parser(argv)
-        for word in argv:
-            parser = next(a for a in parser._actions if getattr(a, "choices", None) and word in a.choices).choices[word]
-        yield " ".join(argv), parser
-
-
 def test_no_parser_takes_an_abbreviated_flag(capsys):
     assert all(not parser.allow_abbrev for _, parser in command_parsers())
     with pytest.raises(SystemExit) as exit_code:
-        main(["train", "--log", "5"])  # once read as --log-every
-    assert exit_code.value.code == 2 and "unrecognized arguments: --log 5" in capsys.readouterr().err
+        main(["train", "--log-ev", "5"])  # an abbreviation of --log-every
+    assert exit_code.value.code == 2 and "unrecognized arguments: --log-ev 5" in capsys.readouterr().err
 
 
 def test_every_computing_command_takes_the_common_flags():

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from robust_sabn import create_model, fold_route, use_route
-from robust_sabn.cli import main
+from robust_sabn.cli import doctor, main
 from robust_sabn.cli.doctor import changed_files, check_robustbench, run_checks
 from robust_sabn.io import save_checkpoint
 
 
 @pytest.mark.slow
 def test_robustbench_and_autoattack_import_in_a_fresh_interpreter():
-    """`import robust_sabn` supplies `autoattack` (the adapter), so RobustBench imports; robust_sabn loads no
-    RobustBench itself."""
+    """With robust_sabn imported first, RobustBench imports with the adapter as `autoattack`; robust_sabn loads no
+    RobustBench itself. (Without `import robust_sabn`: tests/test_hooks.py.)"""
     code = ("import sys, robust_sabn; assert 'robustbench' not in sys.modules; "
             "import robustbench.eval, robustbench.utils, autoattack, autoattack.state; "
             "assert autoattack.IS_ROBUST_SABN_ADAPTER; print('ok')")
@@ -34,6 +34,13 @@ def test_an_installed_upstream_autoattack_wins_over_the_adapter(tmp_path, monkey
     del sys.modules["autoattack"]  # monkeypatch puts back whatever was imported before
 
 
+@pytest.fixture
+def import_probe_passes(monkeypatch):
+    """The doctor's subprocess, answered as it is here (tests/test_hooks.py runs the real one)."""
+    monkeypatch.setattr(doctor, "run_import_probe", lambda: subprocess.CompletedProcess([], 0, "adapter\n", ""))
+
+
+@pytest.mark.usefixtures("import_probe_passes")
 def test_doctor_passes_here_and_exits_zero(capsys):
     assert all(check.ok for check in run_checks())
     assert main(["doctor"]) == 0
@@ -41,6 +48,7 @@ def test_doctor_passes_here_and_exits_zero(capsys):
     assert len(lines) == 6 and all(line.startswith("ok") for line in lines)
 
 
+@pytest.mark.usefixtures("import_probe_passes")
 def test_doctor_detects_robustbench_files_overwritten_by_torchattacks(monkeypatch, capsys):
     assert changed_files("robustbench") == []
     monkeypatch.setattr("robust_sabn.cli.doctor.changed_files", lambda dist: ["robustbench/eval.py"])
@@ -106,3 +114,16 @@ def test_doctor_works_and_names_a_broken_dependency_other_commands_say_to_run_it
     command = cli("eval", "nowhere.pt") if broken == "torchattacks" else cli("export", "nowhere.pt", "--name", "X")
     assert command.returncode == 2 and command.stderr.count("\n") == 1, command.stderr
     assert "robust-sabn doctor" in command.stderr or "no checkpoint" in command.stderr
+
+
+def test_the_pins_live_in_one_file_that_the_set_up_installed_and_the_doctor_names():
+    import importlib.metadata as metadata
+    from importlib import resources
+
+    pins = [line.split("#")[0].strip() for line in
+            resources.files("robust_sabn").joinpath("constraints.txt").read_text().splitlines()]
+    exact = dict(pin.split("==") for pin in pins if "==" in pin)
+    assert {"torch", "torchvision", "torchattacks", "pyautoattack", "robustbench"} <= set(exact)
+    for name, version in exact.items():  # what bin/setup installed here
+        assert metadata.version(name).split("+")[0] == version, name
+        assert doctor.pinned(name) == f"{name}=={version}"

@@ -53,7 +53,8 @@ def test_export_then_eval_the_exported_file_and_a_state_dict_with_module_callabl
         assert report["threat"]["label"] == label and report["trained_threat"]["label"] == "Linf 0.1"
         assert report["source"] == "exported model" and list(report["protocols"]) == ["single route"]
     assert "Linf 8/255 (trained at Linf 0.1)" in capsys.readouterr().out
-    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == ["CliExport2026.arch.json", "CliExport2026.pt"]
+    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == [
+        "CliExport2026.arch.json", "CliExport2026.pt", "CliExport2026.safetensors", "CliExport2026.sha256"]
     spec = json.loads(exported.with_name("CliExport2026.arch.json").read_text())["spec"]
     raw = tmp_path / "weights.pt"
     raw.write_bytes(exported.read_bytes())
@@ -124,15 +125,15 @@ def test_a_malicious_pickle_is_refused_without_running_it(tmp_path, capsys):
 
 def test_bad_cli_input_is_one_line_and_exit_two(run_dir, tmp_path, capsys):
     common = ["--attack", "pgd-2", "--n-examples", "4"]
-    bad_cli(["eval", str(run_dir), "--eps", "8", *common], capsys, "between 0 and 1")
+    bad_cli(["eval", str(run_dir), "--eps", "8", *common], capsys, "eps must be a number in [0, 1], got 8")
     bad_cli(["eval", str(run_dir), "--eps", "eight", *common], capsys, "fraction like 8/255")
     bad_cli(["eval", str(run_dir), "--route", "adversarial", *common], capsys, "unknown route")
     bad_cli(["eval", str(run_dir), "--attack", "fgsm"], capsys, "unknown attack")
     bad_cli(["eval", str(tmp_path / "missing"), *common], capsys, "no checkpoint")
     bad_cli(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"width": 8}', *common],
-        capsys, "does not match the architecture")
+            capsys, "does not match the architecture")
     bad_cli(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"bogus": 1}', *common],
-        capsys, "cannot build the architecture")
+            capsys, "resnet_small takes no argument 'bogus' (it takes: width, depth)")
     write_cifar100(tmp_path / "c100", n_train=10, n_test=4)
     bad_cli(["eval", str(run_dir), "--dataset", "cifar100", "--data-dir", str(tmp_path / "c100"), *common], capsys,
         "labels must be in [0, 9]")

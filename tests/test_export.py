@@ -119,7 +119,8 @@ def test_export_checks_routes_architecture_and_existing_files(tmp_path):
     robust_sabn.export(plain, "Twice2026", model_dir=tmp_path)
     with pytest.raises(ConfigError, match="overwrite"):
         robust_sabn.export(plain, "Twice2026", model_dir=tmp_path)
-    assert sorted(p.name for p in (tmp_path / "cifar10" / "Linf").iterdir()) == ["Twice2026.arch.json", "Twice2026.pt"]
+    assert sorted(p.name for p in (tmp_path / "cifar10" / "Linf").iterdir()) == [
+        "Twice2026.arch.json", "Twice2026.pt", "Twice2026.safetensors", "Twice2026.sha256"]
 
 
 def test_keys_robustbench_would_mangle_are_refused(tmp_path):
@@ -139,9 +140,10 @@ def test_exported_files_rebuild_without_robustbench(tmp_path):
 
 
 @pytest.mark.slow
-def test_plain_robustbench_code_finds_exports_lazily_in_a_fresh_interpreter(tmp_path):
+@pytest.mark.parametrize("first_line", ["import robust_sabn", "pass"], ids=["robust_sabn imported", "never imported"])
+def test_plain_robustbench_code_finds_exports_lazily_in_a_fresh_interpreter(tmp_path, first_line):
     """`import robust_sabn` does not import RobustBench; ./models, $ROBUST_SABN_MODEL_DIR and any model_dir passed
-    to load_model are all found."""
+    to load_model are all found, also by a script that never imports robust_sabn (the import hooks do it)."""
     model = sabn_model()
     robust_sabn.export(model, "LazyDefault2026", route="adv", model_dir=tmp_path / "models")
     robust_sabn.export(model, "LazyEnv2026", route="adv", model_dir=tmp_path / "elsewhere")
@@ -151,7 +153,7 @@ def test_plain_robustbench_code_finds_exports_lazily_in_a_fresh_interpreter(tmp_
         torch.save(model(torch.load(tmp_path / "x.pt")), tmp_path / "logits.pt")
     script = textwrap.dedent(f"""
         import sys, torch
-        import robust_sabn
+        {first_line}
         assert "robustbench" not in sys.modules
         from robustbench.model_zoo import model_dicts
         from robustbench.utils import load_model

@@ -5,7 +5,9 @@ import gzip
 import json
 import os
 import pickle
+import shlex
 import stat
+import subprocess
 
 import numpy as np
 import pytest
@@ -29,7 +31,7 @@ from robust_sabn.io import (
 )
 from robust_sabn.model_files import load_trained_model
 from robust_sabn.training.metrics import read_records
-from robust_sabn.training.run_dir import RunDirLock
+from robust_sabn.training.run_dir import RunDirLock, claim_run_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -279,20 +281,29 @@ def test_a_lock_whose_file_was_replaced_while_locking_takes_the_new_file(tmp_pat
     lock.release()
 
 
-def test_a_folder_with_files_of_an_earlier_run_but_no_last_pt_is_not_overwritten(tmp_path, fmnist, capsys):
-    run = tmp_path / "run"
+def test_a_folder_with_files_of_an_earlier_run_but_no_checkpoint_is_kept_and_named_with_the_command_that_clears_it(
+        tmp_path, fmnist, capsys):
+    run = tmp_path / "my run"
     run.mkdir()
-    before = {name: f"earlier {name}".encode() for name in ("best.pt", "metrics.jsonl", "config.yaml")}
+    before = {name: f"earlier {name}".encode() for name in ("metrics.jsonl", "config.yaml")}
     for name, data in before.items():
         (run / name).write_bytes(data)
-    (run / ".best.pt.x1y2.tmp").write_bytes(b"half")
+    (run / ".last.pt.x1y2.tmp").write_bytes(b"half")
     assert main(["train", *TINY, *fmnist, "--out-dir", str(run)]) == 2
-    assert "holds files of an earlier run (best.pt, config.yaml, metrics.jsonl) but no last.pt" in one_line_error(
-        capsys)
+    err = one_line_error(capsys)
+    assert "holds files of an earlier run (config.yaml, metrics.jsonl) but no checkpoint to resume from" in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name in before} == before
-    (run / "last.pt").write_bytes(b"x")
-    assert main(["train", *TINY, *fmnist, "--out-dir", str(run)]) == 2
-    assert "already holds a run; continue it with --resume" in one_line_error(capsys)
+    assert main(["train", "--resume", str(run)]) == 2
+    resume_err = one_line_error(capsys)
+    assert "holds no last.pt (the run stopped before its first checkpoint)" in resume_err
+    assert f"rm -r {shlex.quote(str(run))})" in resume_err
+    subprocess.run(["sh", "-c", "rm " + err.split(": rm ", 1)[1]], check=True)  # the command the line names
+    claim_run_dir(run, resume=False).release()  # a new run is accepted there now
+    for name in ("last.pt", "best.pt"):  # either checkpoint makes the folder one to resume
+        (run / name).write_bytes(b"x")
+        assert main(["train", *TINY, *fmnist, "--out-dir", str(run)]) == 2
+        assert f"already holds a run; continue it with --resume {shlex.quote(str(run))}" in one_line_error(capsys)
+        (run / name).unlink()
 
 
 def test_a_fresh_start_in_an_emptied_folder_removes_stale_temporary_files(tmp_path, monkeypatch, fmnist, capsys):
@@ -329,13 +340,34 @@ def test_metrics_log_drops_a_torn_last_line_and_names_a_bad_one_inside(tmp_path)
 # ---------------------------------------------------------------------------------------------------- numbers
 @pytest.mark.parametrize("flag, value, message", [
     ("--eps", "1e999", "eps must be a finite number"), ("--max-steps", "1e999", "max_steps must be a finite"),
-    ("--steps", "1e400", "steps must be a finite"), ("--seed", "1e30", "seed must be an integer from 0 to"),
+    ("--steps", "1e400", "steps must be a finite"), ("--seed", "1e30", "seed must be an integer in [0, 4294967295]"),
     ("--lr", "nan", "lr must be a finite"), ("--eps", "1/0", "eps must be a number or a fraction"),
-    ("--max-steps", "2.5", "max_steps must be an integer"), ("--seed", "-1", "seed must be an integer"),
+    ("--max-steps", "2.5", "max_steps must be an integer"), ("--seed", "-1", "seed must be an integer in [0, "),
+    # numbers that parse but no run needs: each names its range and an example
+    ("--steps", "1e20", "steps must be an integer in [1, 10000], got 100000000000000000000; e.g. --steps 7"),
+    ("--val-steps", "1e20", "val_steps must be an integer in [1, 10000], got 100000000000000000000; e.g. --val-steps"),
+    ("--lr", "1e20", "lr must be a number in (0, 10], got 1e+20; e.g. --lr 0.1"),
+    ("--momentum", "1e20", "momentum must be a number in [0, 1), got 1e+20; e.g. --momentum 0.9"),
+    ("--beta", "1e20", "beta must be a number in [0, 100], got 1e+20; e.g. --beta 6"),
+    ("--awp-gamma", "1e20", "awp_gamma must be a number in [0, 1], got 1e+20; e.g. --awp-gamma 0.005"),
+    ("--max-steps", "12345678901234567890", "max_steps must be an integer in [1, 1000000000], got 1234567890"),
+    ("--width", "1000000", "width must be an integer in [1, 1024], got 1000000 (resnet_small at width 1024 holds"),
+    ("--eps", "2", "eps must be a number in [0, 1], got 2 (inputs lie in [0, 1]); e.g. --eps 8/255"),
+    ("--milestones", "1e9", "milestones must be an integer in [1, 100000], got 1000000000; e.g. --milestones 150"),
 ])
 def test_numbers_that_overflow_or_are_not_numbers_are_one_line(tmp_path, capsys, flag, value, message):
     assert main(["train", *TINY, flag, value, "--out-dir", str(tmp_path / "run")]) == 2
     assert message in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_num_workers_is_bounded_by_the_cpu_cores_before_any_worker_starts(tmp_path, capsys, monkeypatch):
+    """The probe forked 522 workers of 470 MB in 15 s, then left a folder a new run refused."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    for value in ("99999999999999999999", "9"):
+        assert main(["train", *TINY, "--num-workers", value, "--out-dir", str(tmp_path / "run")]) == 2
+        assert ("num_workers must be an integer in [0, 8] (4 x the CPU cores this process may use), got "
+                f"{value} (each worker is a process") in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
 
 

@@ -104,3 +104,43 @@ def test_resume_drops_a_torn_last_metrics_line(data, tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--max-steps", "10"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metrics.jsonl line 2 is not a metrics record" in err
+
+
+def test_a_disk_full_at_the_first_checkpoint_leaves_a_folder_that_resumes_bit_for_bit(data, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """best.pt is written first: a disk that fills on the first last.pt leaves best.pt alone, which holds the same
+    state; --resume continues from it, and a new run there is told to resume."""
+    run = tmp_path / "run"
+    fill_disk(monkeypatch, fails=lambda target: target == "last.pt")
+    assert main(["train", *FLAGS, "--data-dir", data, "--max-steps", "12", "--out-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no space left to write {run / 'last.pt'}" in err
+    monkeypatch.undo()
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "metrics.jsonl"]
+    assert main(["train", *FLAGS, "--data-dir", data, "--max-steps", "12", "--out-dir", str(run)]) == 2
+    assert f"already holds a run; continue it with --resume {run}" in capsys.readouterr().err
+
+    assert main(["train", "--resume", str(run)]) == 0
+    assert f"resuming from {run / 'best.pt'}: the run stopped while it wrote its first last.pt" in (
+        capsys.readouterr().out)
+    assert_same_state(straight_run(data, tmp_path / "straight", 12), load_checkpoint(run / "last.pt"))
+
+
+@pytest.mark.parametrize("limit, advice", [(["--max-steps", "6"], "raise --max-steps (now 6) to continue it"),
+                                           (["--epochs", "1"], "its --epochs 1 fix its schedule, which a resumed "
+                                                               "run keeps: start a new run for a longer one")])
+def test_resuming_a_finished_run_says_nothing_to_do_and_still_drops_a_torn_metrics_line(data, tmp_path, capsys,
+                                                                                         limit, advice):
+    run = tmp_path / "run"
+    assert main(["train", *FLAGS, "--data-dir", data, "--out-dir", str(run), *limit]) == 0  # the last --epochs wins
+    whole = (run / "metrics.jsonl").read_text()
+    last = load_checkpoint(run / "last.pt")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "step", "epoch": 2, "st')  # as a crash in the middle of writing the line leaves it
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("training in NCHW")]
+    assert said == [f"nothing to do: {run} already ran {last['step']} steps ({last['epoch']} of "
+                    f"{last['config']['epochs']} epochs); {advice}"]
+    assert (run / "metrics.jsonl").read_text() == whole
+    assert_same_state(last, load_checkpoint(run / "last.pt"))

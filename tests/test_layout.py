@@ -1,7 +1,8 @@
 """The layout holds: imports point one way (core <- attacks <- eval <- training <- commands), no cycles, every command
 in robust_sabn.cli and none importing another, the package root imported from nowhere below it, and the leaves
-(the version, the autoattack adapter) are leaves."""
+(the version, the autoattack adapter, the import hooks) are leaves."""
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,25 @@ def test_the_package_root_is_imported_from_nowhere_below_it(graph):
     assert graph["robust_sabn.version"] == set()  # __version__ in a leaf that pyproject.toml reads
 
 
-def test_the_autoattack_adapter_is_a_leaf(graph):
-    for name in ("robust_sabn._autoattack", "robust_sabn._autoattack.state"):
-        assert graph[name] <= {"robust_sabn.devices"}, graph[name]
-    assert graph["robust_sabn.devices"] <= {"robust_sabn.errors"}
+def imported_names(path: Path, module_level_only: bool = False) -> set[str]:
+    """Every module a file imports (absolute imports), at module level only or anywhere."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    return {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names} | \
+        {node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_the_autoattack_adapter_is_a_leaf():
+    """Served as `autoattack` from its file, it must import no robust_sabn (pyautoattack, torch, the stdlib)."""
+    for path in (ROOT / "robust_sabn" / "_autoattack").glob("*.py"):
+        tops = {name.split(".")[0] for name in imported_names(path)}
+        assert tops <= set(sys.stdlib_module_names) | {"pyautoattack", "torch"}, (path.name, tops)
+
+
+def test_the_hooks_module_imports_only_the_stdlib_and_its_callbacks_module():
+    """It runs at every interpreter start-up: module-level imports from the stdlib only; robust_sabn only in the
+    callbacks, and only the module that holds them."""
+    path = ROOT / "_robust_sabn_hooks.py"
+    assert {name.split(".")[0] for name in imported_names(path, module_level_only=True)} <= sys.stdlib_module_names
+    others = {name for name in imported_names(path) if name.split(".")[0] not in sys.stdlib_module_names}
+    assert others == {"robust_sabn.exporting"}, others

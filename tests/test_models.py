@@ -46,10 +46,18 @@ def test_normalization_is_inside_the_model_and_grayscale_works():
 @pytest.mark.parametrize("kwargs, message", [
     ({"in_channels": 2}, "in_channels must be 1 or 3"),
     ({"mean": [0.5, 0.5]}, "one per input channel"),
-    ({"std": [1, 0, 1]}, "positive"),
+    ({"std": [1, 0, 1]}, r"std must be a number in \(0, 1000\], got 0"),
     ({"norm": "group"}, "unknown norm 'group'"),
     ({"conv": "fancy"}, "unknown conv 'fancy'"),
-    ({"width": 0}, "width >= 1"),
+    ({"width": 0}, r"width must be an integer in \[1, 1024\], got 0"),
+    ({"width": 4.5}, "width of resnet_small must be an integer, got 4.5"),
+    ({"width": True}, "width of resnet_small must be an integer, got True"),
+    ({"width": 512, "depth": 8}, "would hold about 793 million parameters, more than the 400 million"),
+    ({"num_classes": 10**30}, r"num_classes must be an integer in \[2, 100000\]"),
+    ({"routes": ["a", "a"]}, "distinct names"),
+    ({"norm": "sandwich", "norm_kwargs": {"momentum": 2.0}}, r"momentum must be a number in \[0, 1\]"),
+    ({"norm": "bn", "norm_kwargs": {"device": "meta"}}, "norm 'bn' takes no argument 'device'"),
+    ({"blocks": [9, 9, 9]}, "resnet_small takes no argument 'blocks' .it takes: width, depth."),
 ])
 def test_bad_arguments_are_clear_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):

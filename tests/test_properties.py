@@ -1,5 +1,6 @@
 """Property-based tests of the input checks: whatever a user types or passes, the answer is a value of the right
 kind or one ConfigError, never another exception."""
+import argparse
 import dataclasses
 import math
 from fractions import Fraction
@@ -10,9 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robust_sabn import create_model
+from robust_sabn.cli import BENCHMARKS, numeric_flags
+from robust_sabn.cli.flags import InRange, flag_help
 from robust_sabn.errors import ConfigError
 from robust_sabn.eval.evaluate import check_inputs, check_model_inputs
+from robust_sabn.mixing import parse_tradeoffs
 from robust_sabn.parsing import parse_number, parse_number_list
+from robust_sabn.threat import EPS_RANGES, Threat
 from robust_sabn.training.config import TrainConfig, _coerce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,6 +76,84 @@ def test_any_value_for_any_setting_builds_a_config_or_is_one_config_error(name, 
     elif kind.startswith("list"):
         assert all(isinstance(m, int) for m in got)
     assert config.seed < 2**32
+
+
+NUMERIC_FIELDS = [f for f in dataclasses.fields(TrainConfig) if f.metadata["limits"] is not None]
+numbers = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True), number_words,
+                    st.integers(-3, 70_000).map(str), st.sampled_from([10**20, 1e20, 99999999999999999999, 4.5, 0,
+                                                                       -1, 1, 2**32]))
+
+
+def test_every_numeric_setting_has_a_documented_range():
+    """The radius and the attack step have ranges that depend on the threat model and the objective, in their
+    help; every other number has a Range, shown in --help and the docs' flag table."""
+    helps = flag_help()
+    for f in dataclasses.fields(TrainConfig):
+        kind = str(f.type)
+        if kind.startswith(("int", "float", "list[int]")):
+            assert f.metadata["limits"] is not None or f.name in ("eps", "step_size"), f.name
+            assert "range " in helps[f.name], f.name
+
+
+@checks
+@given(st.sampled_from([f.name for f in NUMERIC_FIELDS]), numbers)
+def test_every_numeric_setting_is_in_its_range_or_one_config_error(name, value):
+    field = next(f for f in NUMERIC_FIELDS if f.name == name)
+    try:
+        config = TrainConfig(**{name: [value] if name == "milestones" else value})
+    except ConfigError as err:
+        assert "\n" not in str(err) and len(str(err)) < 400
+        return
+    got = getattr(config, name)
+    assert all(field.metadata["limits"].contains(v) for v in (got if isinstance(got, list) else [got]))
+
+
+NUMERIC_FLAGS = numeric_flags()
+
+
+def test_every_numeric_flag_of_every_command_checks_a_documented_range():
+    commands = {command for command, _ in NUMERIC_FLAGS}
+    assert commands == {"quickstart", "eval", "audit", "export", *(f"bench {name}" for name in BENCHMARKS)}
+    for command, action in NUMERIC_FLAGS:
+        assert isinstance(action, InRange), (command, action.option_strings)
+        assert f"range {action.limits}" in action.help
+
+
+@checks
+@given(st.sampled_from(NUMERIC_FLAGS), st.one_of(numbers.map(str), any_text))
+def test_every_numeric_flag_is_a_number_in_its_range_or_one_config_error(flag, text):
+    command, action = flag
+    namespace = argparse.Namespace()
+    try:
+        action(None, namespace, [text] if action.nargs == "+" else text, action.option_strings[0])
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err).startswith(action.option_strings[0]), err
+        return
+    value = getattr(namespace, action.dest)
+    for v in value if isinstance(value, list) else [value]:
+        assert action.limits.contains(v) and (isinstance(v, int) if action.limits.integer else math.isfinite(v))
+
+
+@checks
+@given(any_text)
+def test_trade_offs_are_floats_in_0_1_or_one_config_error(text):
+    try:
+        points = parse_tradeoffs(text)
+    except ConfigError as err:
+        assert "\n" not in str(err)
+        return
+    assert 0 < len(points) <= 1001 and all(isinstance(t, float) and 0 <= t <= 1 for t in points)
+
+
+@checks
+@given(st.sampled_from(list(EPS_RANGES)), any_text)
+def test_radii_are_in_the_range_of_their_threat_model_or_one_config_error(norm, text):
+    try:
+        eps = Threat(norm, text).eps
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err).startswith(("eps ", f"{norm} eps "))
+        return
+    assert EPS_RANGES[norm].contains(eps) and math.isfinite(eps)
 
 
 @checks

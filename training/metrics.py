@@ -29,11 +29,18 @@ class Meter:
         return dict(self.totals)
 
 
+def log_interval(steps_per_epoch: int, max_steps: int | None = None) -> int:
+    """The default ``--log-every``: a tenth of an epoch, or of the whole run when ``--max-steps`` makes it shorter,
+    at least 1 and at most 50 steps (a 30-step run logs every 3 steps)."""
+    return max(1, min(50, min(steps_per_epoch, max_steps or steps_per_epoch) // 10))
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per line, the whole file rewritten atomically on every append.
 
     Resuming from a checkpoint at step ``s`` keeps only the lines up to ``s``, so a run killed after its last
-    checkpoint does not log the replayed steps twice.
+    checkpoint does not log the replayed steps twice; the file is rewritten at once when that drops a line (or a
+    torn last line), also when the resumed run has nothing left to do.
     """
 
     def __init__(self, path: str | Path, keep_until_step: int | None = None) -> None:
@@ -41,10 +48,15 @@ class MetricsLog:
         self.records: list[dict[str, Any]] = []
         if keep_until_step is not None and self.path.is_file():
             self.records = [r for r in read_records(self.path) if r.get("step", 0) <= keep_until_step]
+            if self._text() != self.path.read_text(errors="replace"):
+                atomic_write_text(self.path, self._text())
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append({k: _plain(v) for k, v in record.items()})
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        atomic_write_text(self.path, self._text())
+
+    def _text(self) -> str:
+        return "".join(json.dumps(r) + "\n" for r in self.records)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

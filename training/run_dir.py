@@ -1,8 +1,9 @@
 r"""Run folders: where a run writes, how it is resumed.
 
 A run folder holds ``config.yaml`` (the resolved config, headed by the versions it was made with),
-``metrics.jsonl``, ``curves.png``, ``last.pt`` (every epoch, and every ``--save-every`` steps) and ``best.pt``
-(best robust validation accuracy). Both checkpoints are :class:`robust_sabn.checkpoint.TrainingCheckpoint`\ s.
+``metrics.jsonl``, ``curves.png``, ``last.pt`` (every epoch, and every ``--save-every`` steps), ``best.pt``
+(best robust validation accuracy), and the logs of ``--log``'s trackers (:mod:`robust_sabn.training.trackers`).
+Both checkpoints are :class:`robust_sabn.checkpoint.TrainingCheckpoint`\ s.
 
 One process at a time trains in a run folder: while it runs, it holds a lock on ``<run>/.lock``, a file naming it.
 """
@@ -15,19 +16,22 @@ import socket
 import time
 import warnings
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from ..checkpoint import TrainingCheckpoint
 from ..errors import CheckpointError, ConfigError
 from ..io import remove_temp_files
 from .config import TrainConfig
+from .trackers import CSV_FILE
 
 LAST, BEST, CONFIG, METRICS, CURVES = "last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png"
-RUN_FILES = (LAST, BEST, CONFIG, METRICS, CURVES)
+RUN_FILES = (LAST, BEST, CONFIG, METRICS, CURVES, CSV_FILE)
+RESUMABLE = (LAST, BEST)  # the checkpoints a resumed run continues from, in order (see resume_file)
 LOCK = ".lock"
 
 # Settings a resumed run may change: they decide how far and where it runs, not what it computes.
-RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "num_workers", "progress", "data_dir")
+RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "log", "num_workers", "progress", "data_dir")
 
 
 def default_run_dir(config: TrainConfig) -> str:
@@ -88,12 +92,13 @@ def claim_run_dir(run_dir: Path, resume: bool) -> RunDirLock:
                           "choose a writable --out-dir") from None
     try:
         found = [name for name in RUN_FILES if (run_dir / name).exists()]
-        if not resume and LAST in found:
-            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+        if not resume and set(found) & set(RESUMABLE):
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {quote(str(run_dir))} "
                               "or choose another --out-dir")
         if not resume and found:
-            raise ConfigError(f"{run_dir} holds files of an earlier run ({', '.join(found)}) but no {LAST} to "
-                              "resume from; choose another --out-dir, or delete them to start again there")
+            raise ConfigError(f"{run_dir} holds files of an earlier run ({', '.join(found)}) but no checkpoint to "
+                              "resume from; choose another --out-dir, or delete them to start again there: rm "
+                              + " ".join(quote(str(run_dir / name)) for name in found))
         remove_temp_files(run_dir, RUN_FILES)
     except BaseException:
         lock.release()
@@ -101,16 +106,25 @@ def claim_run_dir(run_dir: Path, resume: bool) -> RunDirLock:
     return lock
 
 
-def load_last(run_dir: str | Path) -> TrainingCheckpoint:
-    """The ``last.pt`` of a run folder; a clear error when there is nothing to resume."""
-    run_dir = Path(run_dir)
+def resume_file(run_dir: Path) -> Path:
+    """The checkpoint a resumed run continues from: ``last.pt``; else ``best.pt``, which a run leaves alone when
+    the disk filled while it wrote its first ``last.pt`` (both hold the same state then)."""
     if not run_dir.is_dir():
         raise CheckpointError(f"cannot resume: {run_dir} is not a folder (pass the run folder given as --out-dir)")
-    if not (run_dir / LAST).is_file():
-        raise CheckpointError(f"cannot resume: {run_dir} holds no {LAST} (the run stopped before its first "
-                              "checkpoint); start again in another --out-dir, or delete the folder first")
+    for name in RESUMABLE:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CheckpointError(f"cannot resume: {run_dir} holds no {LAST} (the run stopped before its first "
+                          "checkpoint); start it again without --resume after deleting the folder (rm -r "
+                          f"{quote(str(run_dir))}), or in another --out-dir")
+
+
+def load_last(run_dir: str | Path) -> TrainingCheckpoint:
+    """The checkpoint of a run folder that a resumed run continues from (:func:`resume_file`); a clear error when
+    there is nothing to resume."""
+    path = resume_file(Path(run_dir))
     try:
-        return TrainingCheckpoint.load(run_dir / LAST)
+        return TrainingCheckpoint.load(path)
     except CheckpointError as err:
         raise CheckpointError(f"cannot resume: {err}") from None
 
@@ -119,7 +133,8 @@ def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
     """The config of the run in ``run_dir`` with ``overrides``: the settings of :data:`RESUME_OVERRIDES` may
     change; any other must keep the run's value (so the original command plus ``--resume`` works)."""
     saved, _ = TrainConfig.upgrade(load_last(run_dir).config)
-    config = TrainConfig.from_dict({**saved, **overrides, "out_dir": str(run_dir)}, source=f"{Path(run_dir) / LAST}")
+    config = TrainConfig.from_dict({**saved, **overrides, "out_dir": str(run_dir)},
+                                   source=str(resume_file(Path(run_dir))))
     changed = sorted(k for k, v in config.to_dict().items()
                      if k not in (*RESUME_OVERRIDES, "out_dir") and v != saved.get(k))
     if changed:

@@ -1,7 +1,9 @@
-"""mkdocs hook: the flag table of docs/training.md, built from ``TrainConfig``'s fields and their help metadata.
+"""mkdocs hook: the flag table of docs/training.md, built from ``TrainConfig``'s fields and their help metadata,
+and the table of the other commands' numeric flags and their ranges in docs/faults.md, built from their parsers.
 
-``robust-sabn train --help`` reads the same metadata (``robust_sabn.cli.flags.flag_help``), so the table and
-the command cannot disagree. The page holds the marker below where the table goes.
+``robust-sabn train --help`` reads the same metadata (``robust_sabn.cli.flags.flag_help``), and every command's
+``--help`` the same ranges, so the tables and the commands cannot disagree. A page holds a marker below where its
+table goes.
 """
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import dataclasses
 from fractions import Fraction
 from typing import Any
 
-from robust_sabn.cli.flags import flag_help, flag_name
-from robust_sabn.training.config import TrainConfig
+from robust_sabn.cli import numeric_flags
+from robust_sabn.cli.flags import flag_help
+from robust_sabn.training.config import TrainConfig, flag_name
 
 MARKER = "<!-- training-flags -->"
+NUMBERS_MARKER = "<!-- numeric-flags -->"
 
 
 def format_default(value: Any) -> str:
@@ -20,7 +24,7 @@ def format_default(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list):
-        return " ".join(map(str, value))
+        return " ".join(map(str, value)) or "none"
     if isinstance(value, float) and len(repr(value)) > 8:
         return str(Fraction(value).limit_denominator(1000))
     return str(value)
@@ -45,5 +49,18 @@ def flag_table() -> str:
     return "\n".join(rows)
 
 
+def numeric_flag_table() -> str:
+    """A Markdown table: one row per numeric flag of every command but ``train``, with its range and default."""
+    rows = ["| command | flag | range | default |", "|---|---|---|---|"]
+    for command, action in numeric_flags():
+        shown = "unset" if action.default is None else f"`{action.default}`"
+        rows.append(f"| `{command}` | `{action.option_strings[0]}` | {markdown_text(str(action.limits))} | {shown} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
-    return markdown.replace(MARKER, flag_table()) if MARKER in markdown else markdown
+    if MARKER in markdown:
+        markdown = markdown.replace(MARKER, flag_table())
+    if NUMBERS_MARKER in markdown:
+        markdown = markdown.replace(NUMBERS_MARKER, numeric_flag_table())
+    return markdown

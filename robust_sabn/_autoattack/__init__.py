@@ -6,7 +6,8 @@ attacks as ``pyautoattack`` with keyword-only arguments and a different return v
 upstream call and runs pyautoattack's code unchanged, so results are pyautoattack's own.
 
 This package is imported under the name ``autoattack``, and only when no real ``autoattack`` is installed: see
-:mod:`robust_sabn.compat`. It is a leaf: pyautoattack plus :mod:`robust_sabn.devices`.
+``_robust_sabn_hooks``, which loads it from its file. It is a leaf (pyautoattack, torch and the standard library),
+so ``import autoattack`` never imports ``robust_sabn``.
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from pyautoattack import checks  # noqa: F401  (upstream's module layout, which 
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: F401
 from pyautoattack.fab_pt import FABAttack_PT  # noqa: F401
 from pyautoattack.square import SquareAttack  # noqa: F401
-
-from robust_sabn.devices import model_device
 
 IS_ROBUST_SABN_ADAPTER = True
 
@@ -42,7 +41,7 @@ class AutoAttack:
                  is_tv_transform: bool = False, device: torch.device | str | None = None,
                  log_path: str | None = None) -> None:
         inner = _PyAutoAttack(model, attacks=list(attacks_to_run) if version == "custom" else None,
-                              device=device if device is not None else model_device(model),
+                              device=device if device is not None else _model_device(model),
                               eps=eps, norm=norm, seed=seed, version=version)
         object.__setattr__(self, "_inner", inner)
         inner.verbose = verbose
@@ -69,6 +68,12 @@ class AutoAttack:
                                            return_labels: bool = False) -> dict:
         adv = self._inner.run_standard_evaluation_individual(x_orig, y_orig, batch_size=bs)
         return adv if return_labels else {name: x for name, (x, _) in adv.items()}
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live; the CPU for a model without any (robust-sabn's rule)."""
+    tensor = next(iter(list(model.parameters()) + list(model.buffers())), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _attach_handler(log_path: str | None) -> None:

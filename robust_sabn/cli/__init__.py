@@ -12,6 +12,7 @@ import warnings
 from ..devices import warn_if_oversubscribed
 from ..errors import UserError
 from ..version import __version__
+from .flags import InRange
 
 # name -> (module of this package, one-line help)
 COMMANDS = {
@@ -67,6 +68,24 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     commands = {**COMMANDS, "bench": (None, "speed and quality benchmarks (print tables of ratios)")}
     _add_commands(parser, commands, argv, "command", "")
     return parser
+
+
+def command_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command's parser, as ("eval", parser) or ("bench norms", parser)."""
+    found = []
+    for argv in [[name] for name in COMMANDS] + [["bench", name] for name in BENCHMARKS]:
+        parser = build_parser(argv)
+        for word in argv:
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+        found.append((" ".join(argv), parser))
+    return found
+
+
+def numeric_flags() -> list[tuple[str, argparse.Action]]:
+    """Every flag that takes a number, of every command but ``train`` (whose numbers are its config's fields), as
+    (the command, the flag's argparse action): for the documentation's table of ranges and for the tests."""
+    return [(name, action) for name, parser in command_parsers() if name != "train" for action in parser._actions
+            if isinstance(action, InRange) or action.type in (int, float)]
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
 from ..eval.attacks import make_eval_attack
-from ..eval.evaluate import evaluate
+from ..eval.evaluate import EvaluationReport, evaluate
 from ..eval.front import front_table, mixture_front, write_front
 from ..eval.numerics import NUMERICS
 from ..eval.recalibration import training_recalibration
@@ -19,7 +19,10 @@ from ..eval.state import STATE, remove_state
 from ..eval.sweep import eps_sweep, plot_sweep
 from ..io import all_or_nothing, atomic_write_text
 from ..mixing import parse_tradeoffs
-from ..tables import markdown_table
+from ..model_files import LoadedModel
+from ..tables import markdown_table, percent
+from ..threat import Threat
+from ..training.trackers import TRACKERS, TrackedRun, Trackers
 from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
 from .target import EvaluatedModel
 
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, processes: Processes) -> int:
     target = EvaluatedModel.from_args(args)
     loaded, route, threat, clean_route = target.loaded, target.route, target.threat, target.clean_route
-    sweep = [eps for eps in args.eps_sweep.split(",") if eps.strip()] if args.eps_sweep else None
+    sweep = ([Threat.parse(threat.norm, eps, "--eps-sweep value", "--eps-sweep").eps
+              for eps in args.eps_sweep.split(",") if eps.strip()] if args.eps_sweep else None)
     tradeoffs = route_mix(args, sweep)
     recalibration = (training_recalibration(loaded, args.recalibrate, threat, args.data_dir, args.seed)
                      if args.recalibrate is not None else None)  # only with --route-mix (route_mix checks)
@@ -48,6 +52,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     stem = target.report_path(args.out, settings, mixes if tradeoffs else route or "plain", suffixes,
                               radius="sweep" if sweep else None)
     state_dir = stem.with_name(stem.name + STATE)
+    log_dir = tracked_run(args, loaded)
     x, y = target.images(args.data_dir, args.n_examples)
     dataset = target.dataset
     if processes.is_main:
@@ -63,6 +68,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         def write() -> None:
             write_front(points, stem, clean_route, route, title=f"{loaded.path}, {len(y)} {dataset} test images",
                         recalibration=recalibration)
+            track(args.log, log_dir, loaded, {f"{stem.name}/t-{p.t:g}": p.report for p in points})
             print(front_table(points, clean_route, route))
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)
@@ -70,9 +76,9 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
 
     if sweep is not None:
         reports = eps_sweep(model, x, y, sweep, settings, route=route, clean_route=clean_route, state_dir=state_dir)
-        rows = [[r.threat.eps_str, f"{100 * r.clean_acc:.2f}", f"{100 * r.robust_acc:.2f}"] for r in reports]
-        table = markdown_table([f"{threat.norm} eps", "clean acc (%)",
-                                f"{reports[0].attack_description} robust acc (%)"], rows)
+        rows = [[r.threat.eps_str, percent(r.clean_acc, r.n, 2), percent(r.robust_acc, r.n, 2)] for r in reports]
+        table = markdown_table([f"{threat.norm} eps", "clean acc (%, 95% CI)",
+                                f"{reports[0].attack_description} robust acc (%, 95% CI)"], rows)
 
         def write() -> None:
             with all_or_nothing():
@@ -83,6 +89,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
                 for r in reports:
                     if r.adversarials is not None:
                         write_adversarials(r, stem.with_name(f"{stem.name}-eps-{r.threat.eps_str.replace('/', '_')}"))
+            track(args.log, log_dir, loaded, {f"{stem.name}/eps-{r.threat.eps_str}": r for r in reports})
             print(table)
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)
@@ -93,10 +100,46 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
 
     def write() -> None:
         paths = write_report(report, stem)
+        track(args.log, log_dir, loaded, {stem.name: report})
         print(paths[1].read_text())
         print(f"wrote {', '.join(str(path) for path in paths)}")
     finish(processes, state_dir, write)
     return 0
+
+
+def tracked_run(args: argparse.Namespace, loaded: LoadedModel) -> Path | None:
+    """The run folder ``--log`` writes to: ``--log-dir``, else the folder of the training checkpoint evaluated; the
+    trackers are checked now, before the attack."""
+    if not args.log:
+        return None
+    Trackers.check(args.log)
+    if args.log_dir:
+        return Path(args.log_dir)
+    if loaded.step is None:
+        raise ConfigError(f"{loaded.path} is not a training checkpoint, so --log has no run to add to; name one "
+                          "with --log-dir")
+    return loaded.path.parent
+
+
+def track(names: list[str] | None, log_dir: Path | None, loaded: LoadedModel,
+          reports: dict[str, EvaluationReport]) -> None:
+    """Send each report's accuracies per protocol, with their intervals, to the trackers of ``--log`` as an ``eval``
+    record at the checkpoint's training step, under ``eval/<label>/<protocol>/...``."""
+    if not names:
+        return
+    record: dict[str, object] = {"kind": "eval", "step": loaded.step or 0}
+    for label, report in reports.items():
+        for name, p in report.protocols.items():
+            tag = f"eval/{label}/{name.replace(' ', '_')}"
+            for key in ("clean_acc", "robust_acc"):
+                low, high = getattr(p, f"{key}_ci")
+                record.update({f"{tag}/{key}": getattr(p, key), f"{tag}/{key}_ci_low": low,
+                               f"{tag}/{key}_ci_high": high})
+    trackers = Trackers(names, TrackedRun(log_dir, resume_step=None))
+    try:
+        trackers.record(record)
+    finally:
+        trackers.close()
 
 
 def route_mix(args: argparse.Namespace, sweep: list | None) -> list[float] | None:
@@ -143,6 +186,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of GRID, 'start:stop:step' or 't,t,...' (e.g. 0:1:0.1): a table and a Pareto plot of "
                              "clean against robust accuracy (docs/route-mixing.md)")
     add_recalibrate_flag(parser)
+    parser.add_argument("--log", nargs="+", metavar="NAME", choices=list(TRACKERS),
+                        help=f"also log the accuracies to these trackers ({', '.join(TRACKERS)}) of the training run "
+                             "evaluated, at its checkpoint's step (docs/training.md#experiment-tracking)")
+    parser.add_argument("--log-dir", metavar="RUN_DIR",
+                        help="the run folder --log adds to (default: the folder of the training checkpoint)")
     parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
                         help="exact (default: the model's own float32 computation), or a faster form that can change "
                              "a prediction and is named in the report: channels-last, bf16")

@@ -21,13 +21,14 @@ from ..devices import resolve_device
 from ..eval import EvalSettings, evaluate, write_report
 from ..exporting import ExportOptions, export
 from ..exporting.robustbench import import_robustbench
+from ..limits import ATTACK_STEPS, EPOCHS, IMAGES
 from ..model_files import TrainedFor, load_trained_model
 from ..nn import use_route
-from ..tables import markdown_table
+from ..tables import markdown_table, percent
 from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.run_dir import BEST, default_run_dir
-from .flags import add_common_flags
+from .flags import InRange, add_common_flags
 
 RECIPE = "fashion-mnist-small"
 # Sized for about five minutes on two quiet CPU cores: four passes over 25,000 images with PGD-5 training attacks
@@ -37,7 +38,7 @@ RECIPE = "fashion-mnist-small"
 SETTINGS = {"epochs": 4, "train_size": 25000, "milestones": [3], "val_size": 500}
 AA_IMAGES = 100
 EXPORT_NAME = "QuickstartSabn2026"
-TABLE_HEADERS = ("evaluation", "route", "clean acc (%)", "robust acc (%)", "test images")
+TABLE_HEADERS = ("evaluation", "route", "clean acc (%, 95% CI)", "robust acc (%, 95% CI)", "test images")
 
 
 @dataclass
@@ -63,10 +64,7 @@ class Quickstart:
         return f"{self.config.clean_route} for clean, {self.config.adv_route} for attacked"
 
     def add_row(self, evaluation: str, route: str, clean: float | None, robust: float | None, n: int) -> None:
-        def pct(value: float | None) -> str:
-            return "-" if value is None else f"{100 * value:.1f}"
-
-        self.rows.append([evaluation, route, pct(clean), pct(robust), n])
+        self.rows.append([evaluation, route, percent(clean, n) or "-", percent(robust, n) or "-", n])
 
     def evaluate(self, attack: str, route: str, n: int | None = None, clean_route: str | None = None):
         """:func:`robust_sabn.eval.evaluate` of the trained model on the first ``n`` test images (in one batch when
@@ -183,10 +181,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "Fashion-MNIST on the CPU in about five minutes, then evaluate it on the test set.")
     parser.add_argument("--out-dir", help="run folder (default: runs/quickstart-...)")
     parser.add_argument("--download", action="store_true", help="download Fashion-MNIST if missing (needs internet)")
-    parser.add_argument("--epochs", type=int, help=f"training epochs (default {SETTINGS['epochs']})")
-    parser.add_argument("--train-size", type=int, help=f"training images (default {SETTINGS['train_size']})")
-    parser.add_argument("--test-size", type=int, default=1000, help="test images evaluated (default 1000)")
-    parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the PGD evaluation (eval's pgd-K)")
+    parser.add_argument("--epochs", action=InRange, limits=EPOCHS.but(example="10"),
+                        help=f"training epochs (default {SETTINGS['epochs']})")
+    parser.add_argument("--train-size", action=InRange, limits=IMAGES.but(example="10000"),
+                        help=f"training images (default {SETTINGS['train_size']})")
+    parser.add_argument("--test-size", action=InRange, limits=IMAGES, default=1000,
+                        help="test images evaluated (default 1000)")
+    parser.add_argument("--pgd-steps", action=InRange, limits=ATTACK_STEPS.but(example="20"), default=20,
+                        help="steps of the PGD evaluation (eval's pgd-K)")
     add_common_flags(parser, seed=None)
 
 

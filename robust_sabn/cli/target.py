@@ -15,7 +15,7 @@ from ..eval.report import report_stem
 from ..eval.settings import EvalSettings
 from ..exporting import reports_dir
 from ..io import check_writable
-from ..model_files import LoadedModel, load_trained_model
+from ..model_files import HF_FOLDER, LoadedModel, load_trained_model
 from ..parsing import parse_json_object
 from ..threat import Threat
 
@@ -47,13 +47,24 @@ class EvaluatedModel:
 
     def report_path(self, out: str | None, settings: EvalSettings, label: str, suffixes: list[str], *,
                     kind: str = "", radius: str | None = None) -> Path:
-        """``--out``, else ``<checkpoint folder>/eval/<checkpoint><kind>-<settings>`` (for an export, its reports
-        folder beside the model folder), after checking that each of its ``suffixes`` can be written."""
-        folder = reports_dir(self.loaded.path) if self.loaded.is_export else self.loaded.path.parent / "eval"
-        stem = output_stem(out) if out else report_stem(folder, self.loaded.path.stem + kind, settings, label, radius)
+        """``--out``, else ``<reports folder>/<checkpoint><kind>-<settings>`` (:meth:`reports_folder`), after checking
+        that each of its ``suffixes`` can be written."""
+        stem = output_stem(out) if out else report_stem(self.reports_folder(), self.loaded.path.stem + kind, settings,
+                                                        label, radius)
         for suffix in suffixes:
             check_writable(stem.with_name(stem.name + suffix))  # before the attack, not after it
         return stem
+
+    def reports_folder(self) -> Path:
+        """Where reports go without ``--out``: beside an export's model folder (:func:`reports_dir`); for a Hugging
+        Face folder ``eval/<folder>`` here (never inside it, which an upload would publish, nor in the Hugging Face
+        cache, where it is named by its repository's folder); else ``<checkpoint folder>/eval``."""
+        if self.loaded.is_export:
+            return reports_dir(self.loaded.path)
+        if self.loaded.source == HF_FOLDER:
+            folder = self.loaded.path.parent
+            return Path("eval") / (folder.parent.parent.name if folder.parent.name == "snapshots" else folder.name)
+        return self.loaded.path.parent / "eval"
 
     def images(self, data_dir: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` test images of the dataset and their labels, refused when of another shape than the

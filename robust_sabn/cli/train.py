@@ -36,7 +36,15 @@ def run(args: argparse.Namespace) -> int:
 
     config, resume = config_from_args(args)
     result = train(config, resume=resume)
-    if result.best and os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process reports
+        return 0
+    if resume and result.steps_run == 0:
+        print(f"nothing to do: {result.run_dir} already ran {result.step} steps ({result.epoch} of {config.epochs} "
+              "epochs); "
+              + (f"raise --max-steps (now {config.max_steps}) to continue it" if result.epoch < config.epochs else
+                 f"its --epochs {config.epochs} fix its schedule, which a resumed run keeps: start a new run for a "
+                 "longer one"))
+    elif result.best:
         print(f"run folder {result.run_dir}: {result.epoch} epochs, {result.step} steps; best robust validation "
               f"accuracy {100 * result.best['val_robust_acc']:.2f}% (step {result.best['step']}) in "
               f"{result.run_dir / 'best.pt'}")

@@ -7,8 +7,9 @@ only a zoo architecture: one that names a Python callable is loaded only after t
 (``register_robustbench(model_dir, arch="package.module:builder")``); otherwise ``load_model`` stops with a
 one-line error saying so, and nothing named by the file is imported.
 
-It stays lazy: ``import robust_sabn`` only installs an import hook. When ``robustbench.model_zoo`` is first
-imported, the models under ``$ROBUST_SABN_MODEL_DIR`` (``os.pathsep``-separated folders; default
+It stays lazy, and needs no ``import robust_sabn``: the import hooks of ``_robust_sabn_hooks`` (installed at
+interpreter start-up) call two functions of this module. When ``robustbench.model_zoo`` is first imported, the
+models under ``$ROBUST_SABN_MODEL_DIR`` (``os.pathsep``-separated folders; default
 ``./models``) and under every folder exported to or registered in this process are added; and
 ``robustbench.utils.load_model`` is wrapped so that a call with ``model_dir=X`` first registers the exported
 model of that name found in ``X``. ``register_robustbench(model_dir)`` registers a folder explicitly.
@@ -16,18 +17,17 @@ model of that name found in ``X``. ``register_robustbench(model_dir)`` registers
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import importlib.metadata as metadata
 import inspect
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 from torch import nn
 
+from ..checksums import check_manifest, manifest_path
 from ..errors import ConfigError
 from ..model_files import ARCH_SUFFIX, read_arch_file
 from ..models.spec import build_model, resolve_spec
@@ -136,12 +136,15 @@ def _entries(dataset: str, threat_model: str) -> dict | None:
 
 
 def build_exported(arch_path: str | os.PathLike) -> nn.Module:
-    """The constructor behind every registered entry: the architecture from its JSON file, untrained."""
+    """The constructor behind every registered entry: the architecture from its JSON file, untrained, after the
+    export's files are checked against its SHA-256 manifest (RobustBench reads the weights next)."""
     arch_path = Path(arch_path)
+    weights = arch_path.with_name(arch_path.name[: -len(ARCH_SUFFIX)] + ".pt")
+    check_manifest(manifest_path(weights), [weights, arch_path])
     hint = f", or call robust_sabn.register_robustbench({str(arch_path.parent.parent.parent)!r}, arch=...) first"
-    spec, trusted = resolve_spec(read_arch_file(arch_path)["spec"], str(arch_path),
-                                 _trusted.get(arch_path.resolve()), hint=hint)
-    return build_model(spec, trusted)
+    trusted = _trusted.get(arch_path.resolve())
+    spec, trusted = resolve_spec(read_arch_file(arch_path)["spec"], str(arch_path), trusted, hint=hint)
+    return build_model(spec, trusted, str(arch_path) if trusted is None else None)
 
 
 def _register(dataset: str, threat_model: str, name: str, arch_path: Path) -> bool:
@@ -172,14 +175,35 @@ def _register_folder(model_dir: Path, only: tuple[str, str, str] | None = None) 
     return names
 
 
-def _on_model_zoo(_module: ModuleType) -> None:
+def register_model_dirs(_model_zoo: ModuleType) -> None:
+    """Register the exports in :func:`model_dirs`; ``_robust_sabn_hooks`` calls it once RobustBench's model zoo
+    has been imported."""
     for folder in model_dirs():
         _register_folder(folder)
 
 
-def _wrap_load_model(utils: ModuleType) -> None:
+def zoo_entry(name: str, spec: dict) -> str:
+    """The entry of an export for ``robustbench/model_zoo/<dataset>.py``, as a RobustBench pull request adds it to
+    the threat model's ``OrderedDict``: the architecture's constructor call, and the Google Drive id of the ``.pt``
+    file to fill in once it is uploaded."""
+    arguments = ", ".join(f"{key}={value!r}" for key, value in spec["kwargs"].items())
+    if "arch" in spec:
+        constructor = f"create_model({spec['arch']!r}, {arguments})"
+        source = "from robust_sabn.models import create_model"
+    else:
+        module, _, function = spec["callable"].partition(":")
+        constructor, source = f"{function}({arguments})", f"from {module} import {function.split('.')[0]}"
+    return (f"    # {source}\n"
+            f"    ({name!r}, {{\n"
+            f"        'model': lambda: {constructor},\n"
+            f"        'gdrive_id': '',  # the Google Drive id of {name}.pt once uploaded\n"
+            f"    }}),")
+
+
+def wrap_load_model(utils: ModuleType) -> None:
     """Wrap ``robustbench.utils.load_model``: register the exported model named in the call from the
-    ``model_dir`` of the call, then load as RobustBench does."""
+    ``model_dir`` of the call, then load as RobustBench does. ``_robust_sabn_hooks`` calls it once
+    ``robustbench.utils`` has been imported."""
     original = utils.load_model
     if getattr(original, "__robust_sabn_original__", None) is not None:
         return
@@ -205,63 +229,3 @@ def _wrap_load_model(utils: ModuleType) -> None:
         module = sys.modules.get(name)
         if module is not None and getattr(module, "load_model", None) is original:
             module.load_model = load_model
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a callback right after a given module has been executed by its normal loader."""
-
-    def __init__(self, callbacks: dict[str, Callable[[ModuleType], None]]) -> None:
-        self.callbacks = callbacks
-
-    def find_spec(self, fullname, path, target=None):
-        callback = self.callbacks.get(fullname)
-        if callback is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _CallbackLoader(spec.loader, callback)
-                return spec
-        return None
-
-
-class _CallbackLoader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[ModuleType], None]) -> None:
-        self.loader = loader
-        self.callback = callback
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        self.loader.exec_module(module)
-        _run_safely(self.callback, module)
-
-    def __getattr__(self, name: str):
-        return getattr(self.loader, name)
-
-
-def _run_safely(callback: Callable[[ModuleType], None], module: ModuleType) -> None:
-    try:
-        callback(module)
-    except Exception as err:  # noqa: BLE001 -- never break the user's import of RobustBench
-        warnings.warn(f"robust-sabn could not register exported models with RobustBench: {err}", stacklevel=2)
-
-
-HOOKS: dict[str, Callable[[ModuleType], None]] = {
-    "robustbench.model_zoo": _on_model_zoo,
-    "robustbench.utils": _wrap_load_model,
-}
-
-
-def install() -> None:
-    """Install the import hook (idempotent); for modules already imported, run the callbacks now."""
-    if any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _AfterImport(HOOKS))
-    for name, callback in HOOKS.items():
-        if name in sys.modules:
-            _run_safely(callback, sys.modules[name])

@@ -5,9 +5,9 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from ..errors import ConfigError
 from ..nn import CONVS, DEFAULT_ROUTES, norm_factory
 from ..registry import Registry
+from .arguments import check_model_arguments
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -37,20 +37,16 @@ def create_model(
 
     ``norm`` picks the normalization layer ("bn", "sandwich", "dual", ...; ``routes`` names the routes of
     routed kinds), ``conv`` the convolution ("standard", ...); ``norm_kwargs`` go to every norm layer and
-    ``kwargs`` to the builder (e.g. ``width`` for ``resnet_small``). The model's ``model_spec`` attribute
-    records these arguments (see :mod:`robust_sabn.models.spec`).
+    ``kwargs`` to the builder (e.g. ``width`` for ``resnet_small``). Every argument is checked first (see
+    :mod:`robust_sabn.models.arguments`). The model's ``model_spec`` attribute records these arguments (see
+    :mod:`robust_sabn.models.spec`).
     """
     builder = MODELS[name]
-    if in_channels not in (1, 3):
-        raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
-    if num_classes < 2:
-        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+    check_model_arguments(name, builder, {
+        "num_classes": num_classes, "norm": norm, "in_channels": in_channels, "mean": mean, "std": std,
+        "routes": routes, "conv": conv, "norm_kwargs": norm_kwargs, **kwargs})
     mean = tuple(mean) if mean is not None else (0.0,) * in_channels
     std = tuple(std) if std is not None else (1.0,) * in_channels
-    if len(mean) != in_channels or len(std) != in_channels:
-        raise ConfigError(f"mean and std need {in_channels} values each (one per input channel)")
-    if min(std) <= 0:
-        raise ConfigError(f"std values must be positive, got {std}")
     model = builder(
         num_classes=num_classes,
         in_channels=in_channels,

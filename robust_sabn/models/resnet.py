@@ -109,9 +109,16 @@ def resnet50(**kwargs) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), **kwargs)
 
 
+MAX_PARAMETERS = 400_000_000  # 1.6 GB of float32 weights; RobustBench's largest models hold fewer (WRN-70-16: 267M)
+
+
 @register_model
 def resnet_small(width: int = 16, depth: int = 1, **kwargs) -> ResNet:
-    """Three stages of ``depth`` basic blocks with ``width``, ``2*width``, ``4*width`` channels: for CPU runs."""
-    if width < 1 or depth < 1:
-        raise ConfigError(f"resnet_small needs width >= 1 and depth >= 1, got width={width}, depth={depth}")
+    """Three stages of ``depth`` basic blocks with ``width``, ``2*width``, ``4*width`` channels: for CPU runs.
+    Refused before anything is allocated when it would hold more than :data:`MAX_PARAMETERS` parameters."""
+    parameters = 378 * depth * width**2  # its 3x3 convolutions: 2 * 9 * depth * (1 + 4 + 16) * width^2
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(f"resnet_small with width {width} and depth {depth} would hold about {parameters / 1e6:,.0f} "
+                          f"million parameters, more than the {MAX_PARAMETERS // 10**6} million (1.6 GB) a zoo model "
+                          "may; choose a smaller width or depth")
     return ResNet(BasicBlock, (depth,) * 3, (width, 2 * width, 4 * width), **kwargs)

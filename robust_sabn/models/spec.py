@@ -17,6 +17,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, UserError
+from .arguments import FILE_FIX, check_model_arguments
+from .registry import MODELS, create_model
+
+MAX_NESTING = 8  # how deep the values of a spec's kwargs may nest (a zoo spec needs 3: norm_kwargs' values)
 
 
 def spec_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> dict:
@@ -27,28 +31,37 @@ def spec_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> dict:
     return check_spec({key: arch, "kwargs": dict(kwargs or {})})
 
 
-def _is_plain(value: Any) -> bool:
-    """JSON data: None, bool, int, float, str, and lists / string-keyed dicts of them."""
+def is_plain(value: Any, levels: int = MAX_NESTING) -> bool:
+    """JSON data: None, bool, int, float, str, and lists / string-keyed dicts of them, nested at most ``levels``
+    deep (checked without deep recursion, however deep ``value`` is)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
+    if levels < 1:
+        return False
     if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
+        return all(is_plain(v, levels - 1) for v in value)
     if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+        return all(isinstance(k, str) and is_plain(v, levels - 1) for k, v in value.items())
     return False
 
 
 def check_spec(spec: Any, source: str = "architecture spec", error: type[UserError] = ConfigError) -> dict:
-    """``spec`` as a plain dict, after checking its shape: one of 'arch'/'callable' (a string) and JSON kwargs.
-    ``error`` is raised otherwise (:class:`CheckpointError` for a spec read from a file)."""
+    """``spec`` as a plain dict, after checking its shape: one of 'arch'/'callable' (a string) and JSON kwargs,
+    and for a zoo architecture every argument's type and range (:mod:`robust_sabn.models.arguments`), before
+    anything is built. ``error`` is raised otherwise (:class:`CheckpointError` for a spec read from a file)."""
     if not isinstance(spec, Mapping) or ("arch" in spec) == ("callable" in spec):
         raise error(f"{source} needs exactly one of 'arch' (a zoo name) or 'callable' ('module:function')")
     name = spec.get("arch", spec.get("callable"))
     if not isinstance(name, str) or not name:
         raise error(f"{source}: the architecture must be a non-empty string, got {name!r}")
     kwargs = spec.get("kwargs", {})
-    if not isinstance(kwargs, Mapping) or not _is_plain(kwargs):
-        raise error(f"{source}: 'kwargs' must be a mapping of plain JSON values (numbers, strings, lists)")
+    if not isinstance(kwargs, Mapping) or not is_plain(kwargs):
+        raise error(f"{source}: 'kwargs' must be a mapping of plain JSON values (numbers, strings, lists), nested at "
+                    f"most {MAX_NESTING} deep")
+    if "arch" in spec:
+        if name not in MODELS:
+            raise error(f"{source}: unknown architecture {name!r}; choose one of: {', '.join(MODELS)}")
+        check_model_arguments(name, MODELS[name], kwargs, error, source)
     return {**{k: v for k, v in spec.items() if k != "kwargs"}, "kwargs": dict(kwargs)}
 
 
@@ -83,20 +96,24 @@ def resolve_spec(file_spec: Mapping | None, source: str, arch: str | None = None
     return spec, spec.get("callable")
 
 
-def build_model(spec: Mapping, trusted: str | None = None) -> nn.Module:
+def build_model(spec: Mapping, trusted: str | None = None, source: str | None = None) -> nn.Module:
     """Build the model a spec describes. A ``callable`` spec is built only when ``trusted`` names that callable
-    (the caller's own choice); wrong keyword arguments are a :class:`ConfigError`."""
-    spec = check_spec(spec)
+    (the caller's own choice); wrong keyword arguments are a :class:`ConfigError`, or a :class:`CheckpointError`
+    naming ``source`` for a spec read from that file."""
+    spec = check_spec(spec, source or "architecture spec", CheckpointError if source else ConfigError)
     if "callable" in spec and spec["callable"] != trusted:
         raise untrusted_callable(spec["callable"], "the architecture spec")
-    from .registry import create_model
-
     try:
         if "callable" in spec:
             return import_callable(spec["callable"])(**spec["kwargs"])
         return create_model(spec["arch"], **spec["kwargs"])
     except TypeError as err:
-        raise ConfigError(f"cannot build the architecture {spec} ({err}); fix its arguments") from None
+        raise (CheckpointError if source else ConfigError)(
+            f"cannot build the architecture {spec} ({err}); fix its arguments") from None
+    except ConfigError as err:
+        if source is None:
+            raise
+        raise CheckpointError(f"{source}: {err}{FILE_FIX}") from None
 
 
 def import_callable(target: str):

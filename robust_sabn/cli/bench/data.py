@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from ...data import random_crop_flip
 from ...devices import resolve_device
+from ...limits import BATCH_SIZE, IMAGE_SIZE, REPEATS
 from ...tables import markdown_table
-from ..flags import add_common_flags
+from ..flags import InRange, add_common_flags
 from .timing import Timing
 
 
@@ -49,9 +50,9 @@ def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, ti
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "The training augmentation, batched, against the per-image loop, on each device."
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE, default=512)
+    parser.add_argument("--image-size", action=InRange, limits=IMAGE_SIZE, default=32)
+    parser.add_argument("--repeats", action=InRange, limits=REPEATS, default=20)
     add_common_flags(parser, data=False)
 
 

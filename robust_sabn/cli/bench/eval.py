@@ -38,13 +38,14 @@ from ...constants import AA_VERSIONS
 from ...convert import fold_route
 from ...data import test_images
 from ...eval import EvalAttack, EvalSettings, evaluate, make_eval_attack
-from ...eval.numerics import NUMERICS
+from ...eval.numerics import NUMERICS, refusal
+from ...limits import BATCH_SIZE, IMAGE_SIZE, IMAGES, REPEATS, WARMUP_ROUNDS, cpu_cores
 from ...model_files import load_trained_model
 from ...models import create_model
-from ...parsing import parse_number
+from ...models.arguments import ARGUMENT_RANGES
 from ...tables import markdown_table
 from ...threat import Threat
-from ..flags import add_common_flags
+from ..flags import InRange, add_common_flags
 from .timing import Timing
 
 TARGETS = {"autoattack": 0.80, "pgd-10": 0.90}
@@ -87,6 +88,36 @@ def synthetic_case(width: int, n: int, image_size: int) -> tuple[nn.Module, torc
     return model, x, y, f"resnet_small (SaBN, width {width}, untrained), {n} random images {image_size}x{image_size}"
 
 
+@dataclasses.dataclass(frozen=True)
+class CaseSpec:
+    """Which model and images a benchmark works on: a trained ``checkpoint`` with the first ``n`` test images of its
+    dataset, or else an untrained SaBN resnet_small of ``width`` on ``n`` random images of ``image_size``
+    (:func:`synthetic_case`); the Linf radius ``eps`` (None: the checkpoint's Linf training radius, else 8/255);
+    drawn from ``seed``. Plain values, so that every variant's fresh process builds the same :class:`Case`."""
+
+    checkpoint: str | None = None
+    width: int = 16
+    n: int = 64
+    image_size: int = 32
+    eps: float | None = None
+    seed: int = 0
+
+    def build(self) -> Case:
+        torch.manual_seed(self.seed)
+        if self.checkpoint is None:
+            model, x, y, description = synthetic_case(self.width, self.n, self.image_size)
+            return Case(model, "adv", x, y, 8 / 255 if self.eps is None else self.eps, description)
+        loaded = load_trained_model(self.checkpoint)
+        config = loaded.config
+        x, y = test_images(config.get("dataset", "cifar10"), config.get("data_dir"), self.n)
+        eps, trained = self.eps, loaded.trained.threat
+        if eps is None:  # the training radius when it was a Linf one (the benchmark's attacks are Linf)
+            eps = trained.eps if trained is not None and trained.norm == "Linf" else 8 / 255
+        description = (f"{loaded.path} ({config.get('dataset', 'cifar10')}, route {loaded.route() or '-'}), "
+                       f"first {len(y)} test images")
+        return Case(loaded.model, loaded.route(), x, y, eps, description)
+
+
 @dataclasses.dataclass
 class Case:
     """The model, images and radius every variant of one benchmark run works on; the same in every process."""
@@ -98,31 +129,12 @@ class Case:
     eps: float
     description: str
 
-    @classmethod
-    def build(cls, checkpoint: str | None, width: int, n: int, image_size: int, eps: float | None,
-              seed: int) -> Case:
-        """A trained checkpoint with the first ``n`` test images of its dataset (``eps`` defaults to its Linf
-        training radius), or else :func:`synthetic_case` (eps 8/255), drawn from ``seed``."""
-        torch.manual_seed(seed)
-        if checkpoint is None:
-            model, x, y, description = synthetic_case(width, n, image_size)
-            return cls(model, "adv", x, y, 8 / 255 if eps is None else eps, description)
-        loaded = load_trained_model(checkpoint)
-        config = loaded.config
-        x, y = test_images(config.get("dataset", "cifar10"), config.get("data_dir"), n)
-        if eps is None:  # the training radius when it was a Linf one (the benchmark's attacks are Linf)
-            trained = loaded.trained.threat
-            eps = trained.eps if trained is not None and trained.norm == "Linf" else 8 / 255
-        description = (f"{loaded.path} ({config.get('dataset', 'cifar10')}, route {loaded.route() or '-'}), "
-                       f"first {len(y)} test images")
-        return cls(loaded.model, loaded.route(), x, y, eps, description)
-
 
 def time_variant(spec: dict[str, Any]) -> dict[str, float]:
     """Run one variant of ``spec`` on its :class:`Case` and time the call alone (model and images are ready, the
     baselines' model folded, before the clock starts): ``{"seconds", "robust_acc"}``."""
     torch.set_num_threads(spec["threads"])
-    case = Case.build(*spec["case"])
+    case = CaseSpec(**spec["case"]).build()
     model, route, x, y, eps, seed = case.model, case.route, case.x, case.y, case.eps, spec["seed"]
     variant, batch_size = spec["variant"], spec["batch_size"]
 
@@ -182,33 +194,36 @@ def _eval_command(checkpoint: str, out: Path, attack: str, n: int, batch_size: i
     return call
 
 
-def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: int = 32, eps: float | None = None,
-               version: str = "standard", attacks: list[str] | None = None, repeats: int = 3, warmup: int = 0,
-               seed: int = 0, checkpoint: str | None = None, numerics: Sequence[str] = ("exact",),
+def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch_size: int = 32,
+               version: str = "standard", attacks: list[str] | None = None, numerics: Sequence[str] = ("exact",),
                sharded_attack: str | None = "autoattack") -> str:
-    """Time the pairs on one model and one image set; a Markdown table of ratios. ``eps`` defaults to the
-    checkpoint's training eps, else 8/255. ``numerics``: the forms robust-sabn's AutoAttack runs in (one row each).
-    ``sharded_attack`` (None: no sharded rows) is the attack of the ``robust-sabn eval`` commands timed with 2
-    processes and with 1, on a checkpoint only."""
-    case = Case.build(checkpoint, width, n, image_size, eps, seed)
+    """Time the pairs on the model and images of ``spec``; a Markdown table of ratios. ``numerics``: the forms
+    robust-sabn's AutoAttack runs in (one row each; a form refused for the model, e.g. channels-last for narrow ones
+    on the CPU, is a row saying why it is skipped). ``sharded_attack`` (None: no sharded rows) is the attack of the
+    ``robust-sabn eval`` commands timed with 2 processes and with 1, on a checkpoint only."""
+    case = spec.build()
+    checkpoint, seed = spec.checkpoint, spec.seed
     threads = torch.get_num_threads()
-    specs = {variant: dict(case=[checkpoint, width, n, image_size, case.eps, seed], variant=variant, seed=seed,
-                           version=version, attacks=attacks, batch_size=batch_size, threads=threads)
-             for variant in [*(f"autoattack {form}" for form in numerics), "pyautoattack", "pgd-10",
-                             "torchattacks-pgd"]}
+    refused = {form: refusal(case.model, torch.device("cpu"), form) for form in numerics}
+    case_values = dataclasses.asdict(dataclasses.replace(spec, eps=case.eps))
+    specs = {variant: dict(case=case_values, variant=variant, seed=seed, version=version, attacks=attacks,
+                           batch_size=batch_size, threads=threads)
+             for variant in [*(f"autoattack {form}" for form in numerics if refused[form] is None), "pyautoattack",
+                             "pgd-10", "torchattacks-pgd"]}
     results: dict[str, Any] = {}  # robust accuracy of each library variant, per-image results of each command
     variants = {variant: _in_fresh_process(spec, results) for variant, spec in specs.items()}
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_cores()
     shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
     with tempfile.TemporaryDirectory() as scratch:
         if checkpoint is not None and sharded_attack is not None:
             variants.update({label: _timed(_eval_command(
                 checkpoint, Path(scratch) / label.replace(" ", ""), sharded_attack, len(case.y), batch_size,
                 case.eps, seed, *setting, results, label)) for label, setting in shards.items()})
-        times = Timing(repeats, warmup).medians(variants, reported=True)
+        times = timing.medians(variants, reported=True)
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
     direct = times["pyautoattack"]
-    rows = [[f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
+    rows = [[f"{label}, numerics {form}", "skipped", direct, "", "", refused[form]] if refused[form] else
+            [f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
              TARGETS["autoattack"] if form == "exact" else "",
              f"{100 * results[f'autoattack {form}']:.2f} / {100 * results['pyautoattack']:.2f}"] for form in numerics]
     rows.append(["PGD-10 (eps/4 steps)", times["pgd-10"], times["torchattacks-pgd"],
@@ -221,7 +236,7 @@ def bench_eval(width: int = 16, n: int = 64, image_size: int = 32, batch_size: i
             rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
                          f"thread(s)", times["2 x 1"], times[baseline], times["2 x 1"] / times[baseline], "",
                          f"{robust} ({same} per-image results)"])
-    header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, median of {repeats}, "
+    header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, median of {timing.repeats}, "
               f"{threads} threads, torch {torch.__version__}; each library call in a fresh process, timed without "
               f"its start-up\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
@@ -239,10 +254,10 @@ def _timed(call: Callable[[], None]) -> Callable[[], float]:
 
 def run(args: argparse.Namespace) -> int:
     attacks = [a for a in (args.aa_attacks or "").split(",") if a] or None
-    eps = None if args.eps is None else parse_number(args.eps, "--eps")
-    print(bench_eval(args.width, args.n_examples, args.image_size, args.batch_size, eps, args.version, attacks,
-                     args.repeats, args.warmup, args.seed, args.checkpoint, args.numerics,
-                     None if args.sharded_attack == "none" else args.sharded_attack))
+    eps = None if args.eps is None else Threat("Linf", args.eps).eps
+    spec = CaseSpec(args.checkpoint, args.width, args.n_examples, args.image_size, eps, args.seed)
+    print(bench_eval(spec, Timing(args.repeats, args.warmup, args.progress), args.batch_size, args.version, attacks,
+                     args.numerics, None if args.sharded_attack == "none" else args.sharded_attack))
     return 0
 
 
@@ -252,10 +267,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a trained model and its dataset's first test images (default: an untrained SaBN resnet_small "
                         "on random images)")
-    p.add_argument("--width", type=int, default=16, help="width of the untrained resnet_small SaBN model")
-    p.add_argument("--n-examples", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--width", action=InRange, limits=ARGUMENT_RANGES["width"], default=16,
+                   help="width of the untrained resnet_small SaBN model")
+    p.add_argument("--n-examples", action=InRange, limits=IMAGES.but(example="64"), default=64)
+    p.add_argument("--image-size", action=InRange, limits=IMAGE_SIZE, default=32)
+    p.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE.but(example="32"), default=32,
                    help="batch of the PGD pair and of the sharded commands (AutoAttack runs on all images at once)")
     p.add_argument("--eps", help="Linf radius; fractions allowed (default: the checkpoint's training eps, else 8/255)")
     p.add_argument("--version", default="standard", choices=AA_VERSIONS)
@@ -264,6 +280,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="forms of robust-sabn's AutoAttack to time, one row each (default: all)")
     p.add_argument("--sharded-attack", default="autoattack",
                    help="attack of the sharded robust-sabn eval commands (checkpoint only; 'none' to skip them)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--repeats", action=InRange, limits=REPEATS, default=3)
+    p.add_argument("--warmup", action=InRange, limits=WARMUP_ROUNDS, default=0)
     add_common_flags(p, data=False)

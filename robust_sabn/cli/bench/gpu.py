@@ -15,12 +15,13 @@ import torch
 from ...devices import resolve_device
 from ...errors import ConfigError
 from ...eval import EvalSettings, evaluate
+from ...limits import ATTACK_STEPS, BATCH_SIZE, IMAGES, REPEATS
 from ...models import create_model
 from ...nn import set_route
 from ...tables import markdown_table
 from ...threat import Threat
 from ...training.objectives import OBJECTIVES
-from ..flags import add_common_flags
+from ..flags import InRange, add_common_flags
 from .steps import SPLIT_TARGET, split_steps
 from .timing import Timing
 
@@ -81,10 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Throughput on a CUDA device: training steps per precision, the fused route split against "
                           "two forwards, and APGD-CE.")
     parser.add_argument("--arch", default="preact_resnet18")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=7, help="PGD steps of the training attack")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--n-eval", type=int, default=512, help="images for the APGD-CE row")
+    parser.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE, default=128)
+    parser.add_argument("--steps", action=InRange, limits=ATTACK_STEPS, default=7,
+                        help="PGD steps of the training attack")
+    parser.add_argument("--repeats", action=InRange, limits=REPEATS, default=10)
+    parser.add_argument("--n-eval", action=InRange, limits=IMAGES.but(example="512"), default=512,
+                        help="images for the APGD-CE row")
     add_common_flags(parser, data=False)
 
 

@@ -8,11 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...devices import resolve_device
+from ...limits import BATCH_SIZE, IMAGE_SIZE, REPEATS, WARMUP_ROUNDS
 from ...memory_format import choose_memory_format
 from ...models import create_model
+from ...models.arguments import ARGUMENT_RANGES
 from ...nn import set_route
 from ...tables import markdown_table
-from ..flags import add_common_flags
+from ..flags import InRange, add_common_flags
 from .steps import SPLIT_TARGET, Step, split_steps
 from .timing import Timing
 
@@ -88,11 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Forward+backward time of one model per normalization on one input, and the fused route "
                           "split against two forwards; ratios against BN.")
     parser.add_argument("--arch", default="resnet_small")
-    parser.add_argument("--width", type=int, default=32, help="width of resnet_small")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--width", action=InRange, limits=ARGUMENT_RANGES["width"], default=32,
+                        help="width of resnet_small")
+    parser.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE, default=64)
+    parser.add_argument("--image-size", action=InRange, limits=IMAGE_SIZE, default=32)
+    parser.add_argument("--repeats", action=InRange, limits=REPEATS, default=10)
+    parser.add_argument("--warmup", action=InRange, limits=WARMUP_ROUNDS, default=2)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC activations (default: as training on the CPU: on, unless the model has 1x1 "
                              "strided convolutions with fewer than 16 input channels; see docs/memory-format.md)")
