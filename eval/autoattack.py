@@ -130,9 +130,10 @@ def per_attack_accuracy(attacks: Sequence[str], broken: dict[str, int], correct:
 @dataclass(frozen=True)
 class AutoAttackOptions:
     """Which AutoAttack runs: a ``version`` (standard, plus, rand, or custom with ``attacks``), APGD's ``restarts``
-    (None: the version's), and ``standard_apgd``: APGD with the standard version's settings for the threat model
-    (robust-sabn's "apgd-ce" check: 1 restart for Linf and L2; for L1, 5 restarts and APGD-L1's schedule of
-    growing radii, ``use_largereps``). Checked when made."""
+    (None: the version's), and ``standard_apgd``: APGD and APGD-T with the standard version's settings for the
+    threat model (robust-sabn's "apgd-ce" check, the audit's white-box attack: 1 restart and 9 target classes for
+    Linf and L2; for L1, 5 restarts, 5 target classes and APGD-L1's schedule of growing radii, ``use_largereps``).
+    Checked when made."""
 
     version: str = "standard"
     attacks: tuple[str, ...] | None = None
@@ -186,7 +187,9 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     adversary.verbose = True  # per-batch lines go to the recorder, not to stdout
     if options.standard_apgd:
         adversary.apgd.n_restarts = 5 if norm == "L1" else 1
-        adversary.apgd.use_largereps = norm == "L1"
+        adversary.apgd_targeted.n_target_classes = 5 if norm == "L1" else 9
+        for apgd in (adversary.apgd, adversary.apgd_targeted):
+            apgd.use_largereps = norm == "L1"
     if options.restarts is not None:
         adversary.apgd.n_restarts = options.restarts
     to_run = list(adversary.attacks_to_run)

@@ -268,12 +268,12 @@ def build_report(results: Sequence[BatchResult], oracle: Sequence[BatchResult] |
     per_attack = per_attack_accuracy(attacks, broken, int(correct.sum()), int(robust.sum()), n) if attacks else {}
     route, threat = settings["route"], settings["threat"]
     protocols = {SINGLE_ROUTE: ProtocolResult(route, route, clean_acc, robust_acc, n)}
-    per_image = {"correct": _bits(correct), "robust": _bits(robust)}
+    per_image = {"correct": per_image_bits(correct), "robust": per_image_bits(robust)}
     if oracle is not None:
         oracle_correct = torch.cat([r.correct for r in sorted(oracle, key=lambda r: r.index)])
         protocols[ORACLE_ROUTING] = ProtocolResult(clean_route, route, oracle_correct.float().mean().item(),
                                                    robust_acc, n)
-        per_image["correct_clean_route"] = _bits(oracle_correct)
+        per_image["correct_clean_route"] = per_image_bits(oracle_correct)
     warnings = list(flags)
     if attacks and threat.eps > 0 and not per_attack:
         warnings.append("per-attack accuracies unavailable: AutoAttack's log lines did not add up to its result")
@@ -303,8 +303,8 @@ def per_class(y: torch.Tensor, correct: torch.Tensor, robust: torch.Tensor, num_
     return rows
 
 
-def _bits(flags: torch.Tensor) -> str:
-    """Per-image flags as a string of 0s and 1s, image 0 first."""
+def per_image_bits(flags: torch.Tensor) -> str:
+    """Per-image flags as a string of 0s and 1s, image 0 first (a report's ``per_image``)."""
     return "".join("1" if flag else "0" for flag in flags.tolist())
 
 

@@ -63,17 +63,23 @@ def report_stem(folder: Path, name: str, settings: EvalSettings, label: str, rad
     return folder / "-".join(p for p in (name, attack.name, version, label, settings.threat.norm, eps, numerics) if p)
 
 
+def write_pair(path: str | os.PathLike, json_text: str, markdown: str) -> tuple[Path, Path]:
+    """Write ``<path>.json`` and ``<path>.md`` (``path`` without suffix) atomically, both or neither (with the
+    other files of an enclosing :func:`~robust_sabn.io.all_or_nothing` block); returns their paths."""
+    path = Path(path)
+    with all_or_nothing():
+        return (atomic_write_text(path.with_name(path.name + ".json"), json_text),
+                atomic_write_text(path.with_name(path.name + ".md"), markdown))
+
+
 def write_report(report: EvaluationReport, path: str | os.PathLike) -> tuple[Path, ...]:
     """Write ``<path>.json``, ``<path>.md`` (``path`` without suffix) and, when the report holds adversarial points,
     ``<path>.adversarials.pt``: all or none of them; returns their paths."""
-    path = Path(path)
-    paths = [path.with_name(path.name + ".json"), path.with_name(path.name + ".md")]
     with all_or_nothing():
-        atomic_write_text(paths[0], json.dumps(report.to_dict(), indent=2) + "\n")
-        atomic_write_text(paths[1], to_markdown(report))
+        paths = write_pair(path, json.dumps(report.to_dict(), indent=2) + "\n", to_markdown(report))
         if report.adversarials is not None:
-            paths.append(write_adversarials(report, path))
-    return tuple(paths)
+            paths += (write_adversarials(report, path),)
+    return paths
 
 
 def write_adversarials(report: EvaluationReport, path: str | os.PathLike) -> Path:

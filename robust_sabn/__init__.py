@@ -32,3 +32,13 @@ __all__ = [
     "mix_routes", "register_model", "register_robustbench", "routes_of", "set_route", "split_routes", "use_route",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``robust_sabn.audit`` (:func:`robust_sabn.eval.audit.audit`), imported on first use: it needs the evaluation
+    layer (torchattacks, AutoAttack), which ``import robust_sabn`` does not load."""
+    if name == "audit":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.eval.audit").audit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

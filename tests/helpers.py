@@ -106,6 +106,15 @@ def write_fitted_run_dir(root: Path, n_test: int = 12) -> Path:
     return root / "run"
 
 
+def bad_cli(args: list[str], capsys, match: str) -> None:
+    """``robust-sabn ARGS`` exits 2 with one line on stderr that contains ``match``."""
+    from robust_sabn.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robust-sabn: error:") and "\n" not in err and match in err, err
+
+
 def fill_disk(monkeypatch, fails=lambda target: True) -> None:
     """Make the atomic writes of the files for which ``fails(target name)`` holds meet a full disk: their temporary
     file is created as usual, but its descriptor points at /dev/full, where every write fails with ENOSPC."""

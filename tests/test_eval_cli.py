@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from fake_data import write_cifar100, write_imagefolder
-from helpers import write_run_dir
+from helpers import bad_cli, write_run_dir
 
 from robust_sabn.cli import main
 
@@ -68,16 +68,16 @@ def test_images_of_another_shape_than_the_training_images_are_refused(run_dir, t
     write_imagefolder(tmp_path / "folder", n_test=10, num_classes=10, size=16)  # 3x16x16: global pooling would run them
     smaller = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "folder"), "--attack", "pgd-2"]
     refusal = "imagefolder test images are 3x16x16 (channels x height x width) but"
-    bad(["eval", str(run_dir), *smaller], capsys, refusal)
+    bad_cli(["eval", str(run_dir), *smaller], capsys, refusal)
     models = tmp_path / "models"
     assert main(["export", str(run_dir), "--name", "ShapeKept2026", "--model-dir", str(models)]) == 0
     exported = models / "cifar10" / "Linf" / "ShapeKept2026.pt"
     assert json.loads(exported.with_name("ShapeKept2026.arch.json").read_text())["input_shape"] == [3, 32, 32]
-    bad(["eval", str(exported), *smaller], capsys, refusal)  # the export keeps the shape
+    bad_cli(["eval", str(exported), *smaller], capsys, refusal)  # the export keeps the shape
 
     checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
     torch.save({**checkpoint, "input_shape": [3, 32]}, run_dir / "last.pt")
-    bad(["eval", str(run_dir), "--attack", "pgd-2"], capsys, "input_shape must be three positive integers")
+    bad_cli(["eval", str(run_dir), "--attack", "pgd-2"], capsys, "input_shape must be three positive integers")
     del checkpoint["input_shape"]  # written before the shape was recorded: nothing to check against
     torch.save(checkpoint, run_dir / "last.pt")
     assert main(["eval", str(run_dir), *smaller, "--n-examples", "2", "--out", str(tmp_path / "r")]) == 0
@@ -113,39 +113,33 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def bad(args, capsys, match):
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("robust-sabn: error:") and "\n" not in err and match in err, err
-
-
 def test_a_malicious_pickle_is_refused_without_running_it(tmp_path, capsys):
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"model": Payload(marker)}, f, protocol=2)
-    bad(["eval", str(tmp_path / "evil.pt"), "--attack", "pgd-2"], capsys, "not a weights-only checkpoint")
-    bad(["export", str(tmp_path / "evil.pt"), "--name", "Evil2026", "--model-dir", str(tmp_path)], capsys,
+    bad_cli(["eval", str(tmp_path / "evil.pt"), "--attack", "pgd-2"], capsys, "not a weights-only checkpoint")
+    bad_cli(["export", str(tmp_path / "evil.pt"), "--name", "Evil2026", "--model-dir", str(tmp_path)], capsys,
         "not a weights-only checkpoint")
     assert not marker.exists()
 
 
 def test_bad_cli_input_is_one_line_and_exit_two(run_dir, tmp_path, capsys):
     common = ["--attack", "pgd-2", "--n-examples", "4"]
-    bad(["eval", str(run_dir), "--eps", "8", *common], capsys, "eps must be a number in [0, 1], got 8")
-    bad(["eval", str(run_dir), "--eps", "eight", *common], capsys, "fraction like 8/255")
-    bad(["eval", str(run_dir), "--route", "adversarial", *common], capsys, "unknown route")
-    bad(["eval", str(run_dir), "--attack", "fgsm"], capsys, "unknown attack")
-    bad(["eval", str(tmp_path / "missing"), *common], capsys, "no checkpoint")
-    bad(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"width": 8}', *common],
-        capsys, "does not match the architecture")
-    bad(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"bogus": 1}', *common],
-        capsys, "resnet_small takes no argument 'bogus' (it takes: width, depth)")
+    bad_cli(["eval", str(run_dir), "--eps", "8", *common], capsys, "eps must be a number in [0, 1], got 8")
+    bad_cli(["eval", str(run_dir), "--eps", "eight", *common], capsys, "fraction like 8/255")
+    bad_cli(["eval", str(run_dir), "--route", "adversarial", *common], capsys, "unknown route")
+    bad_cli(["eval", str(run_dir), "--attack", "fgsm"], capsys, "unknown attack")
+    bad_cli(["eval", str(tmp_path / "missing"), *common], capsys, "no checkpoint")
+    bad_cli(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"width": 8}', *common],
+            capsys, "does not match the architecture")
+    bad_cli(["eval", str(run_dir / "last.pt"), "--model", "resnet_small", "--model-kwargs", '{"bogus": 1}', *common],
+            capsys, "resnet_small takes no argument 'bogus' (it takes: width, depth)")
     write_cifar100(tmp_path / "c100", n_train=10, n_test=4)
-    bad(["eval", str(run_dir), "--dataset", "cifar100", "--data-dir", str(tmp_path / "c100"), *common], capsys,
+    bad_cli(["eval", str(run_dir), "--dataset", "cifar100", "--data-dir", str(tmp_path / "c100"), *common], capsys,
         "labels must be in [0, 9]")
     torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "nospec.pt")
-    bad(["eval", str(tmp_path / "nospec.pt"), *common], capsys, "no architecture")
-    bad(["export", str(run_dir), "--name", "Rice2020Overfitting", "--model-dir", str(tmp_path / "m")], capsys,
+    bad_cli(["eval", str(tmp_path / "nospec.pt"), *common], capsys, "no architecture")
+    bad_cli(["export", str(run_dir), "--name", "Rice2020Overfitting", "--model-dir", str(tmp_path / "m")], capsys,
         "already a RobustBench model")
     assert not Path(tmp_path / "m").exists()
 

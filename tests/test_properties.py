@@ -113,7 +113,7 @@ NUMERIC_FLAGS = numeric_flags()
 
 def test_every_numeric_flag_of_every_command_checks_a_documented_range():
     commands = {command for command, _ in NUMERIC_FLAGS}
-    assert commands == {"quickstart", "eval", "export", *(f"bench {name}" for name in BENCHMARKS)}
+    assert commands == {"quickstart", "eval", "audit", "export", *(f"bench {name}" for name in BENCHMARKS)}
     for command, action in NUMERIC_FLAGS:
         assert isinstance(action, InRange), (command, action.option_strings)
         assert f"range {action.limits}" in action.help

@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("train", "adversarial training (PGD, hybrid SaBN, TRADES, fast) with checkpoints and resume"),
     "holdout": ("holdout", "write the training images a config does not train on as an extra-data .npz (offline)"),
     "eval": ("eval", "AutoAttack / APGD-CE / PGD / CW evaluation of a run folder, checkpoint or exported model"),
+    "audit": ("audit", "the gradient-masking checklist: is a robust accuracy real? (JSON + Markdown verdict)"),
     "export": ("export", "fold a route and write the model in RobustBench's format (+ leaderboard card)"),
     "doctor": ("doctor", "check the environment (exit 0 only when every check passes)"),
 }

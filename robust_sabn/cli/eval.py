@@ -6,8 +6,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..constants import CLEAN_ROUTE
-from ..data import test_images
 from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
 from ..eval.attacks import make_eval_attack
@@ -15,19 +13,18 @@ from ..eval.evaluate import EvaluationReport, evaluate
 from ..eval.front import front_table, mixture_front, write_front
 from ..eval.numerics import NUMERICS
 from ..eval.recalibration import training_recalibration
-from ..eval.report import ADVERSARIALS, report_stem, write_adversarials, write_report
+from ..eval.report import ADVERSARIALS, write_adversarials, write_report
 from ..eval.settings import EvalSettings
 from ..eval.state import STATE, remove_state
 from ..eval.sweep import eps_sweep, plot_sweep
-from ..exporting import reports_dir
-from ..io import all_or_nothing, atomic_write_text, check_writable
+from ..io import all_or_nothing, atomic_write_text
 from ..mixing import parse_tradeoffs
-from ..model_files import HF_FOLDER, LoadedModel, load_trained_model
-from ..parsing import parse_json_object
+from ..model_files import LoadedModel
 from ..tables import markdown_table, percent
 from ..threat import Threat
 from ..training.trackers import TRACKERS, TrackedRun, Trackers
 from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
+from .target import EvaluatedModel
 
 DEFAULT_SWEEP_ATTACK = "pgd-20"
 
@@ -38,11 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, processes: Processes) -> int:
-    loaded = load_trained_model(args.checkpoint, args.model, parse_json_object(args.model_kwargs))
-    route = loaded.route(args.route)
-    threat = loaded.threat(args.threat_model, args.eps)
-    dataset = args.dataset or loaded.trained_on() or "cifar10"
-    clean_route = args.clean_route or loaded.config.get("clean_route", CLEAN_ROUTE)
+    target = EvaluatedModel.from_args(args)
+    loaded, route, threat, clean_route = target.loaded, target.route, target.threat, target.clean_route
     sweep = ([Threat.parse(threat.norm, eps, "--eps-sweep value", "--eps-sweep").eps
               for eps in args.eps_sweep.split(",") if eps.strip()] if args.eps_sweep else None)
     tradeoffs = route_mix(args, sweep)
@@ -52,23 +46,19 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     settings = EvalSettings(threat, attack, args.seed, args.batch_size, processes.device, args.numerics,
                             args.progress and processes.is_main, processes, args.save_adversarials)
     mixes = "route-mix" + (f"-recalibrated-{args.recalibrate}" if args.recalibrate is not None else "")
-    stem = output_stem(args.out) if args.out else report_stem(
-        reports_folder(loaded), loaded.path.stem, settings, mixes if tradeoffs else route or "plain",
-        "sweep" if sweep else None)
     suffixes = [".json", ".md", ".png"] if sweep or tradeoffs else [".json", ".md"]
     if args.save_adversarials and not (sweep or tradeoffs):
         suffixes.append(ADVERSARIALS)
-    for suffix in suffixes:
-        check_writable(stem.with_name(stem.name + suffix))  # before the attack, not after it
+    stem = target.report_path(args.out, settings, mixes if tradeoffs else route or "plain", suffixes,
+                              radius="sweep" if sweep else None)
     state_dir = stem.with_name(stem.name + STATE)
     log_dir = tracked_run(args, loaded)
-    x, y = test_images(dataset, args.data_dir or loaded.config.get("data_dir"), args.n_examples)
-    loaded.check_images(x, f"{dataset} test images")
+    x, y = target.images(args.data_dir, args.n_examples)
+    dataset = target.dataset
     if processes.is_main:
         shards = f", {processes.world_size} processes" if processes.distributed else ""
-        print(f"evaluating {loaded.path} ({loaded.source}) on {len(y)} {dataset} test images, route {route or '-'}, "
-              f"{describe_threat(loaded, threat)}{shards}; finished batches are kept in {state_dir} until the report "
-              "is written", flush=True)
+        print(f"evaluating {target.describe(len(y))}{shards}; finished batches are kept in {state_dir} until the "
+              "report is written", flush=True)
     model = loaded.model.to(processes.device)
 
     if tradeoffs is not None:
@@ -106,8 +96,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         return 0
 
     report = evaluate(model, x, y, settings, route=route, clean_route=clean_route, state_dir=state_dir)
-    report.checkpoint, report.source, report.dataset = str(loaded.path), loaded.source, dataset
-    report.trained_threat = loaded.trained.threat
+    target.label(report)
 
     def write() -> None:
         paths = write_report(report, stem)
@@ -151,34 +140,6 @@ def track(names: list[str] | None, log_dir: Path | None, loaded: LoadedModel,
         trackers.record(record)
     finally:
         trackers.close()
-
-
-def reports_folder(loaded: LoadedModel) -> Path:
-    """Where reports go without ``--out``: beside an export's model folder (:func:`reports_dir`); for a Hugging Face
-    folder ``eval/<folder>`` here (never inside it, which an upload would publish, nor in the Hugging Face cache,
-    where it is named by its repository's folder); else ``<checkpoint folder>/eval``."""
-    if loaded.is_export:
-        return reports_dir(loaded.path)
-    if loaded.source == HF_FOLDER:
-        folder = loaded.path.parent
-        return Path("eval") / (folder.parent.parent.name if folder.parent.name == "snapshots" else folder.name)
-    return loaded.path.parent / "eval"
-
-
-def output_stem(out: str) -> Path:
-    """``--out`` without a report suffix."""
-    path = Path(out)
-    return path.with_suffix("") if path.suffix in (".json", ".md", ".png") else path
-
-
-def describe_threat(loaded: LoadedModel, threat: Threat) -> str:
-    """"Linf 8/255", with where it came from: the model's training, or the flags ("trained at X")."""
-    trained = loaded.trained.threat
-    if trained == threat:
-        return f"{threat.label} (the radius it was trained for)"
-    if trained is None:
-        return f"{threat.label} (the model's files do not record the radius it was trained for)"
-    return f"{threat.label} (trained at {trained.label})"
 
 
 def route_mix(args: argparse.Namespace, sweep: list | None) -> list[float] | None:

@@ -12,17 +12,19 @@ from ..data import test_images
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..eval import EvalSettings, evaluate, make_eval_attack, write_report
+from ..eval.audit import audit, write_audit
+from ..eval.audit_checks import AuditOptions
 from ..eval.report import report_stem
 from ..exporting import ExportOptions, card_path, export, fill_card, reports_dir, weights_path
 from ..exporting.huggingface import check_hf_folder, write_hf_folder
 from ..exporting.robustbench import unreachable, zoo_entry
-from ..io import check_writable
+from ..io import all_or_nothing, check_writable
 from ..mixing import describe_mixture, mixture_weights
 from ..model_files import LoadedModel, TrainedFor, arch_file, load_trained_model, read_arch_file
 from ..parsing import parse_json_object, parse_number
 from ..tables import markdown_table, percent
 from ..threat import Threat
-from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
+from .flags import add_common_flags, add_model_arguments, add_plus_images_flag, add_recalibrate_flag
 
 
 def mixture(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
@@ -67,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
     settings = EvalSettings(threat, make_eval_attack("autoattack", args.version), args.seed, args.batch_size,
                             args.device, progress=args.progress)
     stem = report_stem(reports_dir(weights_file), args.name, settings, "plain")
-    if args.eval:
+    audit_stem = report_stem(reports_dir(weights_file), f"{args.name}-audit", settings, "plain")
+    if args.audit and not args.eval:
+        raise ConfigError("--audit checks the evaluation that --eval records in the card; pass --eval too")
+    for path in [stem] * args.eval + [audit_stem] * args.audit:
         for suffix in (".json", ".md"):
-            check_writable(stem.with_name(stem.name + suffix))
+            check_writable(path.with_name(path.name + suffix))
     if args.hf_dir:
         check_hf_folder(args.hf_dir, args.overwrite)
     prepare, note = recalibration(loaded, args, route, threat)
@@ -85,13 +90,21 @@ def run(args: argparse.Namespace) -> int:
         exported = load_trained_model(weights).model  # the files RobustBench reads, nothing else
         data_dir = args.data_dir or loaded.config.get("data_dir")
         x, y = test_images(trained.dataset or dataset, data_dir, args.n_examples)  # the model's own dataset
-        report = evaluate(exported, x, y, settings, clean_route=None)
+        audited = None
+        if args.audit:  # compared with the routed model where one route was folded as trained
+            folded = route if isinstance(route, str) and prepare is None else None
+            audited = audit(exported, x, y, settings, route=folded, source=loaded.model if folded else None,
+                            clean_route=loaded.config.get("clean_route", CLEAN_ROUTE),
+                            options=AuditOptions(plus_images=args.plus_images))
+        report = audited.standard if audited is not None else evaluate(exported, x, y, settings, clean_route=None)
         report.checkpoint, report.dataset = str(weights), trained.dataset or dataset
         report.source, report.trained_threat = f"exported model ({describe(route)})", threat
-        fill_card(card, report)
-        json_path = write_report(report, stem)[0]
-        rows += [["evaluation report", json_path],
-                 ["clean / AutoAttack accuracy (%, 95% CI)",
+        with all_or_nothing():  # the card and the reports it rests on
+            fill_card(card, report, audited)
+            rows += [["evaluation report", write_report(report, stem)[0]]]
+            if audited is not None:
+                rows += [["audit report", write_audit(audited, audit_stem)[0]], ["audit verdict", audited.verdict]]
+        rows += [["clean / AutoAttack accuracy (%, 95% CI)",
                   f"{percent(report.clean_acc, report.n, 2)} / {percent(report.robust_acc, report.n, 2)} "
                   f"({report.n} images, {args.version}, {threat.label})"]]
         rows += [["AutoAttack flag", flag] for flag in report.flags]
@@ -138,4 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", action="store_true",
                         help="run AutoAttack on the exported model (the first --n-examples test images) and fill "
                              "the card")
+    parser.add_argument("--audit", action="store_true",
+                        help="with --eval: run the gradient-masking audit of that evaluation (docs/audit.md); the "
+                             "card's unreliable field and footnote carry its verdict")
+    add_plus_images_flag(parser, AuditOptions.plus_images)
     add_common_flags(parser)

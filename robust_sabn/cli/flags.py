@@ -64,7 +64,7 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model to load, and the route and threat model to use: shared by ``eval`` and ``export``."""
+    """The model to load, and the route and threat model to use: shared by ``eval``, ``audit`` and ``export``."""
     parser.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                         help="run folder (best.pt, else last.pt), training checkpoint, or exported <name>.pt")
     parser.add_argument("--model", help="architecture for a plain state dict, or the Python callable an architecture "
@@ -87,6 +87,13 @@ def add_recalibrate_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recalibrate", action=InRange, limits=IMAGES.but(example="2000"), metavar="N",
                         help="with --route-mix: re-estimate each mixture's BN statistics on N training images, a share "
                              "t of them PGD-5 adversarials (docs/route-mixing.md; e.g. 2000)")
+
+
+def add_plus_images_flag(parser: argparse.ArgumentParser, default: int) -> None:
+    """``--plus-images N``: the first images the audit's convergence check attacks with AutoAttack's plus version
+    (``audit``, ``export --audit``)."""
+    parser.add_argument("--plus-images", action=InRange, limits=IMAGES.but(example="100"), default=default,
+                        help=f"the audit attacks the first N images with AutoAttack's plus version (default {default})")
 
 
 def flag_help() -> dict[str, str]:

@@ -135,13 +135,15 @@ def write_card(path: str | os.PathLike, *, name: str, dataset: str, threat: Thre
     return atomic_write_text(path, json.dumps(card, indent=2) + "\n")
 
 
-def fill_card(path: str | os.PathLike, report: Any) -> Path:
-    """Record a single-route AutoAttack ``report`` (an :class:`~robust_sabn.eval.EvaluationReport`) in a card."""
+def fill_card(path: str | os.PathLike, report: Any, audit: Any = None) -> Path:
+    """Record a single-route AutoAttack ``report`` (an :class:`~robust_sabn.eval.EvaluationReport`) in a card, with
+    the verdict of the gradient-masking ``audit`` of that evaluation (an :class:`~robust_sabn.eval.AuditReport`)
+    where given."""
     path = Path(path)
     card = _read_card(path)
     if card.get("eps") is not None and not _same_radius(card["eps"], report.threat.eps):
         raise ConfigError(f"the card {path} is for eps {card['eps']} but the evaluation used {report.threat.eps_str}")
-    card.update(card_results(report))
+    card.update(card_results(report, audit))
     return atomic_write_text(path, json.dumps(card, indent=2) + "\n")
 
 
@@ -162,15 +164,26 @@ def _read_card(path: Path) -> dict[str, Any]:
     return card
 
 
-def card_results(report: Any) -> dict[str, Any]:
-    """The card fields an evaluation report fills: accuracies as percentage strings, ``unreliable``, a footnote."""
+def card_results(report: Any, audit: Any = None) -> dict[str, Any]:
+    """The card fields an evaluation report fills: accuracies as percentage strings, ``unreliable`` (AutoAttack
+    flagged, or the ``audit`` of the same evaluation failed a check), a footnote (naming the failed checks)."""
     if report.attack != "autoattack" or report.protocol != SINGLE_ROUTE:
         raise ConfigError("a leaderboard card takes a single-route AutoAttack evaluation "
                           "(evaluate(..., attack='autoattack') on the exported model)")
     footnote = (f"AutoAttack ({report.version}, {report.backend}) on the first {report.n} test images, "
                 f"seed {report.seed}, batches of {report.batch_size}; evaluated with robust-sabn {__version__}.")
+    unreliable = bool(report.flags)
+    if audit is not None:
+        audited = audit.standard
+        if (audited.threat, audited.n, audited.seed) != (report.threat, report.n, report.seed):
+            raise ConfigError(f"the audit is of another evaluation ({audited.threat.label}, {audited.n} images, seed "
+                              f"{audited.seed}); audit the evaluation recorded in the card")
+        unreliable = unreliable or not audit.reliable
+        footnote += (f" robust-sabn's gradient-masking audit of this evaluation (level {audit.level} per comparison): "
+                     + ("every check passed." if audit.reliable else f"failed the {', '.join(audit.failed)} check"
+                        f"{'s' if len(audit.failed) > 1 else ''}."))
     return {"clean_acc": f"{100 * report.clean_acc:.2f}", "autoattack_acc": f"{100 * report.robust_acc:.2f}",
-            "unreliable": bool(report.flags), "footnote": footnote, "versions": provenance()}
+            "unreliable": unreliable, "footnote": footnote, "versions": provenance()}
 
 
 @dataclass(frozen=True)
