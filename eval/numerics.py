@@ -8,10 +8,11 @@
   logits differ in the last digits (measured: up to 2e-6 on the quickstart's model), so a borderline point can
   change. Refused on the CPU for models oneDNN mishandles in that format (robust_sabn.memory_format).
 - ``bf16``: autocast to bfloat16 (logits returned in float32): faster on GPUs, less precise.
-- ``compiled``: the float32 model compiled whole by torch.compile (:mod:`robust_sabn.compiling`): fused kernels,
-  whose sums run in another order, so logits differ in the last digits. The batch dimension is symbolic, so one
-  graph serves every batch size AutoAttack's shrinking batches take; :func:`warm_up` compiles it before the attack
-  (from the disk cache, in seconds, once a run has compiled it).
+- ``compiled``: the float32 model, its BatchNorms folded into the convolutions before them, compiled whole by
+  torch.compile (:mod:`robust_sabn.compiling`): fused kernels, whose sums run in another order, so logits differ
+  in the last digits. Two graphs (with and without the input's gradient, the batch dimension symbolic) serve
+  every call of every attack; :func:`warm_up` compiles them before the attack (from the disk cache, in seconds,
+  once a run has compiled them).
 
 Every form but ``exact`` can change a prediction, so it is asked for by name, and the report names it.
 """
@@ -30,13 +31,13 @@ from ..compiling import compile_in_place, describe_compilation, is_compiled
 from ..errors import ConfigError
 from ..memory_format import choose_memory_format
 from ..registry import choose
-from .batchnorm import with_input_grad_batchnorm
+from .batchnorm import fold_into_convolutions, with_input_grad_batchnorm
 
 NUMERICS = {
     "exact": "float32, the model's own memory format",
     "channels-last": "float32 in channels_last (other kernels: last-digit differences)",
     "bf16": "bfloat16 autocast, float32 logits (lower precision)",
-    "compiled": "float32 compiled by torch.compile (fused kernels: last-digit differences)",
+    "compiled": "float32, BatchNorms folded into convolutions, compiled by torch.compile (last-digit differences)",
 }
 
 
@@ -85,7 +86,7 @@ def evaluation_form(model: nn.Module, device: torch.device, numerics: str = "exa
     elif numerics == "bf16":
         model = Autocast(model, device, torch.bfloat16)
     elif numerics == "compiled":
-        model = compile_in_place(model, device, _refuse_compiled, dynamic_batch=True)
+        model = compile_in_place(fold_into_convolutions(model), device, _refuse_compiled, frozen=True)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = benchmark or device.type == "cuda"
     try:

@@ -26,6 +26,10 @@ from torch import nn
 
 CACHE_VARIABLE = "ROBUST_SABN_CACHE"
 CUDA_MODE = "max-autotune-no-cudagraphs"
+# Graphs of one code object that dynamo keeps (its default: 8). Every model compiled in place shares the code of
+# nn.Module._call_impl, and each takes a few graphs (modes, shapes), so several live compiled models (bench train's
+# variants, say) would exceed the default and fall back to eager.
+RECOMPILE_LIMIT = 64
 
 
 def cache_dir() -> Path:
@@ -36,9 +40,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "robust-sabn"
 
 
-def use_disk_cache() -> Path:
-    """Point inductor's caches at ``<cache>/inductor`` (process-wide, for compilations from now on) and make sure
-    they are on; returns the folder."""
+def configure() -> Path:
+    """Set up torch.compile for robust-sabn, process-wide, for compilations from now on: inductor's caches on and in
+    ``<cache>/inductor`` (returned), and dynamo's recompile limit at least :data:`RECOMPILE_LIMIT`."""
+    import torch._dynamo.config
     import torch._functorch.config
     import torch._inductor.config
 
@@ -46,6 +51,7 @@ def use_disk_cache() -> Path:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     torch._inductor.config.fx_graph_cache = True
     torch._functorch.config.enable_autograd_cache = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return folder
 
 
@@ -71,27 +77,38 @@ def is_compiled(model: nn.Module) -> bool:
 
 
 def compile_in_place(model: nn.Module, device: torch.device, fallback: Callable[[str], None], *,
-                     dynamic_batch: bool = False) -> nn.Module:
+                     frozen: bool = False) -> nn.Module:
     """Compile ``model``'s calls (``nn.Module.compile``) whole, each call's graph at its first call, and return it.
 
-    ``dynamic_batch``: one graph for every batch size but 1 (AutoAttack shrinks its batches); otherwise one per
-    shape. When a call cannot be compiled whole (a graph break, an operation inductor fails on), ``fallback`` gets
-    the reason in one line: it may raise, else the model runs eager from then on.
+    ``frozen``: a model no parameter of which requires a gradient, as attacks call it (an evaluation form): the batch
+    dimension is symbolic, so one graph serves every batch size AutoAttack's shrinking batches take; a batch of one
+    image runs as two copies of it (what the per-image computation of a frozen eval-mode model allows), and a call
+    that records no gradient runs as one without gradients, so that two graphs (with and without the input's
+    gradient) serve every call. Otherwise every shape and mode gets its own graph. When a call cannot be compiled
+    whole (a graph break, an operation inductor fails on), ``fallback`` gets the reason in one line: it may raise,
+    else the model runs eager from then on.
     """
-    use_disk_cache()
-    compiled = torch.compile(model._call_impl, fullgraph=True, dynamic=None if dynamic_batch else False,
-                             mode=compile_mode(device))
-    errors = (torch._dynamo.exc.Unsupported, torch._dynamo.exc.BackendCompilerFailed)
+    compiled: list[Callable] = []  # made at the first call, so that the first call's time holds all of compiling
 
-    def call(*args, **kwargs):
-        if dynamic_batch and args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
-            torch._dynamo.maybe_mark_dynamic(args[0], 0)
+    def call(x, *args, **kwargs):
+        if frozen and isinstance(x, torch.Tensor) and x.dim() > 0:
+            if len(x) == 1:
+                return call(torch.cat([x, x]), *args, **kwargs)[:1]
+            if torch.is_grad_enabled() and not x.requires_grad:
+                with torch.no_grad():
+                    return call(x, *args, **kwargs)
+        if not compiled:
+            configure()
+            compiled.append(torch.compile(model._call_impl, fullgraph=True, dynamic=None if frozen else False,
+                                          mode=compile_mode(device)))
+        if frozen:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
         try:
-            return compiled(*args, **kwargs)
-        except errors as err:
+            return compiled[0](x, *args, **kwargs)
+        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.BackendCompilerFailed) as err:
             fallback(f"torch.compile cannot compile {type(model).__name__} whole ({failure(err)})")
             model._compiled_call_impl = None
-            return model._call_impl(*args, **kwargs)
+            return model._call_impl(x, *args, **kwargs)
 
     model._compiled_call_impl = call  # what nn.Module.compile sets, with the fallback around it
     return model

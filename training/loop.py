@@ -147,10 +147,10 @@ class Trainer:
             except BaseException:
                 self.lock.release()
                 raise
+        if config.compile:  # every call of the model from here on: the training forward, the attacks, AWP
+            compile_in_place(self.model, self.device, self._compile_fallback)
         # Last, so that a constructor that fails holds no wrapper (see release). DDP wraps the model for the
         # training forward; attacks and validation use self.model itself.
-        if config.compile:
-            compile_in_place(self.model, self.device, self._compile_fallback)
         self.net: nn.Module = self.model
         if processes.distributed:
             # No buffer sync at each forward: each process keeps the BN statistics of its own shard, and the trainer
