@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..nn import check_model_route
 from ..provenance import provenance
 from ..rng import preserved_rng
+from ..stats import accuracy_interval, wilson_interval
 from ..threat import Threat
 from ..version import __version__
 from .autoattack import per_attack_accuracy
@@ -38,19 +39,37 @@ from .settings import EvalSettings
 from .shards import shared_points
 from .state import EvalState, fingerprint
 
+INTERVALS = ("clean_acc_ci", "robust_acc_ci")  # the JSON report's 95% Wilson intervals, beside each accuracy
+
+
+class Intervals:
+    """The 95% Wilson intervals of the ``clean_acc`` and ``robust_acc`` of a result on ``n`` images."""
+
+    @property
+    def clean_acc_ci(self) -> tuple[float, float]:
+        return accuracy_interval(self.clean_acc, self.n)
+
+    @property
+    def robust_acc_ci(self) -> tuple[float, float]:
+        return accuracy_interval(self.robust_acc, self.n)
+
 
 @dataclass
-class ProtocolResult:
-    """Clean and robust accuracy under one protocol, with the routes each was measured through."""
+class ProtocolResult(Intervals):
+    """Clean and robust accuracy under one protocol on ``n`` images, with the routes each was measured through."""
 
     clean_route: str | None
     adv_route: str | None
     clean_acc: float
     robust_acc: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), **{key: list(getattr(self, key)) for key in INTERVALS}}
 
 
 @dataclass
-class EvaluationReport:
+class EvaluationReport(Intervals):
     """What :func:`evaluate` measured and how; :meth:`to_dict` is the JSON report."""
 
     attack: str  # "autoattack", "apgd-ce", "pgd-20", ...
@@ -66,7 +85,9 @@ class EvaluationReport:
     robust_acc: float
     per_attack: dict[str, float]  # robust accuracy after each of AutoAttack's attacks (cumulative)
     per_class: list[dict[str, Any]]  # per class: n, correct, robust, clean_acc, robust_acc (single route)
-    per_image: dict[str, str]  # "correct" and "robust": one character "0" or "1" per image, image 0 first
+    # "correct" and "robust" (single route), and "correct_clean_route" (oracle routing's clean accuracy, routed
+    # models): one character "0" or "1" per image, image 0 first
+    per_image: dict[str, str]
     protocols: dict[str, ProtocolResult]
     flags: list[str]  # AutoAttack's gradient-masking warnings and threat-model violations
     warnings: list[str]
@@ -88,16 +109,24 @@ class EvaluationReport:
         return self.options.get("version")
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON report (everything but the adversarial images)."""
+        """The JSON report (everything but the adversarial images), every accuracy with its 95% Wilson interval as
+        ``<name>_ci`` ([low, high] fractions; ``per_attack_ci`` for ``per_attack``)."""
         values = dataclasses.asdict(dataclasses.replace(self, adversarials=None))
         del values["adversarials"]
         values["threat"] = self.threat.to_dict()
         values["trained_threat"] = None if self.trained_threat is None else self.trained_threat.to_dict()
+        values["protocols"] = {name: p.to_dict() for name, p in self.protocols.items()}
+        values.update({key: list(getattr(self, key)) for key in INTERVALS})
+        values["per_attack_ci"] = {name: list(accuracy_interval(acc, self.n)) for name, acc in self.per_attack.items()}
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
-        protocols = {name: ProtocolResult(**p) for name, p in values["protocols"].items()}
+        """The report of :meth:`to_dict` (intervals are recomputed; reports written before protocols recorded their
+        number of images read too)."""
+        values = {k: v for k, v in values.items() if k not in (*INTERVALS, "per_attack_ci")}
+        protocols = {name: ProtocolResult(**{"n": values["n"], **{k: v for k, v in p.items() if k not in INTERVALS}})
+                     for name, p in values["protocols"].items()}
         trained = values.get("trained_threat")
         return cls(**{**values, "protocols": protocols, "threat": Threat.from_dict(values["threat"]),
                       "trained_threat": None if trained is None else Threat.from_dict(trained)})
@@ -243,10 +272,13 @@ def build_report(results: Sequence[BatchResult], oracle: Sequence[BatchResult] |
     attacks = next((r.attacks for r in results if r.attacks), [])
     per_attack = per_attack_accuracy(attacks, broken, int(correct.sum()), int(robust.sum()), n) if attacks else {}
     route, threat = settings["route"], settings["threat"]
-    protocols = {SINGLE_ROUTE: ProtocolResult(route, route, clean_acc, robust_acc)}
+    protocols = {SINGLE_ROUTE: ProtocolResult(route, route, clean_acc, robust_acc, n)}
+    per_image = {"correct": _bits(correct), "robust": _bits(robust)}
     if oracle is not None:
-        oracle_clean = torch.cat([r.correct for r in sorted(oracle, key=lambda r: r.index)]).float().mean().item()
-        protocols[ORACLE_ROUTING] = ProtocolResult(clean_route, route, oracle_clean, robust_acc)
+        oracle_correct = torch.cat([r.correct for r in sorted(oracle, key=lambda r: r.index)])
+        protocols[ORACLE_ROUTING] = ProtocolResult(clean_route, route, oracle_correct.float().mean().item(),
+                                                   robust_acc, n)
+        per_image["correct_clean_route"] = _bits(oracle_correct)
     warnings = list(flags)
     if attacks and threat.eps > 0 and not per_attack:
         warnings.append("per-attack accuracies unavailable: AutoAttack's log lines did not add up to its result")
@@ -257,20 +289,22 @@ def build_report(results: Sequence[BatchResult], oracle: Sequence[BatchResult] |
         **settings, backend=next((r.backend for r in results if r.backend), None),
         n=n, clean_acc=clean_acc, robust_acc=robust_acc,
         per_attack=per_attack, per_class=per_class(y, correct, robust, num_classes),
-        per_image={"correct": _bits(correct), "robust": _bits(robust)}, protocols=protocols, flags=flags,
+        per_image=per_image, protocols=protocols, flags=flags,
         warnings=warnings, environment={},
         time={"total_s": 0.0, "clean_s": timing.pop("clean", 0.0), "attack_s": timing.pop("attack", 0.0),
               "per_attack_s": timing}, adversarials=adversarials)
 
 
 def per_class(y: torch.Tensor, correct: torch.Tensor, robust: torch.Tensor, num_classes: int) -> list[dict[str, Any]]:
-    """Images, clean and robust counts and accuracies of every class (None where a class has no image)."""
+    """Images, clean and robust counts and accuracies (with their 95% intervals) of every class (None where a
+    class has no image)."""
     rows = []
     for label in range(num_classes):
         mine = y == label
         n, c, r = int(mine.sum()), int(correct[mine].sum()), int(robust[mine].sum())
         rows.append({"class": label, "n": n, "correct": c, "robust": r, "clean_acc": c / n if n else None,
-                     "robust_acc": r / n if n else None})
+                     "robust_acc": r / n if n else None, "clean_acc_ci": list(wilson_interval(c, n)) if n else None,
+                     "robust_acc_ci": list(wilson_interval(r, n)) if n else None})
     return rows
 
 

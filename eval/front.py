@@ -18,11 +18,13 @@ from ..constants import DEFAULT_ROUTES
 from ..distributed import Processes
 from ..io import all_or_nothing, atomic_write, atomic_write_text
 from ..mixing import describe_mixture, mix_routes, mixture_weights
-from ..tables import markdown_table
+from ..stats import accuracy_interval
+from ..tables import markdown_table, percent
 from .evaluate import EvaluationReport, evaluate
 from .recalibration import Recalibration
 from .settings import EvalSettings
 from .state import part
+from .sweep import error_bars
 
 
 @dataclass
@@ -86,15 +88,20 @@ def dominating(points: Sequence[FrontPoint], tolerance: float = 0.01) -> list[Fr
 
 
 def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, title: str = "") -> Path:
-    """Clean against robust accuracy (%) of every mixture, labelled by t; the clean route (t = 0), the adv route
-    (t = 1) and oracle routing (clean route's clean accuracy, adv route's robust accuracy) marked. Atomic PNG."""
+    """Clean against robust accuracy (%) of every mixture, labelled by t, with error bars of both accuracies' 95%
+    Wilson intervals; the clean route (t = 0), the adv route (t = 1) and oracle routing (clean route's clean
+    accuracy, adv route's robust accuracy) marked. Atomic PNG."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     fig = Figure(figsize=(5.5, 4), dpi=120)
     ax = fig.add_subplot()
-    xs = [100 * p.report.robust_acc for p in points]
-    ys = [100 * p.report.clean_acc for p in points]
-    ax.plot(xs, ys, marker="o", color="tab:blue", label="mixtures (1-t) clean + t adv")
+    reports = [p.report for p in points]
+    xs = [100 * r.robust_acc for r in reports]
+    ys = [100 * r.clean_acc for r in reports]
+    ax.errorbar(xs, ys, xerr=error_bars([r.robust_acc for r in reports], [r.robust_acc_ci for r in reports]),
+                yerr=error_bars([r.clean_acc for r in reports], [r.clean_acc_ci for r in reports]), marker="o",
+                color="tab:blue", ecolor="tab:blue", elinewidth=0.8, capsize=2,
+                label="mixtures (1-t) clean + t adv, 95% CI")
     for p, x, y in zip(points, xs, ys):
         ax.annotate(f"{p.t:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     for t, marker, label in ((0, "s", "clean route"), (1, "D", "adv route")):
@@ -118,17 +125,18 @@ def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike, title: str
 
 
 def front_table(points: Sequence[FrontPoint], clean: str, adv: str) -> str:
-    """Markdown: one row per mixture (single route), then oracle routing; mixtures that dominate the adv route
-    (:func:`dominating`) are marked."""
+    """Markdown: one row per mixture (single route), then oracle routing, each accuracy with its 95% interval;
+    mixtures that dominate the adv route (:func:`dominating`) are marked."""
     better = {p.t for p in dominating(points)}
-    rows = [[f"{p.t:g}", describe_mixture({clean: 1 - p.t, adv: p.t}), f"{100 * p.report.clean_acc:.2f}",
-             f"{100 * p.report.robust_acc:.2f}", "yes" if p.t in better else ""] for p in points]
+    n = points[0].report.n
+    rows = [[f"{p.t:g}", describe_mixture({clean: 1 - p.t, adv: p.t}), percent(p.report.clean_acc, n, 2),
+             percent(p.report.robust_acc, n, 2), "yes" if p.t in better else ""] for p in points]
     oracle = oracle_point(points)
     if oracle is not None:
         rows.append(["-", f"oracle routing ({clean} for clean, {adv} for attacked; not deployable)",
-                     f"{100 * oracle[0]:.2f}", f"{100 * oracle[1]:.2f}", ""])
+                     percent(oracle[0], n, 2), percent(oracle[1], n, 2), ""])
     first = points[0].report
-    return markdown_table(["t", "model", "clean acc (%)", f"{first.attack_description} robust acc (%)",
+    return markdown_table(["t", "model", "clean acc (%, 95% CI)", f"{first.attack_description} robust acc (%, 95% CI)",
                            f"dominates the {adv} route"], rows)
 
 
@@ -143,7 +151,10 @@ def write_front(points: Sequence[FrontPoint], stem: Path, clean: str, adv: str, 
         title = f"{title}; mixtures recalibrated" if title else "mixtures recalibrated"
     data = {"clean_route": clean, "adv_route": adv,
             "recalibration": None if recalibration is None else recalibration.to_dict(),
-            "oracle_routing": None if oracle is None else {"clean_acc": oracle[0], "robust_acc": oracle[1]},
+            "oracle_routing": None if oracle is None else {
+                "clean_acc": oracle[0], "robust_acc": oracle[1], "n": points[0].report.n,
+                "clean_acc_ci": list(accuracy_interval(oracle[0], points[0].report.n)),
+                "robust_acc_ci": list(accuracy_interval(oracle[1], points[0].report.n))},
             "dominating_adv_route": [p.t for p in dominating(points)],
             "mixtures": [{"t": p.t, "weights": {clean: 1 - p.t, adv: p.t}, "report": p.report.to_dict()}
                          for p in points]}

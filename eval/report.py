@@ -8,37 +8,39 @@ from pathlib import Path
 
 from ..constants import PROTOCOLS
 from ..io import all_or_nothing, atomic_write_text, save_checkpoint
-from ..tables import markdown_table
+from ..tables import markdown_table, percent
 from .evaluate import EvaluationReport
 from .settings import EvalSettings
 
 ADVERSARIALS = ".adversarials.pt"
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.2f}"
+def _pct(value: float | None, n: int) -> str:
+    """A percentage with two decimals and its 95% interval."""
+    return percent(value, n, decimals=2)
 
 
 def to_markdown(report: EvaluationReport) -> str:
     """The protocols table, the per-attack table (AutoAttack), the per-class table (single route) and every
-    warning, as Markdown."""
+    warning, as Markdown; every accuracy with its 95% Wilson interval."""
     lines = [f"**{report.attack_description}**, {report.threat.norm} eps {report.threat.eps_str}, {report.n} images, "
              f"seed {report.seed}" + (f", {report.backend}" if report.backend else "")]
     trained = report.trained_threat
     if trained is not None and trained != report.threat:
         lines += ["", f"> The model was trained at {trained.label} and is evaluated at {report.threat.label}."]
-    rows = [[f"{name} ({PROTOCOLS[name]})", p.clean_route or "-", p.adv_route or "-", _pct(p.clean_acc),
-             _pct(p.robust_acc)] for name, p in report.protocols.items()]
-    lines += ["", markdown_table(["protocol", "clean route", "attacked route", "clean acc (%)", "robust acc (%)"],
-                                 rows)]
+    rows = [[f"{name} ({PROTOCOLS[name]})", p.clean_route or "-", p.adv_route or "-", _pct(p.clean_acc, p.n),
+             _pct(p.robust_acc, p.n)] for name, p in report.protocols.items()]
+    lines += ["", markdown_table(["protocol", "clean route", "attacked route", "clean acc (%, 95% CI)",
+                                  "robust acc (%, 95% CI)"], rows)]
     if report.per_attack:
         seconds = report.time["per_attack_s"]
-        rows = [[attack, _pct(acc), f"{seconds[attack]:.1f}" if attack in seconds else "-"]
+        rows = [[attack, _pct(acc, report.n), f"{seconds[attack]:.1f}" if attack in seconds else "-"]
                 for attack, acc in report.per_attack.items()]
-        lines += ["", markdown_table(["after attack", "robust acc (%)", "time (s)"], rows)]
+        lines += ["", markdown_table(["after attack", "robust acc (%, 95% CI)", "time (s)"], rows)]
     if report.per_class:
-        rows = [[c["class"], c["n"], _pct(c["clean_acc"]), _pct(c["robust_acc"])] for c in report.per_class]
-        lines += ["", markdown_table(["class", "images", "clean acc (%)", "robust acc (%)"], rows)]
+        rows = [[c["class"], c["n"], _pct(c["clean_acc"], c["n"]), _pct(c["robust_acc"], c["n"])]
+                for c in report.per_class]
+        lines += ["", markdown_table(["class", "images", "clean acc (%, 95% CI)", "robust acc (%, 95% CI)"], rows)]
     processes = report.environment.get("processes", 1)
     resumed = report.time.get("resumed_batches", 0)
     compile_s = report.time.get("compile_s", 0.0)

@@ -17,6 +17,12 @@ from .settings import EvalSettings
 from .state import part
 
 
+def error_bars(values: Sequence[float], intervals: Sequence[tuple[float, float]]) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars, in percentage points, of accuracies and their intervals."""
+    return [[100 * (v - low) for v, (low, _) in zip(values, intervals)],
+            [100 * (high - v) for v, (_, high) in zip(values, intervals)]]
+
+
 def eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[float | str],
               settings: EvalSettings, *, route: str | None = None, clean_route: str | None = None,
               state_dir: str | os.PathLike | None = None) -> list[EvaluationReport]:
@@ -33,15 +39,17 @@ def eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequenc
 
 
 def plot_sweep(reports: Sequence[EvaluationReport], path: str | os.PathLike, title: str = "") -> Path:
-    """Draw robust accuracy (%) against eps (in 1/255 for Linf) and write the PNG atomically."""
+    """Draw robust accuracy (%) against eps (in 1/255 for Linf), with error bars of its 95% Wilson interval, and
+    write the PNG atomically."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     norm = reports[0].threat.norm
     xs = [r.threat.eps * 255 if norm == "Linf" else r.threat.eps for r in reports]
     fig = Figure(figsize=(5, 3.5), dpi=120)
     ax = fig.add_subplot()
-    ax.plot(xs, [100 * r.robust_acc for r in reports], marker="o",
-            label=f"{reports[0].attack.upper()}, route {reports[0].route or '-'}")
+    ys = [100 * r.robust_acc for r in reports]
+    ax.errorbar(xs, ys, yerr=error_bars([r.robust_acc for r in reports], [r.robust_acc_ci for r in reports]),
+                marker="o", capsize=3, label=f"{reports[0].attack.upper()}, route {reports[0].route or '-'}, 95% CI")
     ax.set_xlabel("eps (x 1/255)" if norm == "Linf" else f"eps ({norm})")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)

@@ -97,6 +97,13 @@ def all_or_nothing() -> Iterator[None]:
     _rename(staged)
 
 
+def staged(path: str | os.PathLike) -> Path:
+    """Where ``path``'s newest content is: the temporary file an enclosing :func:`all_or_nothing` block wrote it to
+    and has not renamed yet, else ``path`` itself."""
+    path = Path(path)
+    return next((tmp for tmp, target in reversed(_GROUP.get() or []) if target == path), path)
+
+
 def _write_temp(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
     """Write ``path``'s temporary file to disk; remove it on any error."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +187,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` ``obj`` to ``path`` atomically."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write a state dict as safetensors, atomically: the tensors alone, read without running code."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (a format that holds tensors only); a damaged file is one error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no safetensors file at {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download or re-export it") \
+            from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:

@@ -1,6 +1,8 @@
 """Trained models on disk: the one loader that rebuilds a model from a run folder, a training checkpoint, an
-exported RobustBench file (a state dict with an architecture file beside it), or any state dict plus an
-architecture named by the caller.
+exported RobustBench file (a state dict, ``.pt`` or ``.safetensors``, with an architecture file beside it), an
+export laid out as a Hugging Face model repository (``model.safetensors`` and ``config.json``, also inside the
+Hugging Face cache), or any state dict plus an architecture named by the caller. An export's SHA-256 manifest is
+checked before anything of it is read.
 
 Nothing here runs code a file names: checkpoints are read with ``weights_only=True``, architecture files are JSON,
 and an architecture given as ``module:callable`` is imported only when the caller names it (see
@@ -18,9 +20,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from .checkpoint import TrainingCheckpoint
+from .checksums import check_manifest, manifest_path
 from .constants import ADV_ROUTE
 from .errors import CheckpointError, ConfigError
-from .io import atomic_write_text, extract_state_dict, load_checkpoint, load_weights
+from .io import atomic_write_text, extract_state_dict, load_checkpoint, load_safetensors, load_weights
 from .models.spec import MAX_NESTING, build_model, check_spec, is_plain, resolve_spec
 from .nn import routes_of
 from .threat import Threat
@@ -30,6 +33,8 @@ ARCH_FORMAT = "robust-sabn-arch/1"
 MAX_ARCH_BYTES = 1_000_000  # an architecture file robust-sabn writes is under 2 KB
 RUN_CHECKPOINTS = ("best.pt", "last.pt")
 EXPORTED = "exported model"  # LoadedModel.source of a robust-sabn export
+HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"  # a Hugging Face model folder's files
+HF_FOLDER = "Hugging Face model folder"  # LoadedModel.source of one
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,10 @@ class LoadedModel:
     model: nn.Module
     path: Path  # the weights file that was read
     spec: dict  # the architecture spec it was rebuilt from
-    source: str  # "training checkpoint", "training checkpoint (EMA weights)", "exported model" or "state dict"
+    source: str  # "training checkpoint", "training checkpoint (EMA weights)", EXPORTED, HF_FOLDER or "state dict"
     config: dict = field(default_factory=dict)  # the training config, when the checkpoint holds one
     trained: TrainedFor = TrainedFor()
+    step: int | None = None  # the optimizer steps a training checkpoint was saved after
 
     @property
     def is_export(self) -> bool:
@@ -118,8 +124,11 @@ class LoadedModel:
 
 
 def arch_file(weights: str | os.PathLike) -> Path:
-    """The architecture file that sits beside a weights file: ``X.pt`` -> ``X.arch.json``."""
+    """The architecture file that sits beside a weights file: ``X.pt`` or ``X.safetensors`` -> ``X.arch.json``;
+    a Hugging Face folder's ``config.json`` beside its ``model.safetensors``."""
     weights = Path(weights)
+    if weights.name == HF_WEIGHTS and weights.with_name(HF_CONFIG).is_file():
+        return weights.with_name(HF_CONFIG)
     return weights.with_name(weights.stem + ARCH_SUFFIX)
 
 
@@ -160,10 +169,30 @@ def read_arch_file(path: str | os.PathLike) -> dict:
     return record
 
 
+def hf_snapshot(folder: Path) -> Path:
+    """A Hugging Face cache folder ``models--org--name`` -> the snapshot its ``refs/main`` names (else its only
+    snapshot); any other folder as it is."""
+    snapshots = folder / "snapshots"
+    if not (folder.name.startswith("models--") and snapshots.is_dir()):
+        return folder
+    ref = folder / "refs" / "main"
+    if ref.is_file():
+        return snapshots / ref.read_text().strip()
+    found = sorted(p for p in snapshots.iterdir() if p.is_dir())
+    if len(found) != 1:
+        raise CheckpointError(f"{folder} holds {len(found)} snapshots and no refs/main; pass the snapshot folder "
+                              f"(e.g. {snapshots}/<revision>)")
+    return found[0]
+
+
 def resolve_weights(target: str | os.PathLike) -> Path:
-    """The weights file for ``target``: the file itself, or a run folder's best.pt (else last.pt)."""
+    """The weights file for ``target``: the file itself, a Hugging Face model folder's ``model.safetensors`` (also
+    of a cache folder ``models--org--name``), or a run folder's best.pt (else last.pt)."""
     target = Path(target)
     if target.is_dir():
+        target = hf_snapshot(target)
+        if (target / HF_WEIGHTS).is_file() and (target / HF_CONFIG).is_file():
+            return target / HF_WEIGHTS
         for name in RUN_CHECKPOINTS:
             if (target / name).is_file():
                 return target / name
@@ -188,7 +217,9 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
     that same callable (``hint`` extends the refusal). Weights load strictly.
     """
     path = resolve_weights(target)
-    checkpoint = load_checkpoint(path)
+    check_manifest(manifest_path(path), [path, arch_file(path)])
+    checkpoint = load_safetensors(path) if path.suffix == ".safetensors" else load_checkpoint(path)
+    step = checkpoint.get("step") if isinstance(checkpoint, Mapping) else None
     record: Mapping = {}
     if TrainingCheckpoint.holds_model(checkpoint):
         record = TrainingCheckpoint.model_part(checkpoint, str(path))
@@ -197,7 +228,7 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
         file_spec, kind = record["model_spec"], f"training checkpoint{' (EMA weights)' if averaged else ''}"
     elif arch_file(path).is_file():
         record, source = read_arch_file(arch_file(path)), str(arch_file(path))
-        file_spec, kind = record["spec"], EXPORTED
+        file_spec, kind = record["spec"], HF_FOLDER if arch_file(path).name == HF_CONFIG else EXPORTED
     else:
         file_spec, source, kind = None, str(path), "state dict"
     state_dict = extract_state_dict(checkpoint, str(path))
@@ -205,7 +236,8 @@ def load_trained_model(target: str | os.PathLike, arch: str | None = None,
     model = build_model(spec, trusted, source if arch is None else None)
     load_weights(model, state_dict, str(path))
     config = dict(record.get("config") or {})
-    return LoadedModel(model.eval(), path, spec, kind, config, TrainedFor.read(record, config, source))
+    return LoadedModel(model.eval(), path, spec, kind, config, TrainedFor.read(record, config, source),
+                       step if isinstance(step, int) else None)
 
 
 def _input_shape(value: Any, source: str) -> tuple[int, int, int] | None:

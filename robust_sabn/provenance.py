@@ -16,7 +16,7 @@ LIBRARIES = ("torch", "torchvision", "torchattacks", "pyautoattack", "robustbenc
 
 @functools.lru_cache(maxsize=1)
 def provenance() -> dict[str, Any]:
-    """``{"robust_sabn": "0.1.0", "torch": "2.14.1", ..., "git_commit": "ab12...(+ local changes)" or None}``; a
+    """``{"robust_sabn": __version__, "torch": "2.14.1", ..., "git_commit": "ab12...(+ local changes)" or None}``; a
     library that is not installed is None."""
     versions: dict[str, Any] = {"robust_sabn": __version__}
     for name in LIBRARIES:

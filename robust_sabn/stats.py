@@ -62,3 +62,9 @@ def paired_counts(first: str, second: str) -> tuple[int, int]:
     only_first = sum(a == "1" and b == "0" for a, b in zip(first, second))
     only_second = sum(a == "0" and b == "1" for a, b in zip(first, second))
     return only_first, only_second
+
+
+def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of an ``accuracy`` measured on ``n`` images (the count of successes is recovered
+    exactly from the fraction)."""
+    return wilson_interval(round(accuracy * n), n)

@@ -172,8 +172,8 @@ def test_a_replaced_setting_is_checked_again():
 def test_no_parser_takes_an_abbreviated_flag(capsys):
     assert all(not parser.allow_abbrev for _, parser in command_parsers())
     with pytest.raises(SystemExit) as exit_code:
-        main(["train", "--log", "5"])  # once read as --log-every
-    assert exit_code.value.code == 2 and "unrecognized arguments: --log 5" in capsys.readouterr().err
+        main(["train", "--log-ev", "5"])  # an abbreviation of --log-every
+    assert exit_code.value.code == 2 and "unrecognized arguments: --log-ev 5" in capsys.readouterr().err
 
 
 def test_every_computing_command_takes_the_common_flags():

@@ -112,3 +112,17 @@ def test_cli_flags_and_docs_table_share_the_field_metadata():
         assert hook.markdown_text(helps[f.name]) in row
     assert hook.MARKER in (ROOT / "docs" / "training.md").read_text()
     assert hook.format_default(8 / 255) == "8/255" and hook.format_default([100, 150]) == "100 150"
+
+
+def test_the_version_is_spelled_in_one_place():
+    """robust_sabn/version.py holds it (pyproject.toml and the package read it); no page, source file or setting
+    repeats it (CHANGELOG.md's headings record the versions of the past)."""
+    from robust_sabn.version import __version__
+
+    files = [*PAGES, *ROOT.glob("*.toml"), *ROOT.glob("*.py"), *ROOT.glob("*.txt"), *ROOT.glob("*.yml"),
+             *(path for folder in SOURCE_FOLDERS for path in (ROOT / folder).rglob("*") if path.is_file()
+               and path.suffix in (".py", ".md", ".yaml", ".toml") and ".venv" not in path.parts)]
+    spelled = sorted(str(path.relative_to(ROOT)) for path in files if __version__ in path.read_text())
+    assert spelled == ["robust_sabn/version.py"]
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+    assert (ROOT / "robust_sabn" / "py.typed").exists()

@@ -29,6 +29,8 @@ from robust_sabn.eval import (
     write_report,
 )
 from robust_sabn.eval.batches import batch_seed
+from robust_sabn.eval.sweep import error_bars
+from robust_sabn.stats import wilson_interval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -181,6 +183,31 @@ def test_report_and_markdown_carry_the_settings():
     assert report.attack_description.startswith("PGD-20 on the CW margin")
     text = to_markdown(report)
     assert "single route" in text and "oracle routing" in text and "8/255" in text and "seed 4" in text
+
+
+def test_every_accuracy_of_a_report_carries_its_wilson_interval():
+    model = routed_model()
+    x, y = images_labelled_by(model)
+    report = evaluate(model, x, y, EvalSettings(Threat(), "pgd-5", progress=False), route="adv")
+    values = json.loads(json.dumps(report.to_dict()))
+    correct, robust = (report.per_image[k].count("1") for k in ("correct", "robust"))
+    assert values["clean_acc_ci"] == list(wilson_interval(correct, 8))
+    assert values["robust_acc_ci"] == list(wilson_interval(robust, 8))
+    oracle = values["protocols"]["oracle routing"]
+    assert oracle["clean_acc_ci"] == list(wilson_interval(report.per_image["correct_clean_route"].count("1"), 8))
+    assert oracle["robust_acc_ci"] == values["robust_acc_ci"] and oracle["n"] == 8
+    assert all(c["clean_acc_ci"] == list(wilson_interval(c["correct"], c["n"])) for c in values["per_class"] if c["n"])
+    low, high = report.robust_acc_ci
+    assert f"{100 * report.robust_acc:.2f} ({100 * low:.2f}-{100 * high:.2f})" in to_markdown(report)
+    for protocol in values["protocols"].values():  # a report written before intervals and per-protocol counts
+        del protocol["n"], protocol["clean_acc_ci"], protocol["robust_acc_ci"]
+    del values["clean_acc_ci"], values["robust_acc_ci"], values["per_attack_ci"]
+    assert EvaluationReport.from_dict(values) == report
+
+
+def test_error_bars_span_each_interval_in_points():
+    below, above = error_bars([0.5, 0.9], [(0.4, 0.7), (0.8, 1.0)])
+    assert below == pytest.approx([10, 10]) and above == pytest.approx([20, 10])
 
 
 def test_backend_prefers_a_real_upstream_autoattack(monkeypatch):
@@ -354,6 +381,7 @@ def test_autoattack_progress_totals_are_the_passes_each_attack_takes():
         adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = 3
         adversary.square.n_queries = 7
         counts.clear()
+        phase[0] = "checks"  # AutoAttack's own checks run before its first attack
         for owner in (adversary, adversary.apgd, adversary.apgd_targeted):
             owner.logger = Log()
         adversary.run_standard_evaluation(x, y, batch_size=4)

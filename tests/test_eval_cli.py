@@ -53,7 +53,8 @@ def test_export_then_eval_the_exported_file_and_a_state_dict_with_module_callabl
         assert report["threat"]["label"] == label and report["trained_threat"]["label"] == "Linf 0.1"
         assert report["source"] == "exported model" and list(report["protocols"]) == ["single route"]
     assert "Linf 8/255 (trained at Linf 0.1)" in capsys.readouterr().out
-    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == ["CliExport2026.arch.json", "CliExport2026.pt"]
+    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == [
+        "CliExport2026.arch.json", "CliExport2026.pt", "CliExport2026.safetensors", "CliExport2026.sha256"]
     spec = json.loads(exported.with_name("CliExport2026.arch.json").read_text())["spec"]
     raw = tmp_path / "weights.pt"
     raw.write_bytes(exported.read_bytes())

@@ -119,7 +119,8 @@ def test_export_checks_routes_architecture_and_existing_files(tmp_path):
     robust_sabn.export(plain, "Twice2026", model_dir=tmp_path)
     with pytest.raises(ConfigError, match="overwrite"):
         robust_sabn.export(plain, "Twice2026", model_dir=tmp_path)
-    assert sorted(p.name for p in (tmp_path / "cifar10" / "Linf").iterdir()) == ["Twice2026.arch.json", "Twice2026.pt"]
+    assert sorted(p.name for p in (tmp_path / "cifar10" / "Linf").iterdir()) == [
+        "Twice2026.arch.json", "Twice2026.pt", "Twice2026.safetensors", "Twice2026.sha256"]
 
 
 def test_keys_robustbench_would_mangle_are_refused(tmp_path):

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def test_the_wheel_in_a_fresh_venv_exports_and_loads_through_robustbench(tmp_pat
     shutil.copytree(ROOT, source, ignore=skip)
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", source)
     wheel = next((tmp_path / "dist").glob("robust_sabn-*.whl"))
+    assert "robust_sabn/py.typed" in zipfile.ZipFile(wheel).namelist()  # type checkers read the annotations
     run(sys.executable, "-m", "venv", tmp_path / "venv")
     python = tmp_path / "venv" / "bin" / "python"
     run(python, "-m", "pip", "install", "-q", "-c", ROOT / "robust_sabn" / "constraints.txt", wheel)

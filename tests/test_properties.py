@@ -90,7 +90,7 @@ def test_every_numeric_setting_has_a_documented_range():
     helps = flag_help()
     for f in dataclasses.fields(TrainConfig):
         kind = str(f.type)
-        if kind.startswith(("int", "float", "list")):
+        if kind.startswith(("int", "float", "list[int]")):
             assert f.metadata["limits"] is not None or f.name in ("eps", "step_size"), f.name
             assert "range " in helps[f.name], f.name
 

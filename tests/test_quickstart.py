@@ -36,7 +36,7 @@ def test_quickstart_trains_evaluates_and_keeps_its_run_folder(tmp_path):
     assert all(len(row) == len(TABLE_HEADERS) and row[-1] == 20 for row in qs.rows)
     oracle = qs.rows[2]
     assert oracle[2] == qs.rows[0][2] and oracle[3] == qs.rows[1][3]  # clean route's clean, adv route's robust
-    assert qs.rows[3][2:4] == ["50.0", "-"]
+    assert qs.rows[3][2:4] == ["50.0 (29.9-70.1)", "-"]  # 10 of 20 images, with its 95% Wilson interval
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {"best.pt", "last.pt", "metrics.jsonl", "curves.png"}
     text = report(qs)
     assert text.splitlines()[0].startswith("| evaluation | route |") and str(tmp_path / "run") in text

@@ -38,6 +38,7 @@ from ..rng import SEED_RANGE
 from ..threat import ATTACK_NORMS, EPS_RANGES, Threat
 from .batches import extra_share
 from .objectives import OBJECTIVES
+from .trackers import TRACKERS
 
 AMP_MODES = ("off", "bf16", "fp16")
 LR_SCHEDULES = ("step", "cosine", "onecycle")
@@ -149,8 +150,11 @@ class TrainConfig:
     sync_bn: bool = setting(False, "synchronize batch statistics across processes (SyncBatchNorm; CUDA)")
     save_every: int = setting(0, "also write last.pt every N optimizer steps (0: once per epoch)",
                               limits=OPTIMIZER_STEPS.but(low=0, example="500"))
-    log_every: int = setting(50, "write a metrics.jsonl line every N optimizer steps",
-                             limits=OPTIMIZER_STEPS.but(example="50"))
+    log_every: int | None = setting(None, "write a metrics line every N optimizer steps (default: a tenth of an epoch, "
+                                    "or of a shorter --max-steps run; at least 1, at most 50)",
+                                    limits=OPTIMIZER_STEPS.but(example="50"))
+    log: list[str] = setting([], "experiment trackers that get the metrics too, beside metrics.jsonl and curves.png "
+                             "(e.g. --log tensorboard csv; docs/training.md#experiment-tracking)", TRACKERS)
     num_workers: int = setting(0, "worker processes that gather and augment the training batches (0: this one)",
                                limits=WORKERS)
     progress: bool = setting(True, "show tqdm progress bars")
@@ -158,9 +162,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
-            known = choices(f)
-            if known is not None:
-                choose(getattr(self, f.name), known, f.name)
+            known, value = choices(f), getattr(self, f.name)
+            for item in (value if isinstance(value, list) else [value]) if known is not None else []:
+                choose(item, known, f.name)
         check_device_name(self.device)
         objective = OBJECTIVES[self.objective]
         if self.step_size is None:
@@ -233,6 +237,14 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def _list_item(kind: str, value: Any, name: str) -> Any:
+    if kind != "list[str]":
+        return to_int(value, name)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a list of names, got {shown(value)}")
+    return value.strip()
+
+
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Convert a value read from a file or a flag to the field's type (fractions allowed for floats)."""
     kind = str(f.type)
@@ -243,8 +255,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if kind.startswith("list"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{f.name} must be a list of integers, got {shown(value)}")
-        return [to_int(v, f.name) for v in items if not (isinstance(v, str) and v.strip() == "")]
+            raise ConfigError(f"{f.name} must be a list, got {shown(value)}")
+        return [_list_item(kind, v, f.name) for v in items if not (isinstance(v, str) and v.strip() == "")]
     if kind.startswith("bool"):
         if isinstance(value, bool):
             return value

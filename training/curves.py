@@ -1,4 +1,5 @@
-"""``curves.png``: accuracy, loss, learning rate and per-layer metrics against the epoch."""
+"""``curves.png``: accuracy, loss, learning rate and per-layer metrics against the epoch; validation accuracies
+with error bars of their 95% Wilson interval (on ``val_images`` images)."""
 from __future__ import annotations
 
 import io
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write
+from ..stats import accuracy_interval
 
 ACCURACY_KEYS = {
     "train_clean_acc": "train clean (batch)",
@@ -15,6 +17,16 @@ ACCURACY_KEYS = {
     "val_clean_acc_clean_route": "val clean (clean route)",
     "val_robust_acc": "val robust (adv route)",
 }
+
+
+def _error_bars(records: Sequence[dict[str, Any]], key: str) -> list[list[float]] | None:
+    """The 95% interval of a validation accuracy as error bars (None for other values, or records without the
+    number of validation images)."""
+    if not key.startswith("val_") or not all(r.get(key) is not None and r.get("val_images") for r in records):
+        return None
+    intervals = [accuracy_interval(r[key], r["val_images"]) for r in records]
+    return [[r[key] - low for r, (low, _) in zip(records, intervals)],
+            [high - r[key] for r, (_, high) in zip(records, intervals)]]
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, steps_per_epoch: int) -> Path:
@@ -35,7 +47,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, steps_per_e
         for key, label in keys.items():
             values = [r.get(key) for r in epochs]
             if any(v is not None for v in values):
-                ax.plot(x, [float("nan") if v is None else v for v in values], marker=".", label=label)
+                ys = [float("nan") if v is None else v for v in values]
+                ax.errorbar(x, ys, yerr=_error_bars(epochs, key), marker=".", capsize=2, label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -33,8 +34,8 @@ from .awp import WeightPerturbation
 from .batches import BatchPlan
 from .config import TrainConfig
 from .curves import plot_curves
-from .ema import WeightAverage
-from .metrics import Meter, MetricsLog
+from .ema import WeightAverage, ema_decay
+from .metrics import Meter, MetricsLog, log_interval
 from .objectives import OBJECTIVES
 from .optim import build_optimizer, build_scheduler
 from .run_dir import (
@@ -49,6 +50,7 @@ from .run_dir import (
     load_last,
     resume_file,
 )
+from .trackers import TrackedRun, Trackers
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -100,6 +102,7 @@ class Trainer:
         self.run_dir = Path(out_dir)
         checkpoint = load_last(self.run_dir) if resume else None
         self._check_device()
+        Trackers.check(config.log)  # a missing package stops the run before it starts
         set_determinism(config.deterministic)
         if self.device.type == "cpu":
             keep_freed_memory()  # as evaluation does: no page faults for the same-sized tensors of every step
@@ -137,13 +140,17 @@ class Trainer:
         else:
             seed_everything(config.seed + processes.rank)  # each process draws its own attack starts
         self.first_step = self.layers_read_at = self.step
+        self.log_every = config.log_every or log_interval(self.steps_per_epoch, config.max_steps)
+        self.sample: tuple[torch.Tensor, torch.Tensor] | None = None  # the last step's clean and adversarial images
         self.log: MetricsLog | None = None
         self.lock: RunDirLock | None = None
+        self.trackers = Trackers([], TrackedRun(self.run_dir))
         if processes.is_main:  # the first process owns the run folder
             self.lock = claim_run_dir(self.run_dir, resume=checkpoint is not None)
             try:
                 self.log = MetricsLog(self.run_dir / METRICS, keep_until_step=self.step)
                 atomic_write_text(self.run_dir / CONFIG, _versions_header() + config.to_yaml())
+                self.trackers = Trackers(config.log, TrackedRun(self.run_dir, self.step, config.to_dict()))
             except BaseException:
                 self.lock.release()
                 raise
@@ -235,6 +242,7 @@ class Trainer:
         """Let go of the run folder's lock and of the DDP wrapper, and with it of the process group, however the run
         ended: a gloo group that is only released during interpreter shutdown can abort the process at exit."""
         self.net = self.model
+        self.trackers.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -275,7 +283,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k.removeprefix("train_"): f"{v:.3f}" for k, v in values.items()
                                  if not k.startswith("layer/")}, refresh=False)
-                if self.step % config.log_every == 0:
+                if self.step % self.log_every == 0:
                     self.log_record("step", self.window_meter)
                     self.window_meter = Meter()
                 if config.save_every and self.step % config.save_every == 0 and self.batch < self.steps_per_epoch:
@@ -290,14 +298,16 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         with autocast:
             x_adv = self.objective.adversarial(self.net, x, y)
+        self.sample = (x, x_adv)
         perturbation = self.perturb_weights(x, x_adv, y, autocast)
         with autocast:
             out = self.objective.loss(self.net, x, x_adv, y)
         counts = torch.stack([out.loss.detach().float() * len(y), torch.tensor(float(len(y)), device=self.device),
-                              *_correct(out.clean_logits, y), *_correct(out.adv_logits, y)])
+                              *_outcomes(out.clean_logits, y), *_outcomes(out.adv_logits, y),
+                              *_broken(out.clean_logits, out.adv_logits, y)])
         if self.processes.distributed:
             dist.all_reduce(counts)
-        loss_sum, n, clean, n_clean, adv, n_adv = counts.tolist()
+        loss_sum, n, clean, clean_ce, n_clean, adv, adv_ce, n_adv, broken, n_both = counts.tolist()
         if not torch.isfinite(counts[0]):
             saved = f" ({self.run_dir / LAST} holds the last good state)" if (self.run_dir / LAST).exists() else ""
             raise TrainingDiverged(f"the loss became {loss_sum / n} at step {self.step + 1} (epoch {self.epoch + 1}); "
@@ -316,8 +326,14 @@ class Trainer:
             meter.add("train_loss", loss_sum, n)
             if n_clean:
                 meter.add("train_clean_acc", clean, n_clean)
+                meter.add("train_clean_ce", clean_ce, n_clean)
             if n_adv:
                 meter.add("train_adv_acc", adv, n_adv)
+                meter.add("train_adv_ce", adv_ce, n_adv)
+            if n_both:
+                meter.add("train_attack_success", broken, n_both)
+            if self.awp is not None:
+                meter.add("awp_applied", float(perturbation is not None))
         if n_clean:
             values["train_clean_acc"] = clean / n_clean
         if n_adv:
@@ -360,7 +376,7 @@ class Trainer:
                                   settings.with_attack(None))[0] if routed else []
         n = len(y)
         result = {"val_clean_acc": sum(int(r.correct.sum()) for r in attacked) / n,
-                  "val_robust_acc": sum(int(r.robust.sum()) for r in attacked) / n}
+                  "val_robust_acc": sum(int(r.robust.sum()) for r in attacked) / n, "val_images": n}
         if routed:
             result["val_clean_acc_clean_route"] = sum(int(r.correct.sum()) for r in clean) / n
         return result
@@ -391,6 +407,8 @@ class Trainer:
         self.save(LAST)
         if self.log is not None:
             plot_curves(self.log.records, self.run_dir / CURVES, self.steps_per_epoch)
+            if self.sample is not None:
+                self.trackers.adversarials(*self.sample, self.step)
         if self.processes.is_main and self.config.progress:
             routed = "val_clean_acc_clean_route" in record
             tqdm.write(_summary(record, self.config.epochs, improved, self.config.adv_route if routed else None))
@@ -411,8 +429,11 @@ class Trainer:
         last_lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](max(self.step - 1, 0))
         record = {"kind": kind, "epoch": self.epoch + (kind != "epoch"), "step": self.step, "lr": last_lr,
                   **meter.averages(), **extra, "time": self.elapsed}
+        if self.ema is not None:
+            record["ema_decay"] = ema_decay(max(self.step - 1, 0), self.ema.decay, self.ema.warmup_steps)
         if self.log is not None:
             self.log.append(record)
+            self.trackers.record(record)
         return record
 
     def save(self, name: str) -> None:
@@ -437,12 +458,25 @@ def _versions_header() -> str:
     return "".join(f"# {name}: {value}\n" for name, value in provenance().items() if value is not None)
 
 
-def _correct(logits: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(number right, number scored) of a batch's logits; (0, 0) when the objective did not produce them."""
+def _outcomes(logits: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(number right, summed cross-entropy, number scored) of a batch's logits; zeros when the objective did not
+    produce them."""
     if logits is None:
+        return (torch.zeros((), device=y.device),) * 3
+    logits = logits.float()
+    return ((logits.argmax(1) == y).sum().float(), F.cross_entropy(logits, y, reduction="sum"),
+            torch.tensor(float(len(y)), device=y.device))
+
+
+def _broken(clean_logits: torch.Tensor | None, adv_logits: torch.Tensor | None,
+            y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training attack's success: (images right on clean input and wrong on their adversarial example, images
+    right on clean input); zeros without both logits."""
+    if clean_logits is None or adv_logits is None:
         zero = torch.zeros((), device=y.device)
         return zero, zero
-    return (logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=y.device)
+    right = clean_logits.argmax(1) == y
+    return (right & (adv_logits.argmax(1) != y)).sum().float(), right.sum().float()
 
 
 def _summary(record: dict[str, Any], epochs: int, improved: bool, adv_route: str | None) -> str:

@@ -29,6 +29,12 @@ class Meter:
         return dict(self.totals)
 
 
+def log_interval(steps_per_epoch: int, max_steps: int | None = None) -> int:
+    """The default ``--log-every``: a tenth of an epoch, or of the whole run when ``--max-steps`` makes it shorter,
+    at least 1 and at most 50 steps (a 30-step run logs every 3 steps)."""
+    return max(1, min(50, min(steps_per_epoch, max_steps or steps_per_epoch) // 10))
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per line, the whole file rewritten atomically on every append.
 

@@ -1,8 +1,9 @@
 r"""Run folders: where a run writes, how it is resumed.
 
 A run folder holds ``config.yaml`` (the resolved config, headed by the versions it was made with),
-``metrics.jsonl``, ``curves.png``, ``last.pt`` (every epoch, and every ``--save-every`` steps) and ``best.pt``
-(best robust validation accuracy). Both checkpoints are :class:`robust_sabn.checkpoint.TrainingCheckpoint`\ s.
+``metrics.jsonl``, ``curves.png``, ``last.pt`` (every epoch, and every ``--save-every`` steps), ``best.pt``
+(best robust validation accuracy), and the logs of ``--log``'s trackers (:mod:`robust_sabn.training.trackers`).
+Both checkpoints are :class:`robust_sabn.checkpoint.TrainingCheckpoint`\ s.
 
 One process at a time trains in a run folder: while it runs, it holds a lock on ``<run>/.lock``, a file naming it.
 """
@@ -22,14 +23,16 @@ from ..checkpoint import TrainingCheckpoint
 from ..errors import CheckpointError, ConfigError
 from ..io import remove_temp_files
 from .config import TrainConfig
+from .trackers import CSV_FILE
 
 LAST, BEST, CONFIG, METRICS, CURVES = "last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png"
-RUN_FILES = (LAST, BEST, CONFIG, METRICS, CURVES)
+RUN_FILES = (LAST, BEST, CONFIG, METRICS, CURVES, CSV_FILE)
 RESUMABLE = (LAST, BEST)  # the checkpoints a resumed run continues from, in order (see resume_file)
 LOCK = ".lock"
 
 # Settings a resumed run may change: they decide how far and where it runs, not what it computes.
-RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "num_workers", "progress", "data_dir", "compile")
+RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "log", "num_workers", "progress", "data_dir",
+                    "compile")
 
 
 def default_run_dir(config: TrainConfig) -> str:

@@ -24,7 +24,7 @@ def format_default(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list):
-        return " ".join(map(str, value))
+        return " ".join(map(str, value)) or "none"
     if isinstance(value, float) and len(repr(value)) > 8:
         return str(Fraction(value).limit_denominator(1000))
     return str(value)

@@ -11,7 +11,7 @@ from ..data import test_images
 from ..distributed import Processes, start_processes
 from ..errors import ConfigError, UserError
 from ..eval.attacks import make_eval_attack
-from ..eval.evaluate import evaluate
+from ..eval.evaluate import EvaluationReport, evaluate
 from ..eval.front import front_table, mixture_front, write_front
 from ..eval.numerics import NUMERICS
 from ..eval.recalibration import training_recalibration
@@ -22,10 +22,11 @@ from ..eval.sweep import eps_sweep, plot_sweep
 from ..exporting import reports_dir
 from ..io import all_or_nothing, atomic_write_text, check_writable
 from ..mixing import parse_tradeoffs
-from ..model_files import LoadedModel, load_trained_model
+from ..model_files import HF_FOLDER, LoadedModel, load_trained_model
 from ..parsing import parse_json_object
-from ..tables import markdown_table
+from ..tables import markdown_table, percent
 from ..threat import Threat
+from ..training.trackers import TRACKERS, TrackedRun, Trackers
 from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
 
 DEFAULT_SWEEP_ATTACK = "pgd-20"
@@ -52,14 +53,15 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
                             args.progress and processes.is_main, processes, args.save_adversarials)
     mixes = "route-mix" + (f"-recalibrated-{args.recalibrate}" if args.recalibrate is not None else "")
     stem = output_stem(args.out) if args.out else report_stem(
-        reports_dir(loaded.path) if loaded.is_export else loaded.path.parent / "eval", loaded.path.stem, settings,
-        mixes if tradeoffs else route or "plain", "sweep" if sweep else None)
+        reports_folder(loaded), loaded.path.stem, settings, mixes if tradeoffs else route or "plain",
+        "sweep" if sweep else None)
     suffixes = [".json", ".md", ".png"] if sweep or tradeoffs else [".json", ".md"]
     if args.save_adversarials and not (sweep or tradeoffs):
         suffixes.append(ADVERSARIALS)
     for suffix in suffixes:
         check_writable(stem.with_name(stem.name + suffix))  # before the attack, not after it
     state_dir = stem.with_name(stem.name + STATE)
+    log_dir = tracked_run(args, loaded)
     x, y = test_images(dataset, args.data_dir or loaded.config.get("data_dir"), args.n_examples)
     loaded.check_images(x, f"{dataset} test images")
     if processes.is_main:
@@ -76,6 +78,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         def write() -> None:
             write_front(points, stem, clean_route, route, title=f"{loaded.path}, {len(y)} {dataset} test images",
                         recalibration=recalibration)
+            track(args.log, log_dir, loaded, {f"{stem.name}/t-{p.t:g}": p.report for p in points})
             print(front_table(points, clean_route, route))
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)
@@ -83,9 +86,9 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
 
     if sweep is not None:
         reports = eps_sweep(model, x, y, sweep, settings, route=route, clean_route=clean_route, state_dir=state_dir)
-        rows = [[r.threat.eps_str, f"{100 * r.clean_acc:.2f}", f"{100 * r.robust_acc:.2f}"] for r in reports]
-        table = markdown_table([f"{threat.norm} eps", "clean acc (%)",
-                                f"{reports[0].attack_description} robust acc (%)"], rows)
+        rows = [[r.threat.eps_str, percent(r.clean_acc, r.n, 2), percent(r.robust_acc, r.n, 2)] for r in reports]
+        table = markdown_table([f"{threat.norm} eps", "clean acc (%, 95% CI)",
+                                f"{reports[0].attack_description} robust acc (%, 95% CI)"], rows)
 
         def write() -> None:
             with all_or_nothing():
@@ -96,6 +99,7 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
                 for r in reports:
                     if r.adversarials is not None:
                         write_adversarials(r, stem.with_name(f"{stem.name}-eps-{r.threat.eps_str.replace('/', '_')}"))
+            track(args.log, log_dir, loaded, {f"{stem.name}/eps-{r.threat.eps_str}": r for r in reports})
             print(table)
             print(f"wrote {stem}.json, .md and .png")
         finish(processes, state_dir, write)
@@ -107,10 +111,58 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
 
     def write() -> None:
         paths = write_report(report, stem)
+        track(args.log, log_dir, loaded, {stem.name: report})
         print(paths[1].read_text())
         print(f"wrote {', '.join(str(path) for path in paths)}")
     finish(processes, state_dir, write)
     return 0
+
+
+def tracked_run(args: argparse.Namespace, loaded: LoadedModel) -> Path | None:
+    """The run folder ``--log`` writes to: ``--log-dir``, else the folder of the training checkpoint evaluated; the
+    trackers are checked now, before the attack."""
+    if not args.log:
+        return None
+    Trackers.check(args.log)
+    if args.log_dir:
+        return Path(args.log_dir)
+    if loaded.step is None:
+        raise ConfigError(f"{loaded.path} is not a training checkpoint, so --log has no run to add to; name one "
+                          "with --log-dir")
+    return loaded.path.parent
+
+
+def track(names: list[str] | None, log_dir: Path | None, loaded: LoadedModel,
+          reports: dict[str, EvaluationReport]) -> None:
+    """Send each report's accuracies per protocol, with their intervals, to the trackers of ``--log`` as an ``eval``
+    record at the checkpoint's training step, under ``eval/<label>/<protocol>/...``."""
+    if not names:
+        return
+    record: dict[str, object] = {"kind": "eval", "step": loaded.step or 0}
+    for label, report in reports.items():
+        for name, p in report.protocols.items():
+            tag = f"eval/{label}/{name.replace(' ', '_')}"
+            for key in ("clean_acc", "robust_acc"):
+                low, high = getattr(p, f"{key}_ci")
+                record.update({f"{tag}/{key}": getattr(p, key), f"{tag}/{key}_ci_low": low,
+                               f"{tag}/{key}_ci_high": high})
+    trackers = Trackers(names, TrackedRun(log_dir, resume_step=None))
+    try:
+        trackers.record(record)
+    finally:
+        trackers.close()
+
+
+def reports_folder(loaded: LoadedModel) -> Path:
+    """Where reports go without ``--out``: beside an export's model folder (:func:`reports_dir`); for a Hugging Face
+    folder ``eval/<folder>`` here (never inside it, which an upload would publish, nor in the Hugging Face cache,
+    where it is named by its repository's folder); else ``<checkpoint folder>/eval``."""
+    if loaded.is_export:
+        return reports_dir(loaded.path)
+    if loaded.source == HF_FOLDER:
+        folder = loaded.path.parent
+        return Path("eval") / (folder.parent.parent.name if folder.parent.name == "snapshots" else folder.name)
+    return loaded.path.parent / "eval"
 
 
 def output_stem(out: str) -> Path:
@@ -173,6 +225,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of GRID, 'start:stop:step' or 't,t,...' (e.g. 0:1:0.1): a table and a Pareto plot of "
                              "clean against robust accuracy (docs/route-mixing.md)")
     add_recalibrate_flag(parser)
+    parser.add_argument("--log", nargs="+", metavar="NAME", choices=list(TRACKERS),
+                        help=f"also log the accuracies to these trackers ({', '.join(TRACKERS)}) of the training run "
+                             "evaluated, at its checkpoint's step (docs/training.md#experiment-tracking)")
+    parser.add_argument("--log-dir", metavar="RUN_DIR",
+                        help="the run folder --log adds to (default: the folder of the training checkpoint)")
     parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
                         help="exact (default: the model's own float32 computation), or a faster form that can change "
                              "a prediction and is named in the report: channels-last, bf16, compiled (torch.compile; "

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..checksums import manifest_path
 from ..constants import ADV_ROUTE, CLEAN_ROUTE
 from ..data import test_images
 from ..devices import resolve_device
@@ -13,12 +14,13 @@ from ..errors import ConfigError
 from ..eval import EvalSettings, evaluate, make_eval_attack, write_report
 from ..eval.report import report_stem
 from ..exporting import ExportOptions, card_path, export, fill_card, reports_dir, weights_path
-from ..exporting.robustbench import unreachable
+from ..exporting.huggingface import check_hf_folder, write_hf_folder
+from ..exporting.robustbench import unreachable, zoo_entry
 from ..io import check_writable
 from ..mixing import describe_mixture, mixture_weights
-from ..model_files import LoadedModel, TrainedFor, load_trained_model
+from ..model_files import LoadedModel, TrainedFor, arch_file, load_trained_model, read_arch_file
 from ..parsing import parse_json_object, parse_number
-from ..tables import markdown_table
+from ..tables import markdown_table, percent
 from ..threat import Threat
 from .flags import add_common_flags, add_model_arguments, add_recalibrate_flag
 
@@ -68,13 +70,17 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         for suffix in (".json", ".md"):
             check_writable(stem.with_name(stem.name + suffix))
+    if args.hf_dir:
+        check_hf_folder(args.hf_dir, args.overwrite)
     prepare, note = recalibration(loaded, args, route, threat)
     options = ExportOptions(args.overwrite, args.info_dir, args.allow_dataset_mismatch, prepare, note)
     weights = export(model, args.name, route, args.model_dir, trained=trained, dataset=dataset, arch=arch,
                      options=options)
     card = card_path(args.name, args.model_dir, dataset, threat.norm, args.info_dir)
-    rows = [["weights (state dict)", weights], ["architecture", weights.with_name(f"{args.name}.arch.json")],
+    rows = [["weights (state dict)", weights], ["weights (safetensors)", weights.with_suffix(".safetensors")],
+            ["architecture", arch_file(weights)], ["SHA-256 manifest", manifest_path(weights)],
             ["leaderboard card", card]]
+    report = None
     if args.eval:
         exported = load_trained_model(weights).model  # the files RobustBench reads, nothing else
         data_dir = args.data_dir or loaded.config.get("data_dir")
@@ -85,10 +91,13 @@ def run(args: argparse.Namespace) -> int:
         fill_card(card, report)
         json_path = write_report(report, stem)[0]
         rows += [["evaluation report", json_path],
-                 ["clean / AutoAttack accuracy (%)",
-                  f"{100 * report.clean_acc:.2f} / {100 * report.robust_acc:.2f} ({report.n} images, "
-                  f"{args.version}, {threat.label})"]]
+                 ["clean / AutoAttack accuracy (%, 95% CI)",
+                  f"{percent(report.clean_acc, report.n, 2)} / {percent(report.robust_acc, report.n, 2)} "
+                  f"({report.n} images, {args.version}, {threat.label})"]]
         rows += [["AutoAttack flag", flag] for flag in report.flags]
+    if args.hf_dir:
+        rows += [["Hugging Face folder", args.hf_dir]]
+        write_hf_folder(weights, args.hf_dir, report, args.overwrite)
     print(f"exported {loaded.path} ({loaded.source}, {describe(route)}{f'; {note}' if note else ''}) as {args.name}, "
           f"trained for {threat.label}\n")
     print(markdown_table(["", ""], rows))
@@ -96,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if reason is None:
         print(f"\nload it: robustbench.utils.load_model({args.name!r}, model_dir={str(args.model_dir)!r}, "
               f"dataset={dataset!r}, threat_model={threat.norm!r})")
+        print(f"\nits entry for a RobustBench pull request (robustbench/model_zoo/{dataset}.py, the {threat.norm} "
+              f"OrderedDict; the card {card.name} goes to model_info/{dataset}/{threat.norm}/):\n\n"
+              f"{zoo_entry(args.name, read_arch_file(arch_file(weights))['spec'])}")
     else:
         print(f"\n{reason}, so its load_model cannot reach this export; evaluate it with "
               f"`robust-sabn eval {weights}`")
@@ -103,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Writes <model-dir>/<dataset>/<threat>/<name>.pt (state dict), <name>.arch.json "
-                          "(architecture) and model_info/<dataset>/<threat>/<name>.json (card; accuracies with "
-                          "--eval). After `import robust_sabn`, robustbench.utils.load_model(name, model_dir, dataset, "
-                          "threat_model) loads it offline.")
+    parser.description = ("Writes <model-dir>/<dataset>/<threat>/<name>.pt (state dict), <name>.safetensors (the "
+                          "same tensors), <name>.arch.json (architecture), <name>.sha256 and "
+                          "model_info/<dataset>/<threat>/<name>.json (card; accuracies with --eval). "
+                          "robustbench.utils.load_model(name, model_dir, dataset, threat_model) then loads it offline, "
+                          "in any process of this environment.")
     add_model_arguments(parser)
     parser.add_argument("--name", required=True, help="RobustBench-style name, e.g. Name2026Title (must be new)")
     parser.add_argument("--model-dir", default="models", help="RobustBench's model_dir (default ./models)")
@@ -115,6 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="export the mixture of the routes (1 - T) clean + T adv instead of one route (0: the "
                              "clean route, 1: the adv route; see docs/route-mixing.md)")
     add_recalibrate_flag(parser)
+    parser.add_argument("--hf-dir", metavar="DIR",
+                        help="also lay the export out in DIR as a Hugging Face model repository (model.safetensors, "
+                             "config.json, a README.md model card with the --eval numbers; docs/export.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export of the same name")
     parser.add_argument("--allow-dataset-mismatch", action="store_true",
                         help="file a model under a --dataset other than the one it was trained on (a demonstration; "

@@ -117,7 +117,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=helps[f.name])
         elif kind.startswith("list"):
-            parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="N", help=helps[f.name])
+            parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="N" if "int" in kind else "NAME",
+                                help=helps[f.name])
         else:
             parser.add_argument(flag, default=argparse.SUPPRESS, metavar=f.name.upper(), help=helps[f.name])
     for old, new in RENAMED.items():

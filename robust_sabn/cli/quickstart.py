@@ -24,7 +24,7 @@ from ..exporting.robustbench import import_robustbench
 from ..limits import ATTACK_STEPS, EPOCHS, IMAGES
 from ..model_files import TrainedFor, load_trained_model
 from ..nn import use_route
-from ..tables import markdown_table
+from ..tables import markdown_table, percent
 from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.run_dir import BEST, default_run_dir
@@ -38,7 +38,7 @@ RECIPE = "fashion-mnist-small"
 SETTINGS = {"epochs": 4, "train_size": 25000, "milestones": [3], "val_size": 500}
 AA_IMAGES = 100
 EXPORT_NAME = "QuickstartSabn2026"
-TABLE_HEADERS = ("evaluation", "route", "clean acc (%)", "robust acc (%)", "test images")
+TABLE_HEADERS = ("evaluation", "route", "clean acc (%, 95% CI)", "robust acc (%, 95% CI)", "test images")
 
 
 @dataclass
@@ -64,10 +64,7 @@ class Quickstart:
         return f"{self.config.clean_route} for clean, {self.config.adv_route} for attacked"
 
     def add_row(self, evaluation: str, route: str, clean: float | None, robust: float | None, n: int) -> None:
-        def pct(value: float | None) -> str:
-            return "-" if value is None else f"{100 * value:.1f}"
-
-        self.rows.append([evaluation, route, pct(clean), pct(robust), n])
+        self.rows.append([evaluation, route, percent(clean, n) or "-", percent(robust, n) or "-", n])
 
     def evaluate(self, attack: str, route: str, n: int | None = None, clean_route: str | None = None):
         """:func:`robust_sabn.eval.evaluate` of the trained model on the first ``n`` test images (in one batch when

@@ -4,7 +4,9 @@
 Layout (``model_dir="models"``, RobustBench's default)::
 
     models/cifar10/Linf/Name2026Title.pt          state dict of tensors (what load_model reads)
+    models/cifar10/Linf/Name2026Title.safetensors the same tensors as safetensors (for sharing)
     models/cifar10/Linf/Name2026Title.arch.json   architecture spec (JSON; rebuilds the model, nothing unpickled)
+    models/cifar10/Linf/Name2026Title.sha256      SHA-256 of the three files above (sha256sum -c), checked on load
     model_info/cifar10/Linf/Name2026Title.json    leaderboard card with RobustBench's fields
     eval/cifar10/Linf/Name2026Title-*.json        evaluation reports (``export --eval``, ``eval`` of the export):
                                                   beside, never inside, the folder RobustBench reads
@@ -23,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checksums import manifest_path, write_manifest
 from ..constants import SINGLE_ROUTE
 from ..convert import fold_route, fold_spec
 from ..errors import ConfigError
-from ..io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint
+from ..io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint, save_safetensors
 from ..mixing import check_weights, describe_mixture, mix_routes
 from ..model_files import TrainedFor, arch_file, write_arch_file
 from ..models.spec import build_model, check_spec, spec_from_arch
@@ -124,8 +127,8 @@ def write_card(path: str | os.PathLike, *, name: str, dataset: str, threat: Thre
     card: dict[str, Any] = {
         "link": "", "name": name, "authors": "", "additional_data": False, "number_forward_passes": 1,
         "dataset": dataset, "venue": "", "architecture": architecture, "eps": threat.eps_str,
-        "clean_acc": None, "reported": None, "autoattack_acc": None, "footnote": "", "versions": provenance(),
-    }
+        "clean_acc": None, "reported": None, "autoattack_acc": None, "versions": provenance(),
+    }  # "footnote" and "unreliable" come with an evaluation (fill_card)
     path = Path(path)
     if path.is_file():
         card.update({k: v for k, v in _read_card(path).items() if k in HUMAN_FIELDS})
@@ -202,8 +205,8 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
     images of another shape is refused. All three go into the architecture file, so ``robust-sabn eval`` of the
     export evaluates at the radius it was trained for. ``robust-sabn export --eval`` fills the card's accuracies.
     After export, ``robustbench.utils.load_model(name, model_dir, dataset, threat_model)`` returns the folded model;
-    a name RobustBench already uses there is refused. The three files are written all or nothing, after every
-    check, the weights last.
+    a name RobustBench already uses there is refused. The files are written all or nothing, after every check: the
+    weights in both formats, the architecture file and their SHA-256 manifest beside them, and the card.
     """
     from . import robustbench
 
@@ -220,7 +223,8 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
         check_model_route(model, route, "export")
     weights = weights_path(name, model_dir, dataset, threat.norm)
     card = card_path(name, model_dir, dataset, threat.norm, options.info_dir)
-    for path in (weights, arch_file(weights), card):
+    shared = weights.with_suffix(".safetensors")
+    for path in (weights, shared, arch_file(weights), manifest_path(weights), card):
         check_writable(path)
     if weights.exists() and not options.overwrite:
         raise ConfigError(f"{weights} exists; pass overwrite=True (--overwrite) to replace it")
@@ -243,8 +247,9 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
     if options.note:
         architecture += f"; {options.note}"
     record = TrainedFor(threat, trained_on, trained.input_shape)
-    # Renamed into place in this order, the weights last: they are what load_model looks for, so a process killed
-    # between two renames leaves no loadable model (and an overwritten one no old weights beside new files).
+    # Renamed into place in this order, the .pt weights (what load_model looks for) and their manifest last, so a
+    # process killed between two renames leaves no loadable model, or one whose files fail the manifest's check
+    # (and an overwritten one no old weights beside new files).
     with all_or_nothing():
         write_arch_file(arch_file(weights), spec, name=name, dataset=dataset, trained_on=trained_on,
                         threat_model=threat.norm, threat=threat.to_dict(), route=route,
@@ -252,7 +257,9 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
                         **({"input_shape": list(record.input_shape)} if record.input_shape else {}),
                         **({"note": options.note} if options.note else {}))
         write_card(card, name=name, dataset=trained_on, threat=threat, architecture=architecture)
+        save_safetensors(state_dict, shared)
         save_checkpoint(state_dict, weights)
+        write_manifest(manifest_path(weights), [weights, shared, arch_file(weights)])
         weights.unlink(missing_ok=True)
     robustbench.remember(model_dir)
     return weights

@@ -27,6 +27,7 @@ from types import ModuleType
 
 from torch import nn
 
+from ..checksums import check_manifest, manifest_path
 from ..errors import ConfigError
 from ..model_files import ARCH_SUFFIX, read_arch_file
 from ..models.spec import build_model, resolve_spec
@@ -135,8 +136,11 @@ def _entries(dataset: str, threat_model: str) -> dict | None:
 
 
 def build_exported(arch_path: str | os.PathLike) -> nn.Module:
-    """The constructor behind every registered entry: the architecture from its JSON file, untrained."""
+    """The constructor behind every registered entry: the architecture from its JSON file, untrained, after the
+    export's files are checked against its SHA-256 manifest (RobustBench reads the weights next)."""
     arch_path = Path(arch_path)
+    weights = arch_path.with_name(arch_path.name[: -len(ARCH_SUFFIX)] + ".pt")
+    check_manifest(manifest_path(weights), [weights, arch_path])
     hint = f", or call robust_sabn.register_robustbench({str(arch_path.parent.parent.parent)!r}, arch=...) first"
     trusted = _trusted.get(arch_path.resolve())
     spec, trusted = resolve_spec(read_arch_file(arch_path)["spec"], str(arch_path), trusted, hint=hint)
@@ -176,6 +180,24 @@ def register_model_dirs(_model_zoo: ModuleType) -> None:
     has been imported."""
     for folder in model_dirs():
         _register_folder(folder)
+
+
+def zoo_entry(name: str, spec: dict) -> str:
+    """The entry of an export for ``robustbench/model_zoo/<dataset>.py``, as a RobustBench pull request adds it to
+    the threat model's ``OrderedDict``: the architecture's constructor call, and the Google Drive id of the ``.pt``
+    file to fill in once it is uploaded."""
+    arguments = ", ".join(f"{key}={value!r}" for key, value in spec["kwargs"].items())
+    if "arch" in spec:
+        constructor = f"create_model({spec['arch']!r}, {arguments})"
+        source = "from robust_sabn.models import create_model"
+    else:
+        module, _, function = spec["callable"].partition(":")
+        constructor, source = f"{function}({arguments})", f"from {module} import {function.split('.')[0]}"
+    return (f"    # {source}\n"
+            f"    ({name!r}, {{\n"
+            f"        'model': lambda: {constructor},\n"
+            f"        'gdrive_id': '',  # the Google Drive id of {name}.pt once uploaded\n"
+            f"    }}),")
 
 
 def wrap_load_model(utils: ModuleType) -> None:

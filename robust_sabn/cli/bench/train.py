@@ -9,6 +9,9 @@ config (the ``fashion-mnist-small`` recipe unless ``--config`` says otherwise), 
 average where the variant keeps one) is scored on a fixed test subset under both protocols: *single route* (one
 fixed model: clean, PGD and AutoAttack accuracy through the adv route, what RobustBench accepts) and *oracle
 routing* (clean accuracy through the clean route, robust accuracy through the adv route, as the SaBN paper reports).
+Every accuracy prints with its 95% interval, and every difference from the first variant with the exact McNemar
+p-value of the per-image outcomes (:mod:`robust_sabn.cli.bench.paired`); ``--pool`` pools the benches of several
+seeds.
 """
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from ...constants import ORACLE_ROUTING
 from ...data import as_tensors, fixed_subset, load_dataset
 from ...devices import resolve_device
 from ...distributed import start_processes
@@ -31,12 +33,12 @@ from ...limits import ATTACK_STEPS, BATCH_SIZE, EPOCHS, IMAGES
 from ...model_files import load_trained_model
 from ...models.arguments import ARGUMENT_RANGES
 from ...rng import rng_state, set_rng_state
-from ...tables import markdown_table
 from ...training.config import TrainConfig
 from ...training.holdout import write_heldout
 from ...training.loop import Trainer, TrainResult
 from ...training.run_dir import BEST, RESUMABLE, resume_config
 from ..flags import InRange, add_common_flags
+from .paired import Bench, Variant, bench_table, seeds_table
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {
@@ -67,30 +69,31 @@ SUITES = {"norms": TRAIN_BENCH_VARIANTS, "modern": MODERN_BENCH_VARIANTS}
 COMPILED = " compiled"  # the label suffix of a variant's compiled twin
 COMPILED_TARGET = 0.75  # seconds per epoch, compiled against eager
 AA_ATTACKS = ("apgd-ce", "apgd-t")
-HEADERS = ("variant", "single route: clean", "single route: PGD", "single route: AA", "oracle: clean (clean route)",
-           "oracle: PGD / AA (adv route)", "s / epoch", "time vs first")
+# metric -> column: the oracle protocol's robust accuracy is the single route's (both attack the adv route)
+METRICS = {"clean": "single route: clean", "pgd": "single route: PGD", "aa": "single route: AA",
+           "clean_oracle": "oracle: clean (clean route)"}
 
 
 def score(config: TrainConfig, checkpoint: Path, test: tuple[torch.Tensor, torch.Tensor],
-          pgd_steps: int, aa_size: int = 0) -> dict[str, float]:
-    """Test accuracies of a checkpoint (its weight average when it has one) under ``robust-sabn eval``'s ``pgd-K``:
-    clean and PGD through the adv route, and clean through the clean route (oracle routing; the adv route's for a
-    model without routes); with ``aa_size``, AutoAttack's APGD-CE and APGD-T (1 restart, as in its standard
-    version) through the adv route on the first ``aa_size`` of the test images."""
+          pgd_steps: int, aa_size: int = 0) -> dict[str, str]:
+    """Per-image test outcomes (a report's ``per_image``) of a checkpoint (its weight average when it has one) under
+    ``robust-sabn eval``'s ``pgd-K``, per metric of :data:`METRICS`: clean and PGD through the adv route, and clean
+    through the clean route (oracle routing; the adv route's for a model without routes); with ``aa_size``,
+    AutoAttack's APGD-CE and APGD-T (1 restart, as in its standard version) through the adv route on the first
+    ``aa_size`` of the test images."""
     loaded = load_trained_model(checkpoint)
     settings = EvalSettings(config.threat, f"pgd-{pgd_steps}", config.seed, 2 * config.batch_size,
                             resolve_device(config.device), progress=config.progress)
     routes = dict(route=loaded.route(), clean_route=config.clean_route)
     report = evaluate(loaded.model, *test, settings, **routes)
-    oracle = report.protocols.get(ORACLE_ROUTING)
-    result = {"clean": report.clean_acc, "pgd": report.robust_acc,
-              "clean_oracle": oracle.clean_acc if oracle else report.clean_acc}
+    outcomes = {"clean": report.per_image["correct"], "pgd": report.per_image["robust"],
+                "clean_oracle": report.per_image.get("correct_clean_route", report.per_image["correct"])}
     if aa_size:
         x, y = test
         attack = make_eval_attack("autoattack", "custom", AA_ATTACKS, aa_restarts=1)
-        aa = evaluate(loaded.model, x[:aa_size], y[:aa_size], replace(settings, attack=attack), **routes)
-        result["aa"] = aa.robust_acc
-    return result
+        outcomes["aa"] = evaluate(loaded.model, x[:aa_size], y[:aa_size], replace(settings, attack=attack),
+                                  **routes).per_image["robust"]
+    return outcomes
 
 
 def train_interleaved(configs: dict[str, TrainConfig], resume: bool = False) -> dict[str, TrainResult]:
@@ -142,8 +145,10 @@ def variant_configs(base: TrainConfig, out_dir: str | Path, variants: dict[str, 
 
 def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 1000, pgd_steps: int = 20,
                 variants: dict[str, dict] | None = None, aa_size: int = 500, resume: bool = False) -> str:
-    """Train every variant in ``out_dir/<label>`` and return a Markdown table of their accuracies and times;
-    ``resume`` continues the variants an earlier call left in ``out_dir`` (see :func:`train_interleaved`)."""
+    """Train every variant in ``out_dir/<label>``, score each on the same test images, write the per-image outcomes
+    to ``out_dir/bench-train.json`` and return the Markdown table of :func:`~robust_sabn.cli.bench.paired.bench_table`
+    (intervals, and differences from the first variant with McNemar p-values); ``resume`` continues the variants
+    an earlier call left in ``out_dir`` (see :func:`train_interleaved`)."""
     variants = TRAIN_BENCH_VARIANTS if variants is None else variants
     splits = load_dataset(base.dataset, base.data_dir, download=base.download, val_size=base.val_size,
                           seed=base.seed)
@@ -151,23 +156,21 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
     aa_size = min(aa_size, len(test[1]))
     configs = variant_configs(base, out_dir, variants)
     results = train_interleaved(configs, resume)
-    rows, first, seconds = [], None, {}
+    scored = {}
     for label, result in results.items():
         times = [r["epoch_time"] for r in result.records if r["kind"] == "epoch"] or [result.records[-1]["time"]]
-        per_epoch = seconds[label] = sum(times) / len(times)
-        first = first or per_epoch
         if base.progress:
             print(f"scoring {label}: {result.run_dir / BEST}", file=sys.stderr, flush=True)
-        acc = score(configs[label], result.run_dir / BEST, test, pgd_steps, aa_size)
-        pct = {k: f"{100 * v:.1f}" for k, v in acc.items()}
-        rows.append([label, pct["clean"], pct["pgd"], pct.get("aa", "-"), pct["clean_oracle"],
-                     f"{pct['pgd']} / {pct.get('aa', '-')}", f"{per_epoch:.1f}", f"{per_epoch / first:.2f}"])
+        scored[label] = Variant(score(configs[label], result.run_dir / BEST, test, pgd_steps, aa_size),
+                                sum(times) / len(times))
     aa = f", AA = AutoAttack's {' + '.join(AA_ATTACKS)} on the first {aa_size}" if aa_size else ""
     header = (f"{base.dataset}, {base.arch}{f' width {base.width}' if base.width else ''}, objective "
               f"{base.objective}, PGD-{base.steps} training ({base.threat.label}), {base.epochs} "
               f"epochs x {base.train_size or 'all'} images, seed {base.seed}, variants trained epoch by epoch in "
-              f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}{aa}; accuracies in %\n\n")
-    return header + markdown_table(HEADERS, rows) + compiled_line(results, seconds)
+              f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}{aa}")
+    bench = Bench(header, dict(METRICS), scored)
+    bench.save(out_dir)
+    return bench_table(bench) + compiled_line(results, {label: v.seconds_per_epoch for label, v in scored.items()})
 
 
 def compiled_line(results: dict[str, TrainResult], seconds: dict[str, float]) -> str:
@@ -190,6 +193,10 @@ def with_compiled(variants: dict[str, dict]) -> dict[str, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pool:
+        benches = [Bench.load(folder) for folder in args.pool]
+        print("\n\n".join([*map(bench_table, benches), seeds_table(benches)]))
+        return 0
     overrides = {k: v for k, v in {"epochs": args.epochs, "train_size": args.train_size, "width": args.width,
                                    "steps": args.steps, "seed": args.seed, "device": args.device,
                                    "data_dir": args.data_dir, "batch_size": args.batch_size,
@@ -242,4 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the variants left in --out-dir by an interrupted bench (finished ones are "
                              "only scored); each must have been started with the same settings")
+    parser.add_argument("--pool", nargs="+", metavar="OUT_DIR",
+                        help="train nothing: print the tables of these finished benches (e.g. one per --seed) and "
+                             "their variants pooled over the benches, with paired tests")
     add_common_flags(parser, seed=None)
