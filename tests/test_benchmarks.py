@@ -30,7 +30,10 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, wid
     rows = table_rows(out)
     labels = [row[0] for row in rows]
     assert labels[:len(NORM_VARIANTS)] == list(NORM_VARIANTS)
-    assert labels[len(NORM_VARIANTS)].startswith("SaBN split_routes") and labels[-1].startswith("BN, no routes")
+    joined, scaling, adversarial, attack_pass, logging = labels[len(NORM_VARIANTS):]
+    assert joined.startswith("SaBN split_routes") and scaling.startswith("BN, no routes")
+    assert adversarial.startswith("BN: adversarial step (madry, PGD-5) vs 6 plain steps (analytic limit 0.72)")
+    assert attack_pass.startswith("BN: attack pass") and logging.startswith("BN: logging forward")
     assert rows[0][2] == "1.000" and all(float(row[2]) > 0 for row in rows)
     assert f"x8x8 ({layout})," in out
     assert ("oneDNN issue 6035" in out) == (width == "4")  # the training default, NCHW for width 4, says why
