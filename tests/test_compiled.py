@@ -23,8 +23,15 @@ from robust_sabn.training.config import TrainConfig
 from robust_sabn.training.loop import train
 from robust_sabn.training.run_dir import resume_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread", "compile_cache")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread", "compile_cache", "fresh_dynamo")]
 CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Forget the graphs earlier tests compiled in this process (dynamo would reuse one whose guards still pass,
+    for a model of the same structure): each test compiles, from the shared disk cache."""
+    torch._dynamo.reset()
 
 
 def counts() -> dict[str, int]:
@@ -103,7 +110,6 @@ def test_eval_compiled_names_its_form_and_warm_up_resumes_and_shards_without_com
 @pytest.mark.parametrize("norm, conv", [("bn", "standard"), ("sandwich", "standard"), ("dual", "standard"),
                                         ("ubn", "standard"), ("gn", "weightalign"), ("none", "weightalign")])
 def test_every_norm_traces_into_one_graph_in_every_mode_training_uses(norm, conv):
-    torch._dynamo.reset()  # the graphs of earlier tests' models out of the way of dynamo's recompile limit
     model = create_model("resnet_small", width=4, norm=norm, conv=conv, in_channels=1)
     traced = torch.compile(model._call_impl, fullgraph=True, backend="eager")  # dynamo only: graph breaks raise
     x = torch.rand(4, 1, 28, 28)
