@@ -50,6 +50,21 @@ def restore_modes(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block no parameter of ``model`` requires a gradient (those that did again on exit): an attack
+    differentiates with respect to its input alone, so autograd records no path to the weights, and a compiled
+    model compiles a backward pass without weight gradients. Results are the same bit for bit."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class RoutedAttack(Attack):
     """A torchattacks ``Attack`` that runs through ``route`` with batch norms in ``bn_mode``.
 
@@ -58,8 +73,9 @@ class RoutedAttack(Attack):
     eval mode (the usual choice); ``"train"`` keeps it in train mode, so batch statistics are used and the
     route's running statistics are updated by the attack's forwards, as in the official SaBN code.
     Afterwards every module's train/eval flag and the route choice are restored exactly, even on error.
-    Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only: no parameter ``.grad`` is
-    touched and autograd skips the weight-gradient kernels. Under float16 autocast (``--amp fp16``) the ascent
+    Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, with the parameters frozen while the
+    attack runs (:func:`frozen_parameters`): no parameter ``.grad`` is touched and no weight gradient is computed,
+    by eager or compiled models. Under float16 autocast (``--amp fp16``) the ascent
     directions stay those of float32: see :meth:`input_gradient`.
     """
 
@@ -74,7 +90,8 @@ class RoutedAttack(Attack):
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
         route = use_route(self.model, self.route) if self.route is not None else nullcontext()
-        with restore_modes(self.model), route, torch.enable_grad(), self._precision(inputs.device.type):
+        with (restore_modes(self.model), frozen_parameters(self.model), route, torch.enable_grad(),
+              self._precision(inputs.device.type)):
             return super().__call__(inputs, labels, *args, **kwargs)
 
     def _precision(self, device_type: str):

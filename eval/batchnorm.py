@@ -7,6 +7,10 @@ in double precision, rounded to the input's dtype (ATen's ``batch_norm_cpu_backw
 quickstart's model that backward took a tenth of a forward-backward pass. :class:`InputGradBatchNorm2d` keeps
 PyTorch's own forward and computes that same input gradient with the same roundings, and nothing else; tests
 compare it bit for bit with PyTorch's, so that a change of PyTorch's formula cannot go unnoticed.
+
+The compiled form does away with such BatchNorms altogether: :func:`fold_into_convolutions` folds each one that
+follows a convolution into the convolution's weight and bias, as inductor's freezing would (whose graphs the compile
+cache cannot keep), which changes the logits in the last digits, as compiling does.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 
 class _EvalBatchNorm(torch.autograd.Function):
@@ -63,3 +68,13 @@ def with_input_grad_batchnorm(model: nn.Module) -> nn.Module:
     for name, child in model.named_children():
         setattr(model, name, with_input_grad_batchnorm(child))
     return model
+
+
+def fold_into_convolutions(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (frozen, in eval mode) with every ``nn.BatchNorm2d`` that alone reads an ``nn.Conv2d``'s
+    output folded into it (``torch.fx``; subclasses, such as WeightAlign's convolution, are left alone); ``model``
+    itself when torch.fx cannot trace it."""
+    try:
+        return fuse(model).requires_grad_(False)
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError):
+        return model

@@ -34,7 +34,7 @@ from ..threat import Threat
 from ..version import __version__
 from .autoattack import per_attack_accuracy
 from .batches import SEEDING, BatchResult
-from .numerics import describe_numerics, evaluation_form
+from .numerics import describe_numerics, evaluation_form, warm_up
 from .settings import EvalSettings
 from .shards import shared_points
 from .state import EvalState, fingerprint
@@ -209,7 +209,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     :func:`robust_sabn.distributed.start_processes` under torchrun) share the batches; every process gets the
     whole report. ``settings.keep_adversarials`` keeps the adversarial points that broke in ``report.adversarials``.
     Numerics other than "exact" evaluate a faster form that can change predictions (see
-    :mod:`robust_sabn.eval.numerics`); the report names it.
+    :mod:`robust_sabn.eval.numerics`); the report names it, and the compiled form's compilation (warm-up) is timed
+    apart from the attack, as ``time["compile_s"]``.
     """
     start = time.perf_counter()
     if settings.attack is None:
@@ -232,15 +233,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
         identity = {**settings.identity(), "route": route, "seeding": SEEDING, "robust_sabn": __version__,
                     "torch": torch.__version__, "backend": attack.backend()}
         state = EvalState(state_dir, fingerprint(frozen, x, y, identity))
+    first = x[:settings.batch_size].to(device)
     with preserved_rng():
         with evaluation_form(frozen, device, settings.numerics) as form:
+            compile_s = warm_up(form, first)
             results, resumed = shared_points(form, x, y, settings, state=state)
         oracle = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
             with evaluation_form(freeze(model, clean_route, device), device, settings.numerics) as form:
+                compile_s += warm_up(form, first, gradients=False)
                 oracle = shared_points(form, x, y, replace(settings, attack=None, keep_adversarials=False))[0]
     report = build_report(results, oracle, y, num_classes, described, clean_route=clean_route)
     report.time["total_s"] = time.perf_counter() - start
+    report.time["compile_s"] = compile_s
     report.time["resumed_batches"] = resumed
     report.environment = {**environment(device, settings.processes.world_size),
                           "numerics": describe_numerics(settings.numerics, device)}

@@ -8,27 +8,36 @@
   logits differ in the last digits (measured: up to 2e-6 on the quickstart's model), so a borderline point can
   change. Refused on the CPU for models oneDNN mishandles in that format (robust_sabn.memory_format).
 - ``bf16``: autocast to bfloat16 (logits returned in float32): faster on GPUs, less precise.
+- ``compiled``: the float32 model, its BatchNorms folded into the convolutions before them, compiled whole by
+  torch.compile (:mod:`robust_sabn.compiling`): fused kernels, whose sums run in another order, so logits differ
+  in the last digits. Two graphs (with and without the input's gradient, the batch dimension symbolic) serve
+  every call of every attack; :func:`warm_up` compiles them before the attack (from the disk cache, in seconds,
+  once a run has compiled them).
 
 Every form but ``exact`` can change a prediction, so it is asked for by name, and the report names it.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..allocator import keep_freed_memory
+from ..compiling import compile_in_place, describe_compilation, is_compiled
 from ..errors import ConfigError
 from ..memory_format import choose_memory_format
 from ..registry import choose
-from .batchnorm import with_input_grad_batchnorm
+from .batchnorm import fold_into_convolutions, with_input_grad_batchnorm
 
 NUMERICS = {
     "exact": "float32, the model's own memory format",
     "channels-last": "float32 in channels_last (other kernels: last-digit differences)",
     "bf16": "bfloat16 autocast, float32 logits (lower precision)",
+    "compiled": "float32, BatchNorms folded into convolutions, compiled by torch.compile (last-digit differences)",
 }
 
 
@@ -76,6 +85,8 @@ def evaluation_form(model: nn.Module, device: torch.device, numerics: str = "exa
         model = model.to(memory_format=torch.channels_last)
     elif numerics == "bf16":
         model = Autocast(model, device, torch.bfloat16)
+    elif numerics == "compiled":
+        model = compile_in_place(fold_into_convolutions(model), device, _refuse_compiled, frozen=True)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = benchmark or device.type == "cuda"
     try:
@@ -84,6 +95,25 @@ def evaluation_form(model: nn.Module, device: torch.device, numerics: str = "exa
         torch.backends.cudnn.benchmark = benchmark
 
 
+def _refuse_compiled(reason: str) -> None:
+    raise ConfigError(f"numerics 'compiled': {reason}; evaluate this model in the exact form (--numerics exact)")
+
+
+def warm_up(form: nn.Module, example: torch.Tensor, gradients: bool = True) -> float:
+    """Compile a compiled form (others: nothing to do) as the attacks will call it, on ``example``, a batch on its
+    device: a forward pass without gradients and, with ``gradients``, one with the input's gradient; the seconds."""
+    if not is_compiled(form):
+        return 0.0
+    start = time.perf_counter()
+    with torch.no_grad():
+        logits = form(example)
+    if gradients:
+        x = example.detach().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(form(x), logits.argmax(1)), x)
+    return time.perf_counter() - start
+
+
 def describe_numerics(numerics: str, device: torch.device) -> str:
     """The report's words for the form a model was evaluated in on ``device``."""
-    return NUMERICS[numerics] + ("; cuDNN autotuned kernels" if device.type == "cuda" else "")
+    compiled = f", {describe_compilation(device)}" if numerics == "compiled" else ""
+    return NUMERICS[numerics] + compiled + ("; cuDNN autotuned kernels" if device.type == "cuda" else "")

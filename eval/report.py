@@ -43,7 +43,9 @@ def to_markdown(report: EvaluationReport) -> str:
         lines += ["", markdown_table(["class", "images", "clean acc (%, 95% CI)", "robust acc (%, 95% CI)"], rows)]
     processes = report.environment.get("processes", 1)
     resumed = report.time.get("resumed_batches", 0)
-    lines += ["", f"Total time {report.time['total_s']:.1f} s on {report.environment['device']}"
+    compile_s = report.time.get("compile_s", 0.0)
+    lines += ["", f"Total time {report.time['total_s']:.1f} s"
+              + (f" (compile warm-up {compile_s:.1f} s)" if compile_s else "") + f" on {report.environment['device']}"
               + (f" ({report.environment['numerics']})" if "numerics" in report.environment else "")
               + (f" in {processes} processes" if processes > 1 else "")
               + (f" ({resumed} batches finished by an earlier run)" if resumed else "")

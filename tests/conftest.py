@@ -25,3 +25,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """One torch.compile cache for the session: compiling is slow to warm up, so the tests of compiled forms share
+    what they compile, and the processes they start inherit it (``ROBUST_SABN_CACHE``)."""
+    folder = tmp_path_factory.mktemp("compile-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROBUST_SABN_CACHE", str(folder))
+        yield folder

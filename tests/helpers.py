@@ -187,6 +187,22 @@ def images_labelled_by(model: nn.Module, n: int = 8, route: str | None = "adv", 
     return x, y
 
 
+def interrupt_after(monkeypatch, finished: int) -> None:
+    """Make the evaluation stop (as if killed) when it starts the batch after ``finished`` batches."""
+    import robust_sabn.eval.batches as batches
+
+    real = batches.run_batch
+    calls = []
+
+    def run_batch(*args, **kwargs):
+        if len(calls) == finished:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "run_batch", run_batch)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,6 +1,7 @@
 """The CUDA paths, wherever a GPU exists (skipped elsewhere): every objective in each precision with channels_last,
-a bit-for-bit resume with --deterministic, AutoAttack on a CUDA model with CPU images, two NCCL processes, and the
-GPU benchmark. The CPU tests cover the same code on the CPU (fp16 attacks under CPU autocast, simulated GPU counts)."""
+a bit-for-bit resume with --deterministic, AutoAttack on a CUDA model with CPU images, two NCCL processes, the
+compiled forms (evaluation and training) and the GPU benchmark. The CPU tests cover the same code on the CPU (fp16
+attacks under CPU autocast, simulated GPU counts)."""
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -70,6 +71,30 @@ def test_two_nccl_processes_end_with_identical_weights(tmp_path):
     assert all(torch.equal(v, ranks[1]["state"][k].to(v.device)) for k, v in ranks[0]["state"].items())
 
 
+@pytest.mark.usefixtures("compile_cache")
 def test_bench_gpu_prints_every_row():
     table = bench_gpu(arch="resnet_small", batch_size=16, steps=1, timing=Timing(1, 1), n_eval=16)
-    assert table.count("\n| ") == 6 and "float16" in table and "split_routes" in table and "APGD-CE" in table
+    assert table.count("\n| ") == 9 and "float16" in table and "split_routes" in table
+    assert "numerics compiled (+ " in table and "training epoch of 50000 images" in table
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_the_compiled_form_on_a_gpu_names_its_mode_and_agrees_with_exact():
+    model = create_model("resnet_small", width=8, norm="sandwich").eval().cuda()
+    x = torch.rand(16, 3, 32, 32)
+    with torch.no_grad(), use_route(model, "adv"):
+        y = model(x.cuda()).argmax(1).cpu()
+    reports = [evaluate(model, x, y, EvalSettings(Threat("Linf", 2 / 255), "pgd-5", numerics=numerics, progress=False),
+                        route="adv") for numerics in ("exact", "compiled")]
+    assert "max-autotune-no-cudagraphs" in reports[1].environment["numerics"] and reports[1].time["compile_s"] > 0
+    assert abs(reports[0].robust_acc - reports[1].robust_acc) <= 1 / 16  # last digits can move one borderline point
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_train_compile_on_a_gpu(tmp_path):
+    write_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)
+    result = train(TrainConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data"), arch="resnet_small",
+                               width=16, eps=0.1, steps=2, val_steps=1, val_size=16, epochs=1, batch_size=16,
+                               max_steps=3, device="cuda", compile=True, out_dir=str(tmp_path / "run"),
+                               progress=False))
+    assert result.step == 3 and result.records[-1]["compile_time"] > 0

@@ -1,4 +1,5 @@
-"""The input-gradient-only BatchNorm of the exact evaluation form: bit for bit PyTorch's outputs and input gradients."""
+"""The input-gradient-only BatchNorm of the exact evaluation form: bit for bit PyTorch's outputs and input gradients;
+and the compiled form's BatchNorms folded into convolutions."""
 import copy
 
 import pytest
@@ -7,7 +8,13 @@ from helpers import routed_model
 from torch import nn
 
 from robust_sabn import fold_route
-from robust_sabn.eval.batchnorm import InputGradBatchNorm2d, replaceable, with_input_grad_batchnorm
+from robust_sabn.eval.batchnorm import (
+    InputGradBatchNorm2d,
+    fold_into_convolutions,
+    replaceable,
+    with_input_grad_batchnorm,
+)
+from robust_sabn.nn import WeightAlignConv2d
 
 
 def trained_looking_bn(channels: int, affine: bool = True) -> nn.BatchNorm2d:
@@ -71,3 +78,20 @@ def test_channels_last_inputs_and_no_grad_calls_run_pytorchs_own_batchnorm():
     assert torch.equal(native[0], ours[0]) and torch.equal(native[1], ours[1])
     with torch.no_grad():
         assert torch.equal(wrapped(x), bn(x))
+
+
+def test_the_compiled_form_folds_batchnorms_into_plain_convolutions_only():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), trained_looking_bn(16), nn.ReLU(), WeightAlignConv2d(16, 16, 3),
+                          trained_looking_bn(16)).eval().requires_grad_(False)
+    folded = fold_into_convolutions(model)
+    assert [type(m) for m in folded.modules() if isinstance(m, nn.BatchNorm2d)] == [nn.BatchNorm2d]  # WA's stays
+    x = torch.rand(4, 3, 9, 9)
+    assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=1e-5)
+    assert not any(p.requires_grad for p in folded.parameters())
+
+    class DataDependent(nn.Module):  # torch.fx cannot trace it: the model stays as it is
+        def forward(self, x):
+            return model(x) if x.sum() > 0 else -x
+
+    untraceable = DataDependent()
+    assert fold_into_convolutions(untraceable) is untraceable

@@ -4,9 +4,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import images_labelled_by, plain_model, routed_model
+from helpers import images_labelled_by, interrupt_after, plain_model, routed_model
 
-import robust_sabn.eval.batches as batches
 from robust_sabn import Threat
 from robust_sabn.errors import ConfigError
 from robust_sabn.eval import EvalSettings, eps_sweep, evaluate, write_report
@@ -23,20 +22,6 @@ def results(report) -> dict:
     """Everything a report says about the model; not how long it took, where, or what an earlier run did."""
     values = report.to_dict()
     return {k: v for k, v in values.items() if k not in ("time", "environment")}
-
-
-def interrupt_after(monkeypatch, finished: int) -> None:
-    """Make the evaluation stop (as if killed) when it starts the batch after ``finished`` batches."""
-    real = batches.run_batch
-    calls = []
-
-    def run_batch(*args, **kwargs):
-        if len(calls) == finished:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(batches, "run_batch", run_batch)
 
 
 def test_an_interrupted_evaluation_resumes_to_the_same_report(tmp_path, monkeypatch):

@@ -142,6 +142,10 @@ class TrainConfig:
     channels_last: bool | None = setting(
         None, "channels-last memory format (default: on CUDA with --amp; on CPU, where it is faster, unless oneDNN "
               "mishandles the model there: see docs/memory-format.md)")
+    compile: bool = setting(
+        False, "compile the model with torch.compile: training forward, backward and the attack's passes (not bit "
+               "for bit the eager result; compiled code cached in $ROBUST_SABN_CACHE, default ~/.cache/robust-sabn; "
+               "a model that cannot be compiled whole trains eager, with one line saying why)")
     deterministic: bool = setting(False, "deterministic algorithms only (torch.use_deterministic_algorithms)")
     sync_bn: bool = setting(False, "synchronize batch statistics across processes (SyncBatchNorm; CUDA)")
     save_every: int = setting(0, "also write last.pt every N optimizer steps (0: once per epoch)",

@@ -15,7 +15,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ..allocator import keep_freed_memory
 from ..checkpoint import TrainingCheckpoint
+from ..compiling import compilations, compile_in_place
 from ..data import as_tensors, fixed_subset, load_dataset, read_image_npz
 from ..distributed import NO_FORWARD_BUFFER_SYNC, Processes, start_processes
 from ..errors import ConfigError, UserError
@@ -102,6 +104,8 @@ class Trainer:
         self._check_device()
         Trackers.check(config.log)  # a missing package stops the run before it starts
         set_determinism(config.deterministic)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # as evaluation does: no page faults for the same-sized tensors of every step
 
         self.splits = load_dataset(config.dataset, config.data_dir, download=config.download,
                                    val_size=config.val_size, seed=config.seed)
@@ -128,7 +132,7 @@ class Trainer:
         self.ema = WeightAverage(self.model, config.ema_decay, config.warmup_steps) if config.ema_decay else None
         self.awp = WeightPerturbation(config.awp_gamma) if config.awp_gamma else None
         self.epoch = self.batch = self.step = 0
-        self.elapsed = self.epoch_seconds = 0.0
+        self.elapsed = self.epoch_seconds = self.compile_seconds = 0.0
         self.best: dict[str, Any] = {}
         self.epoch_meter, self.window_meter = Meter(), Meter()
         if checkpoint is not None:
@@ -150,6 +154,8 @@ class Trainer:
             except BaseException:
                 self.lock.release()
                 raise
+        if config.compile:  # every call of the model from here on: the training forward, the attacks, AWP
+            compile_in_place(self.model, self.device, self._compile_fallback)
         # Last, so that a constructor that fails holds no wrapper (see release). DDP wraps the model for the
         # training forward; attacks and validation use self.model itself.
         self.net: nn.Module = self.model
@@ -163,6 +169,10 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.objective.single_route and bool(routes_of(self.model)),
                 **NO_FORWARD_BUFFER_SYNC)
+
+    def _compile_fallback(self, reason: str) -> None:
+        if self.processes.is_main:
+            tqdm.write(f"--compile: {reason}; the model trains eager")
 
     def _check_device(self) -> None:
         config, device = self.config, self.device
@@ -260,13 +270,16 @@ class Trainer:
             for x, y in batches:
                 if self.budget_spent():
                     break
-                start = time.perf_counter()
+                start, compiled = time.perf_counter(), compilations() if config.compile else 0
                 values = self.train_step(x, y)
                 self.batch += 1
                 self.step += 1
                 seconds = time.perf_counter() - start
                 self.elapsed += seconds
-                self.epoch_seconds += seconds
+                if config.compile and compilations() > compiled:  # a step that compiled: warm-up, logged apart
+                    self.compile_seconds += seconds
+                else:
+                    self.epoch_seconds += seconds
                 bar.update(1)
                 bar.set_postfix({k.removeprefix("train_"): f"{v:.3f}" for k, v in values.items()
                                  if not k.startswith("layer/")}, refresh=False)
@@ -377,15 +390,16 @@ class Trainer:
         self.epoch += 1
         self.batch = 0
         self.finish("epoch")
-        self.epoch_meter, self.epoch_seconds = Meter(), 0.0
+        self.epoch_meter, self.epoch_seconds, self.compile_seconds = Meter(), 0.0, 0.0
 
     def finish(self, kind: str) -> None:
         """Validate, log a ``kind`` record, write best.pt (when robust accuracy improved), last.pt and the curves."""
         start = time.perf_counter()
         self.processes.average_buffers(self.model)
         val = self.validate()
+        compiled = {"compile_time": self.compile_seconds} if self.config.compile else {}
         record = self.log_record(kind, self.epoch_meter, epoch_time=self.epoch_seconds,
-                                 val_time=time.perf_counter() - start, **val)
+                                 val_time=time.perf_counter() - start, **compiled, **val)
         improved = val["val_robust_acc"] > self.best.get("val_robust_acc", -1.0)
         if improved:
             self.best = {"val_robust_acc": val["val_robust_acc"], "epoch": self.epoch, "step": self.step}

@@ -31,7 +31,8 @@ RESUMABLE = (LAST, BEST)  # the checkpoints a resumed run continues from, in ord
 LOCK = ".lock"
 
 # Settings a resumed run may change: they decide how far and where it runs, not what it computes.
-RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "log", "num_workers", "progress", "data_dir")
+RESUME_OVERRIDES = ("max_steps", "device", "save_every", "log_every", "log", "num_workers", "progress", "data_dir",
+                    "compile")
 
 
 def default_run_dir(config: TrainConfig) -> str:

@@ -193,7 +193,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the run folder --log adds to (default: the folder of the training checkpoint)")
     parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
                         help="exact (default: the model's own float32 computation), or a faster form that can change "
-                             "a prediction and is named in the report: channels-last, bf16")
+                             "a prediction and is named in the report: channels-last, bf16, compiled (torch.compile; "
+                             "compiled code is cached in $ROBUST_SABN_CACHE, default ~/.cache/robust-sabn)")
     parser.add_argument("--save-adversarials", action="store_true",
                         help=f"also write <report>{ADVERSARIALS}: the adversarial images of the points that broke, "
                              "with their indices, labels and predictions (tensors only)")

@@ -2,16 +2,18 @@
 
 Rows: AutoAttack via :func:`robust_sabn.eval.evaluate` vs ``pyautoattack.AutoAttack`` on the folded model
 (target ratio <= 0.80, identical robust accuracy), once for each ``numerics`` (the exact default, then the opt-in
-faster forms, which may change a prediction); ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD`` (10 steps of
-eps/4, random start) looped over the same batches with a clean pass (target <= 0.90, robust accuracy within noise);
-and, for a checkpoint, the ``robust-sabn eval`` command sharded over 2 torchrun processes (one thread each) against
-one process with one thread and with every thread (whole commands, start-up included; the report says whether
-the per-image results are identical). Each library call runs in a fresh Python process, as a user's script would,
-and is timed there without the start-up: a process-wide setting of one variant (robust-sabn's allocator, see
-:mod:`robust_sabn.allocator`) then cannot speed up another. Both library baselines get ``fold_route(model,
-route)``, folded before timing. Every variant runs once per round, rounds interleaved
-(:meth:`robust_sabn.cli.bench.timing.Timing.medians`). robust-sabn's AutoAttack and pyautoattack run in one batch
-of all the images, so that the exact form must give pyautoattack's own result.
+faster forms, which may change a prediction; the compiled form's target is <= 0.55), with the per-image agreement;
+``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD`` (10 steps of eps/4, random start) looped over the same
+batches with a clean pass (target <= 0.90, robust accuracy within noise), and compiled (target <= 0.55); the
+compiled form's warm-up from an empty compile cache (target < 60 s) and from the cache the bench filled (< 5 s),
+which the compiled rows' times leave out; and, for a checkpoint, the ``robust-sabn eval`` command sharded over 2
+torchrun processes (one thread each) against one process with one thread and with every thread (whole commands,
+start-up included; the report says whether the per-image results are identical). Each library call runs in a
+fresh Python process, as a user's script would, and is timed there without the start-up: a process-wide setting of
+one variant (robust-sabn's allocator, see :mod:`robust_sabn.allocator`) then cannot speed up another. Both library
+baselines get ``fold_route(model, route)``, folded before timing. Every variant runs once per round, rounds
+interleaved (:meth:`robust_sabn.cli.bench.timing.Timing.medians`). robust-sabn's AutoAttack and pyautoattack run
+in one batch of all the images, so that the exact form must give pyautoattack's own result.
 
 The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
 SaBN ``resnet_small`` on random images labelled by its own predictions, a quarter of them wrongly.
@@ -23,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...compiling import CACHE_VARIABLE
 from ...constants import AA_VERSIONS
 from ...convert import fold_route
 from ...data import test_images
@@ -48,21 +52,22 @@ from ...threat import Threat
 from ..flags import InRange, add_common_flags
 from .timing import Timing
 
-TARGETS = {"autoattack": 0.80, "pgd-10": 0.90}
+TARGETS = {"autoattack exact": 0.80, "autoattack compiled": 0.55, "pgd-10 exact": 0.90, "pgd-10 compiled": 0.55}
+WARM_UP_TARGETS = {"cold": 60.0, "cached": 5.0}  # seconds, the compiled form's warm-up
 
 
 def _pyautoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str, attacks: list[str],
-                  seed: int, batch_size: int) -> float:
+                  seed: int, batch_size: int) -> torch.Tensor:
     from pyautoattack import AutoAttack
 
     adversary = AutoAttack(model, attacks=attacks if version == "custom" else None, device="cpu", eps=eps,
                            norm="Linf", seed=seed, version=version)
     _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return (y_adv == y).float().mean().item()
+    return y_adv == y
 
 
 def _torchattacks_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
-                      batch_size: int) -> float:
+                      batch_size: int) -> torch.Tensor:
     import torchattacks
 
     torch.manual_seed(seed)
@@ -75,7 +80,7 @@ def _torchattacks_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         adv = attack(xb, yb)
         with torch.no_grad():
             robust.append(correct & (model(adv).argmax(1) == yb))
-    return torch.cat(robust).float().mean().item()
+    return torch.cat(robust)
 
 
 def synthetic_case(width: int, n: int, image_size: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
@@ -130,36 +135,44 @@ class Case:
     description: str
 
 
-def time_variant(spec: dict[str, Any]) -> dict[str, float]:
+def time_variant(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one variant of ``spec`` on its :class:`Case` and time the call alone (model and images are ready, the
-    baselines' model folded, before the clock starts): ``{"seconds", "robust_acc"}``."""
+    baselines' model folded, before the clock starts; the compiled form's warm-up, compiling from ``spec["cache"]``,
+    is timed apart): ``{"seconds", "robust", "compile_s"}``, ``robust`` one character 0 or 1 per image."""
     torch.set_num_threads(spec["threads"])
+    os.environ[CACHE_VARIABLE] = spec["cache"]
     case = CaseSpec(**spec["case"]).build()
     model, route, x, y, eps, seed = case.model, case.route, case.x, case.y, case.eps, spec["seed"]
     variant, batch_size = spec["variant"], spec["batch_size"]
 
-    def ours(attack: EvalAttack, batch: int, numerics: str = "exact") -> float:
+    def ours(attack: EvalAttack, batch: int, numerics: str) -> tuple[str, float]:
         settings = EvalSettings(Threat("Linf", eps), attack, seed, batch, numerics=numerics, progress=False)
-        return evaluate(model, x, y, settings, route=route, clean_route=None).robust_acc
-    if variant.startswith("autoattack "):
-        attack = make_eval_attack("autoattack", spec["version"], spec["attacks"])
-        call = functools.partial(ours, attack, len(x), variant.removeprefix("autoattack "))
-    elif variant == "pgd-10":
-        call = functools.partial(ours, make_eval_attack("pgd-10"), batch_size)
+        report = evaluate(model, x, y, settings, route=route, clean_route=None)
+        return report.per_image["robust"], report.time["compile_s"]
+    attack, _, numerics = variant.partition(" ")
+    if attack == "autoattack":
+        call = functools.partial(ours, make_eval_attack("autoattack", spec["version"], spec["attacks"]), len(x),
+                                 numerics)
+    elif attack in ("pgd-10", "warm-up"):  # warm-up: the compiled form's compilation under the shortest attack
+        call = functools.partial(ours, make_eval_attack("pgd-10" if attack == "pgd-10" else "pgd-1"), batch_size,
+                                 numerics)
     else:  # a library called directly, on the model folded before the clock starts
         folded = fold_route(model, route)
-        call = {"pyautoattack": functools.partial(_pyautoattack, folded, x, y, eps, spec["version"],
-                                                  spec["attacks"] or [], seed, len(x)),
-                "torchattacks-pgd": functools.partial(_torchattacks_pgd, folded, x, y, eps, seed, batch_size)}[variant]
+        library = {"pyautoattack": functools.partial(_pyautoattack, folded, x, y, eps, spec["version"],
+                                                     spec["attacks"] or [], seed, len(x)),
+                   "torchattacks-pgd": functools.partial(_torchattacks_pgd, folded, x, y, eps, seed, batch_size)}
+
+        def call() -> tuple[str, float]:
+            return "".join("1" if robust else "0" for robust in library[variant]().tolist()), 0.0
     start = time.perf_counter()
-    robust_acc = call()
-    return {"seconds": time.perf_counter() - start, "robust_acc": robust_acc}
+    robust, compile_s = call()
+    return {"seconds": time.perf_counter() - start - compile_s, "robust": robust, "compile_s": compile_s}
 
 
 def _in_fresh_process(spec: dict[str, Any], results: dict[str, Any]) -> Callable[[], float]:
     """A call that runs :func:`time_variant` on ``spec`` in a new Python process (so that no variant inherits
-    another's allocator settings, caches or heap) and returns the seconds it measured; the robust accuracy lands
-    in ``results[spec["variant"]]``."""
+    another's allocator settings, caches or heap) and returns the seconds it measured; its result lands in
+    ``results[spec["variant"]]`` (the last call's robust flags, every call's compile warm-up)."""
     code = ("import json, sys; from robust_sabn.cli.bench.eval import time_variant; "
             "print(json.dumps(time_variant(json.load(sys.stdin))))")
 
@@ -168,7 +181,9 @@ def _in_fresh_process(spec: dict[str, Any], results: dict[str, Any]) -> Callable
         if done.returncode != 0:
             raise RuntimeError(f"bench eval variant {spec['variant']!r} failed: {done.stderr[-2000:]}")
         result = json.loads(done.stdout.splitlines()[-1])
-        results[spec["variant"]] = result["robust_acc"]
+        mine = results.setdefault(spec["variant"], {"compile_s": []})
+        mine["robust"] = result["robust"]
+        mine["compile_s"].append(result["compile_s"])
         return result["seconds"]
     return call
 
@@ -199,48 +214,69 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
                sharded_attack: str | None = "autoattack") -> str:
     """Time the pairs on the model and images of ``spec``; a Markdown table of ratios. ``numerics``: the forms
     robust-sabn's AutoAttack runs in (one row each; a form refused for the model, e.g. channels-last for narrow ones
-    on the CPU, is a row saying why it is skipped). ``sharded_attack`` (None: no sharded rows) is the attack of the
-    ``robust-sabn eval`` commands timed with 2 processes and with 1, on a checkpoint only."""
+    on the CPU, is a row saying why it is skipped; "compiled" adds the compiled PGD-10 and the warm-up rows).
+    ``sharded_attack`` (None: no sharded rows) is the attack of the ``robust-sabn eval`` commands timed with 2
+    processes and with 1, on a checkpoint only."""
     case = spec.build()
     checkpoint, seed = spec.checkpoint, spec.seed
     threads = torch.get_num_threads()
     refused = {form: refusal(case.model, torch.device("cpu"), form) for form in numerics}
+    compiled = "compiled" in numerics and refused["compiled"] is None
     case_values = dataclasses.asdict(dataclasses.replace(spec, eps=case.eps))
-    specs = {variant: dict(case=case_values, variant=variant, seed=seed, version=version, attacks=attacks,
-                           batch_size=batch_size, threads=threads)
-             for variant in [*(f"autoattack {form}" for form in numerics if refused[form] is None), "pyautoattack",
-                             "pgd-10", "torchattacks-pgd"]}
-    results: dict[str, Any] = {}  # robust accuracy of each library variant, per-image results of each command
-    variants = {variant: _in_fresh_process(spec, results) for variant, spec in specs.items()}
+    results: dict[str, Any] = {}  # each variant's robust flags and warm-ups, each command's per-image results
     cores = cpu_cores()
     shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
     with tempfile.TemporaryDirectory() as scratch:
+        specs = {variant: dict(case=case_values, variant=variant, seed=seed, version=version, attacks=attacks,
+                               batch_size=batch_size, threads=threads, cache=str(Path(scratch) / "cache"))
+                 for variant in [*(f"autoattack {form}" for form in numerics if refused[form] is None),
+                                 "pyautoattack", "pgd-10 exact", *(["pgd-10 compiled"] if compiled else []),
+                                 "torchattacks-pgd"]}
+        variants = {variant: _in_fresh_process(spec, results) for variant, spec in specs.items()}
+        if compiled:  # the first compilation, into the empty cache that every compiled variant then reads
+            _in_fresh_process({**specs["pgd-10 compiled"], "variant": "warm-up compiled"}, results)()
         if checkpoint is not None and sharded_attack is not None:
             variants.update({label: _timed(_eval_command(
                 checkpoint, Path(scratch) / label.replace(" ", ""), sharded_attack, len(case.y), batch_size,
                 case.eps, seed, *setting, results, label)) for label, setting in shards.items()})
         times = timing.medians(variants, reported=True)
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
-    direct = times["pyautoattack"]
-    rows = [[f"{label}, numerics {form}", "skipped", direct, "", "", refused[form]] if refused[form] else
-            [f"{label}, numerics {form}", times[f"autoattack {form}"], direct, times[f"autoattack {form}"] / direct,
-             TARGETS["autoattack"] if form == "exact" else "",
-             f"{100 * results[f'autoattack {form}']:.2f} / {100 * results['pyautoattack']:.2f}"] for form in numerics]
-    rows.append(["PGD-10 (eps/4 steps)", times["pgd-10"], times["torchattacks-pgd"],
-                 times["pgd-10"] / times["torchattacks-pgd"], TARGETS["pgd-10"],
-                 f"{100 * results['pgd-10']:.2f} / {100 * results['torchattacks-pgd']:.2f}"])
+    rows = [[f"{label}, numerics {form}", "skipped", times["pyautoattack"], "", "", refused[form], ""]
+            if refused[form] else _row(f"{label}, numerics {form}", f"autoattack {form}", "pyautoattack", times,
+                                       results, "images") for form in numerics]
+    rows.append(_row("PGD-10 (eps/4 steps), numerics exact", "pgd-10 exact", "torchattacks-pgd", times, results))
+    if compiled:
+        rows.append(_row("PGD-10 (eps/4 steps), numerics compiled", "pgd-10 compiled", "torchattacks-pgd", times,
+                         results, "with exact", "pgd-10 exact"))
+        cached = statistics.median([seconds for variant in ("autoattack compiled", "pgd-10 compiled")
+                                    for seconds in results.get(variant, {}).get("compile_s", [])])
+        for kind, seconds in (("cold", results["warm-up compiled"]["compile_s"][0]), ("cached", cached)):
+            source = "an empty compile cache" if kind == "cold" else "the cache (median of the compiled calls)"
+            rows.append([f"compile warm-up from {source}, target < {WARM_UP_TARGETS[kind]:.0f} s", seconds, "", "",
+                         "", "", ""])
     if "2 x 1" in results:
         robust = f"{100 * results['2 x 1']['robust'].count('1') / len(case.y):.2f}"
         for baseline in list(shards)[1:]:
             same = "identical" if results[baseline] == results["2 x 1"] else "DIFFERENT"
             rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
                          f"thread(s)", times["2 x 1"], times[baseline], times["2 x 1"] / times[baseline], "",
-                         f"{robust} ({same} per-image results)"])
+                         f"{robust} ({same} per-image results)", ""])
     header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, median of {timing.repeats}, "
               f"{threads} threads, torch {torch.__version__}; each library call in a fresh process, timed without "
-              f"its start-up\n\n")
+              f"its start-up (and robust-sabn's compiled calls without their warm-up)\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
-                                    "robust acc % (ours / baseline)"], rows)
+                                    "robust acc % (ours / baseline)", "per-image agreement"], rows)
+
+
+def _row(label: str, ours: str, baseline: str, times: dict[str, float], results: dict[str, Any], agreement: str = "",
+         agreed_with: str | None = None) -> list[object]:
+    """A pair's row: times, ratio, target, robust accuracies, and (with ``agreement``, the words after the count)
+    how many images have the same robust flag in ``ours`` as in ``agreed_with`` (default: the baseline)."""
+    mine, theirs = results[ours]["robust"], results[baseline]["robust"]
+    other = results[agreed_with or baseline]["robust"]
+    agreed = f"{sum(a == b for a, b in zip(mine, other))}/{len(mine)} {agreement}" if agreement else ""
+    return [label, times[ours], times[baseline], times[ours] / times[baseline], TARGETS.get(ours, ""),
+            f"{100 * mine.count('1') / len(mine):.2f} / {100 * theirs.count('1') / len(theirs):.2f}", agreed]
 
 
 def _timed(call: Callable[[], None]) -> Callable[[], float]:

@@ -1,4 +1,5 @@
-"""``robust-sabn bench norms``: forward+backward time of one model per normalization, side by side."""
+"""``robust-sabn bench norms``: forward+backward time of one model per normalization, side by side; and what one
+adversarial training step costs against K+1 plain training steps of the same model and batch."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...attacks.base import frozen_parameters, restore_modes
 from ...devices import resolve_device
 from ...limits import BATCH_SIZE, IMAGE_SIZE, REPEATS, WARMUP_ROUNDS
 from ...memory_format import choose_memory_format
@@ -14,6 +16,8 @@ from ...models import create_model
 from ...models.arguments import ARGUMENT_RANGES
 from ...nn import set_route
 from ...tables import markdown_table
+from ...threat import Threat
+from ...training.objectives import OBJECTIVES
 from ..flags import InRange, add_common_flags
 from .steps import SPLIT_TARGET, Step, split_steps
 from .timing import Timing
@@ -29,6 +33,7 @@ NORM_VARIANTS: dict[str, dict] = {
     "WeightAlign+GN": {"norm": "gn", "conv": "weightalign"},
 }
 TARGETS = {"SaBN": 1.03}
+K = 5  # PGD steps of the adversarial training step compared with K+1 plain steps
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
@@ -36,6 +41,34 @@ def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
     return step
+
+
+def _adversarial_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Step]:
+    """On a BN ``model`` in train mode, with SGD: a madry PGD-K training step as the trainer takes it (the attack's K
+    passes, eval-mode forward and input gradient each; the loss, with the no-grad forward that logs clean accuracy;
+    backward; SGD), a plain step (forward, backward, SGD), and the adversarial step's parts."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    objective = OBJECTIVES["madry"](threat=Threat("Linf", 8 / 255), step_size=2 / 255, steps=K)
+    attack = objective.attack(model)  # made once, as the trainer's objective makes it
+
+    def update(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def adversarial() -> None:
+        update(objective.loss(model, x, attack(x, y), y).loss)
+
+    def one_pass() -> None:
+        with restore_modes(model), frozen_parameters(model.eval()):
+            images = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(images), y), images)
+
+    def logging_forward() -> None:
+        with restore_modes(model), frozen_parameters(model.eval()), torch.no_grad():
+            model(x)
+    return {"adversarial step": adversarial, "plain step": lambda: update(F.cross_entropy(model(x), y)),
+            "attack pass": one_pass, "logging forward": logging_forward}
 
 
 def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 64, image_size: int = 32,
@@ -62,6 +95,8 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
     steps = {label: _train_step(model.to(memory_format=choice.memory_format), x, y) for label, model in models.items()}
     for label in ("SaBN", "BN"):
         steps[f"{label} joined"], steps[f"{label} two"] = split_steps(models[label], x, y)
+    bn = create_model(arch, norm="bn", **arch_kwargs).to(device).to(memory_format=choice.memory_format).train()
+    steps.update(_adversarial_steps(bn, x, y))
     times = timing.medians(steps, wait=torch.cuda.synchronize if device.type == "cuda" else lambda: None)
 
     rows = [[label, 1e3 * times[label], times[label] / times["BN"], TARGETS.get(label, "")]
@@ -70,6 +105,12 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
                  times["SaBN joined"] / times["SaBN two"], SPLIT_TARGET])
     rows.append(["BN, no routes: one pass over 2B vs two passes over B (hardware batch scaling)",
                  1e3 * times["BN joined"], times["BN joined"] / times["BN two"], ""])
+    plain = times["plain step"]
+    rows.append([f"BN: adversarial step (madry, PGD-{K}) vs {K + 1} plain steps (analytic limit "
+                 f"{(2 * K + 3) / (3 * K + 3):.2f})", 1e3 * times["adversarial step"],
+                 times["adversarial step"] / ((K + 1) * plain), ""])
+    rows += [[f"BN: {part} vs a plain step (analytic {analytic})", 1e3 * times[part], times[part] / plain, ""]
+             for part, analytic in (("attack pass", "0.67"), ("logging forward", "0.33"))]
     layout = "channels_last" if choice.channels_last else "NCHW"
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
               f"forward+backward, median of {timing.repeats}, {torch.get_num_threads()} threads, {device}, "

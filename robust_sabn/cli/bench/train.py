@@ -1,7 +1,10 @@
 """``robust-sabn bench train``: variants trained with the same budget and seed, side by side.
 
 Two suites: ``norms`` (BN, AuxBN, SaAuxBN, ...) and ``modern`` (the techniques of the RobustBench-era recipes,
-one by one and together, on top of SaAuxBN + hybrid, and BN with all of them). Each variant trains from the same
+one by one and together, on top of SaAuxBN + hybrid, and BN with all of them). ``--compile`` trains every variant
+a second time with ``--compile`` (its row "<variant> compiled"), and a line under the table gives each compiled
+variant's seconds per epoch against its eager twin's (target <= 0.75; the steps that compiled are the warm-up,
+logged apart as ``compile_time``, which the line also gives). Each variant trains from the same
 config (the ``fashion-mnist-small`` recipe unless ``--config`` says otherwise), then its best checkpoint (the weight
 average where the variant keeps one) is scored on a fixed test subset under both protocols: *single route* (one
 fixed model: clean, PGD and AutoAttack accuracy through the adv route, what RobustBench accepts) and *oracle
@@ -63,6 +66,8 @@ MODERN_BENCH_VARIANTS: dict[str, dict] = {
     "BN all": {"norm": "bn", **ALL_TECHNIQUES},
 }
 SUITES = {"norms": TRAIN_BENCH_VARIANTS, "modern": MODERN_BENCH_VARIANTS}
+COMPILED = " compiled"  # the label suffix of a variant's compiled twin
+COMPILED_TARGET = 0.75  # seconds per epoch, compiled against eager
 AA_ATTACKS = ("apgd-ce", "apgd-t")
 # metric -> column: the oracle protocol's robust accuracy is the single route's (both attack the adv route)
 METRICS = {"clean": "single route: clean", "pgd": "single route: PGD", "aa": "single route: AA",
@@ -165,7 +170,26 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
               f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}{aa}")
     bench = Bench(header, dict(METRICS), scored)
     bench.save(out_dir)
-    return bench_table(bench)
+    return bench_table(bench) + compiled_line(results, {label: v.seconds_per_epoch for label, v in scored.items()})
+
+
+def compiled_line(results: dict[str, TrainResult], seconds: dict[str, float]) -> str:
+    """Under the table, each compiled twin's seconds per epoch against its eager variant's, and its warm-up."""
+    pairs = [(label, label.removesuffix(COMPILED)) for label in results
+             if label.endswith(COMPILED) and label.removesuffix(COMPILED) in results]
+    if not pairs:
+        return ""
+    parts = [f"{eager} {seconds[label] / seconds[eager]:.2f} (warm-up "
+             f"{sum(r.get('compile_time', 0.0) for r in results[label].records if r['kind'] != 'step'):.0f} s)"
+             for label, eager in pairs]
+    return (f"\n\nCompiled / eager seconds per epoch (target <= {COMPILED_TARGET}; warm-up left out): "
+            + "; ".join(parts) + "\n")
+
+
+def with_compiled(variants: dict[str, dict]) -> dict[str, dict]:
+    """Every variant followed by its compiled twin."""
+    return {name: overrides for label, base in variants.items()
+            for name, overrides in ((label, base), (label + COMPILED, {**base, "compile": True}))}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"unknown variant(s) {', '.join(unknown)} in suite {args.suite}; known: "
                               f"{', '.join(map(repr, variants))}")
         variants = {v: variants[v] for v in args.variants}
+    if args.compile:
+        variants = with_compiled(variants)
     out_dir = args.out_dir or f"runs/bench-train-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out_dir:
         raise ConfigError("--resume continues the variants of an earlier bench; name its folder with --out-dir")
@@ -217,6 +243,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of the test attack (eval's pgd-K)")
     parser.add_argument("--aa-size", action=InRange, limits=IMAGES.but(low=0, example="500"), default=500,
                         help="test images attacked by AutoAttack's APGD-CE + APGD-T (0: none)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train every variant also with --compile (torch.compile), interleaved with the eager one")
     parser.add_argument("--out-dir", help="folder for the variants' run folders (default runs/bench-train-<time>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the variants left in --out-dir by an interrupted bench (finished ones are "
