@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..constants import CLEAN_ROUTE, ORACLE_ROUTING, SINGLE_ROUTE
 from ..nn import check_model_route
 from ..rng import preserved_rng
-from ..tables import markdown_table
+from ..tables import markdown_table, percent
 from .audit_checks import CHECKS, AuditOptions, AuditRun, CheckResult, Reference
 from .evaluate import EvaluationReport
 from .report import write_pair
@@ -104,10 +104,6 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSett
     return AuditReport(checks, standard, evaluations, options.level, {"total_s": time.perf_counter() - start})
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
 def to_markdown(report: AuditReport) -> str:
     """The verdict, the checks' table with why each passed or failed, the standard evaluation's protocols, the
     AutoAttack flags and every evaluation the audit ran, as Markdown."""
@@ -119,17 +115,17 @@ def to_markdown(report: AuditReport) -> str:
     lines += [markdown_table(["check", "measured", "expected", "passed"], rows), ""]
     lines += [f"- {c.name}: {c.explanation} Rule: {c.rule}." for c in report.checks]
     single = s.protocols[SINGLE_ROUTE]
-    lines += ["", f"Standard evaluation ({SINGLE_ROUTE}): clean {_pct(single.clean_acc)}%, robust "
-                  f"{_pct(single.robust_acc)}%."]
+    lines += ["", f"Standard evaluation ({SINGLE_ROUTE}): clean {percent(single.clean_acc, s.n, 2)}%, "
+                  f"robust {percent(single.robust_acc, s.n, 2)}% (95% intervals)."]
     if ORACLE_ROUTING in s.protocols:
         oracle = s.protocols[ORACLE_ROUTING]
         lines[-1] += (f" {ORACLE_ROUTING.capitalize()} ({oracle.clean_route} route for clean inputs), not deployable: "
-                      f"clean {_pct(oracle.clean_acc)}%, robust {_pct(oracle.robust_acc)}%.")
+                      f"clean {percent(oracle.clean_acc, s.n, 2)}%, robust {percent(oracle.robust_acc, s.n, 2)}%.")
     lines += [f"\n> **AutoAttack flag:** {flag}" for flag in s.flags]
-    rows = [[key, e["attack"], e["threat"], e["images"], _pct(e["clean_acc"]), _pct(e["robust_acc"]),
-             f"{e['seconds']:.1f}"] for key, e in report.evaluations.items()]
-    lines += ["", markdown_table(["evaluation", "attack", "threat", "images", "clean acc (%)", "robust acc (%)",
-                                  "time (s)"], rows)]
+    rows = [[key, e["attack"], e["threat"], e["images"], percent(e["clean_acc"], e["images"], 2),
+             percent(e["robust_acc"], e["images"], 2), f"{e['seconds']:.1f}"] for key, e in report.evaluations.items()]
+    lines += ["", markdown_table(["evaluation", "attack", "threat", "images", "clean acc (%, 95% CI)",
+                                  "robust acc (%, 95% CI)", "time (s)"], rows)]
     lines += ["", f"Each comparison at level {report.level}; total time {report.time['total_s']:.0f} s on "
                   f"{s.environment.get('device', '-')} ({s.environment.get('numerics', s.numerics)})."]
     return "\n".join(lines) + "\n"

@@ -18,13 +18,12 @@ from ..constants import DEFAULT_ROUTES
 from ..distributed import Processes
 from ..io import all_or_nothing, atomic_write, atomic_write_text
 from ..mixing import describe_mixture, mix_routes, mixture_weights
-from ..stats import accuracy_interval
+from ..stats import accuracy_interval, error_bars
 from ..tables import markdown_table, percent
 from .evaluate import EvaluationReport, evaluate
 from .recalibration import Recalibration
 from .settings import EvalSettings
 from .state import part
-from .sweep import error_bars
 
 
 @dataclass

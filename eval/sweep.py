@@ -12,15 +12,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..io import atomic_write
+from ..stats import error_bars
 from .evaluate import EvaluationReport, evaluate
 from .settings import EvalSettings
 from .state import part
-
-
-def error_bars(values: Sequence[float], intervals: Sequence[tuple[float, float]]) -> list[list[float]]:
-    """Matplotlib's asymmetric error bars, in percentage points, of accuracies and their intervals."""
-    return [[100 * (v - low) for v, (low, _) in zip(values, intervals)],
-            [100 * (high - v) for v, (_, high) in zip(values, intervals)]]
 
 
 def eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[float | str],

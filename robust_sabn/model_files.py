@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,11 @@ def hf_snapshot(folder: Path) -> Path:
         return folder
     ref = folder / "refs" / "main"
     if ref.is_file():
-        return snapshots / ref.read_text().strip()
+        revision = ref.read_text(errors="replace").strip()
+        if not re.fullmatch(r"[0-9a-f]{7,64}", revision):
+            raise CheckpointError(f"{ref} names no revision (a hexadecimal commit hash); pass the snapshot folder "
+                                  f"(e.g. {snapshots}/<revision>)")
+        return snapshots / revision
     found = sorted(p for p in snapshots.iterdir() if p.is_dir())
     if len(found) != 1:
         raise CheckpointError(f"{folder} holds {len(found)} snapshots and no refs/main; pass the snapshot folder "

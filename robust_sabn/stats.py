@@ -10,6 +10,7 @@ difference" each disagreement goes either way with probability 1/2, so the exact
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
 
 from .errors import ConfigError
@@ -68,3 +69,10 @@ def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
     """The 95% Wilson interval of an ``accuracy`` measured on ``n`` images (the count of successes is recovered
     exactly from the fraction)."""
     return wilson_interval(round(accuracy * n), n)
+
+
+def error_bars(values: Sequence[float], intervals: Sequence[tuple[float, float]],
+               scale: float = 100.0) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars of accuracies and their intervals, times ``scale`` (100: in points)."""
+    return [[scale * (v - low) for v, (low, _) in zip(values, intervals)],
+            [scale * (high - v) for v, (_, high) in zip(values, intervals)]]

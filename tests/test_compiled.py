@@ -174,4 +174,4 @@ def test_bench_train_trains_every_variant_also_compiled(fmnist, tmp_path, capsys
     out = capsys.readouterr().out
     rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")][1:]
     assert rows == ["| SaAuxBN", "| SaAuxBN compiled"]
-    assert "Compiled / eager seconds per epoch (target <= 0.75; warm-up left out): SaAuxBN " in out
+    assert "Compiled / eager seconds per step (target <= 0.75; warm-up left out): SaAuxBN " in out

@@ -144,3 +144,17 @@ def test_a_hugging_face_folder_is_not_overwritten_by_accident(tmp_path, capsys):
                           "--hf-dir", str(tmp_path / "hf")], capsys)
     assert "holds a model already; pass --overwrite" in err
     assert not (tmp_path / "models" / "cifar10" / "Linf" / "Other2026.pt").exists()  # refused before writing
+
+
+def test_a_cache_folder_whose_ref_names_no_revision_is_one_line(tmp_path):
+    from robust_sabn.errors import CheckpointError
+    from robust_sabn.model_files import hf_snapshot
+
+    repo = tmp_path / "models--org--Evil2026"
+    (repo / "snapshots" / "0123abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("../../../../etc")
+    with pytest.raises(CheckpointError, match="names no revision"):
+        hf_snapshot(repo)
+    (repo / "refs" / "main").write_text("0123abc\n")
+    assert hf_snapshot(repo) == repo / "snapshots" / "0123abc"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write
-from ..stats import accuracy_interval
+from ..stats import accuracy_interval, error_bars
 
 ACCURACY_KEYS = {
     "train_clean_acc": "train clean (batch)",
@@ -24,9 +24,8 @@ def _error_bars(records: Sequence[dict[str, Any]], key: str) -> list[list[float]
     number of validation images)."""
     if not key.startswith("val_") or not all(r.get(key) is not None and r.get("val_images") for r in records):
         return None
-    intervals = [accuracy_interval(r[key], r["val_images"]) for r in records]
-    return [[r[key] - low for r, (low, _) in zip(records, intervals)],
-            [high - r[key] for r, (_, high) in zip(records, intervals)]]
+    return error_bars([r[key] for r in records], [accuracy_interval(r[key], r["val_images"]) for r in records],
+                      scale=1.0)
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, steps_per_epoch: int) -> Path:

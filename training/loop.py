@@ -133,6 +133,7 @@ class Trainer:
         self.awp = WeightPerturbation(config.awp_gamma) if config.awp_gamma else None
         self.epoch = self.batch = self.step = 0
         self.elapsed = self.epoch_seconds = self.compile_seconds = 0.0
+        self.compile_steps = 0
         self.best: dict[str, Any] = {}
         self.epoch_meter, self.window_meter = Meter(), Meter()
         if checkpoint is not None:
@@ -278,6 +279,7 @@ class Trainer:
                 self.elapsed += seconds
                 if config.compile and compilations() > compiled:  # a step that compiled: warm-up, logged apart
                     self.compile_seconds += seconds
+                    self.compile_steps += 1
                 else:
                     self.epoch_seconds += seconds
                 bar.update(1)
@@ -390,14 +392,15 @@ class Trainer:
         self.epoch += 1
         self.batch = 0
         self.finish("epoch")
-        self.epoch_meter, self.epoch_seconds, self.compile_seconds = Meter(), 0.0, 0.0
+        self.epoch_meter, self.epoch_seconds, self.compile_seconds, self.compile_steps = Meter(), 0.0, 0.0, 0
 
     def finish(self, kind: str) -> None:
         """Validate, log a ``kind`` record, write best.pt (when robust accuracy improved), last.pt and the curves."""
         start = time.perf_counter()
         self.processes.average_buffers(self.model)
         val = self.validate()
-        compiled = {"compile_time": self.compile_seconds} if self.config.compile else {}
+        compiled = ({"compile_time": self.compile_seconds, "compile_steps": self.compile_steps}
+                    if self.config.compile else {})
         record = self.log_record(kind, self.epoch_meter, epoch_time=self.epoch_seconds,
                                  val_time=time.perf_counter() - start, **compiled, **val)
         improved = val["val_robust_acc"] > self.best.get("val_robust_acc", -1.0)
@@ -463,7 +466,7 @@ def _outcomes(logits: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tenso
     produce them."""
     if logits is None:
         return (torch.zeros((), device=y.device),) * 3
-    logits = logits.float()
+    logits = logits.detach().float()
     return ((logits.argmax(1) == y).sum().float(), F.cross_entropy(logits, y, reduction="sum"),
             torch.tensor(float(len(y)), device=y.device))
 

@@ -42,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean-route", help="a routed model's clean route: the oracle protocol's clean accuracy and "
                                               "the transfer check's surrogate (default: clean)")
     parser.add_argument("--numerics", default="exact", choices=list(NUMERICS),
-                        help="the form the model is audited in (default exact); in another, the transfer check "
-                             "crafts adversarials on the exact float32 model")
+                        help="the form the model is audited in (default exact); in another, the transfer check of a "
+                             "model with one route crafts adversarials on the exact float32 model")
     add_plus_images_flag(parser, AuditOptions.plus_images)
     parser.add_argument("--out", help="report path without suffix (default: <checkpoint folder>/eval/"
-                                      "<checkpoint>-audit-<settings>; for an export, its reports folder)")
+                                      "<checkpoint>-audit-<settings>; for an export, its reports folder; for a "
+                                      "Hugging Face folder, ./eval/<folder>)")
     add_common_flags(parser)

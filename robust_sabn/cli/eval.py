@@ -178,7 +178,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--attack", help="autoattack (default), apgd-ce, pgd-K (K steps, pgd = pgd-20) or cw-K")
     parser.add_argument("--clean-route", help="route for the oracle protocol's clean accuracy (default: clean)")
-    parser.add_argument("--out", help="report path without suffix (default: <checkpoint folder>/eval/<settings>)")
+    parser.add_argument("--out", help="report path without suffix (default: <checkpoint folder>/eval/"
+                                      "<checkpoint>-<settings>; for an export, its reports folder; for a Hugging "
+                                      "Face folder, ./eval/<folder>)")
     parser.add_argument("--eps-sweep", metavar="EPS,EPS,...",
                         help="robust accuracy at each radius, drawn as a PNG (PGD-20 unless --attack apgd-ce/pgd-K/cw)")
     parser.add_argument("--route-mix", metavar="GRID",

@@ -66,7 +66,8 @@ class DeprecatedAlias(argparse.Action):
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model to load, and the route and threat model to use: shared by ``eval``, ``audit`` and ``export``."""
     parser.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
-                        help="run folder (best.pt, else last.pt), training checkpoint, or exported <name>.pt")
+                        help="run folder (best.pt, else last.pt), training checkpoint, exported <name>.pt or "
+                             "<name>.safetensors, or a Hugging Face model folder (also models--org--name in its cache)")
     parser.add_argument("--model", help="architecture for a plain state dict, or the Python callable an architecture "
                                         "file names, if you trust it: zoo name or 'module:callable'")
     parser.add_argument("--model-kwargs", help="JSON keyword arguments for --model, e.g. '{\"num_classes\": 10}'")

@@ -137,7 +137,7 @@ def write_card(path: str | os.PathLike, *, name: str, dataset: str, threat: Thre
 
 def fill_card(path: str | os.PathLike, report: Any, audit: Any = None) -> Path:
     """Record a single-route AutoAttack ``report`` (an :class:`~robust_sabn.eval.EvaluationReport`) in a card, with
-    the verdict of the gradient-masking ``audit`` of that evaluation (an :class:`~robust_sabn.eval.AuditReport`)
+    the verdict of the gradient-masking ``audit`` of that evaluation (an :class:`~robust_sabn.eval.audit.AuditReport`)
     where given."""
     path = Path(path)
     card = _read_card(path)

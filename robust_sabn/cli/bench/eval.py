@@ -42,6 +42,7 @@ from ...constants import AA_VERSIONS
 from ...convert import fold_route
 from ...data import test_images
 from ...eval import EvalAttack, EvalSettings, evaluate, make_eval_attack
+from ...eval.evaluate import per_image_bits
 from ...eval.numerics import NUMERICS, refusal
 from ...limits import BATCH_SIZE, IMAGE_SIZE, IMAGES, REPEATS, WARMUP_ROUNDS, cpu_cores
 from ...model_files import load_trained_model
@@ -163,7 +164,7 @@ def time_variant(spec: dict[str, Any]) -> dict[str, Any]:
                    "torchattacks-pgd": functools.partial(_torchattacks_pgd, folded, x, y, eps, seed, batch_size)}
 
         def call() -> tuple[str, float]:
-            return "".join("1" if robust else "0" for robust in library[variant]().tolist()), 0.0
+            return per_image_bits(library[variant]()), 0.0
     start = time.perf_counter()
     robust, compile_s = call()
     return {"seconds": time.perf_counter() - start - compile_s, "robust": robust, "compile_s": compile_s}
