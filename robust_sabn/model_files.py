@@ -124,6 +124,11 @@ class LoadedModel:
         return Threat.standard(norm)
 
 
+def safetensors_file(weights: str | os.PathLike) -> Path:
+    """The safetensors copy an export writes beside its state dict: ``X.pt`` -> ``X.safetensors``."""
+    return Path(weights).with_suffix(".safetensors")
+
+
 def arch_file(weights: str | os.PathLike) -> Path:
     """The architecture file that sits beside a weights file: ``X.pt`` or ``X.safetensors`` -> ``X.arch.json``;
     a Hugging Face folder's ``config.json`` beside its ``model.safetensors``."""

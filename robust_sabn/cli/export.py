@@ -20,7 +20,14 @@ from ..exporting.huggingface import check_hf_folder, write_hf_folder
 from ..exporting.robustbench import unreachable, zoo_entry
 from ..io import all_or_nothing, check_writable
 from ..mixing import describe_mixture, mixture_weights
-from ..model_files import LoadedModel, TrainedFor, arch_file, load_trained_model, read_arch_file
+from ..model_files import (
+    LoadedModel,
+    TrainedFor,
+    arch_file,
+    load_trained_model,
+    read_arch_file,
+    safetensors_file,
+)
 from ..parsing import parse_json_object, parse_number
 from ..tables import markdown_table, percent
 from ..threat import Threat
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     weights = export(model, args.name, route, args.model_dir, trained=trained, dataset=dataset, arch=arch,
                      options=options)
     card = card_path(args.name, args.model_dir, dataset, threat.norm, args.info_dir)
-    rows = [["weights (state dict)", weights], ["weights (safetensors)", weights.with_suffix(".safetensors")],
+    rows = [["weights (state dict)", weights], ["weights (safetensors)", safetensors_file(weights)],
             ["architecture", arch_file(weights)], ["SHA-256 manifest", manifest_path(weights)],
             ["leaderboard card", card]]
     report = None

@@ -31,7 +31,7 @@ from ..convert import fold_route, fold_spec
 from ..errors import ConfigError
 from ..io import all_or_nothing, atomic_write_text, check_writable, load_weights, save_checkpoint, save_safetensors
 from ..mixing import check_weights, describe_mixture, mix_routes
-from ..model_files import TrainedFor, arch_file, write_arch_file
+from ..model_files import TrainedFor, arch_file, safetensors_file, write_arch_file
 from ..models.spec import build_model, check_spec, spec_from_arch
 from ..nn import check_model_route
 from ..parsing import parse_number
@@ -236,7 +236,7 @@ def export(model: nn.Module, name: str, route: str | Mapping[str, float] | None 
         check_model_route(model, route, "export")
     weights = weights_path(name, model_dir, dataset, threat.norm)
     card = card_path(name, model_dir, dataset, threat.norm, options.info_dir)
-    shared = weights.with_suffix(".safetensors")
+    shared = safetensors_file(weights)
     for path in (weights, shared, arch_file(weights), manifest_path(weights), card):
         check_writable(path)
     if weights.exists() and not options.overwrite:

@@ -21,7 +21,7 @@ import yaml
 from ..checksums import manifest_path, write_manifest
 from ..errors import ConfigError
 from ..io import all_or_nothing, atomic_write, atomic_write_text, check_writable
-from ..model_files import HF_CONFIG, HF_WEIGHTS, arch_file, read_arch_file
+from ..model_files import HF_CONFIG, HF_WEIGHTS, arch_file, read_arch_file, safetensors_file
 from ..tables import markdown_table, percent
 from ..version import __version__
 
@@ -34,7 +34,7 @@ def write_hf_folder(weights: str | os.PathLike, folder: str | os.PathLike, repor
     all or nothing; ``report`` (an :class:`~robust_sabn.eval.EvaluationReport` of the export, single route) puts
     its accuracies in the model card. Returns the files written."""
     weights, folder = Path(weights), Path(folder)
-    shared = weights.with_suffix(".safetensors")
+    shared = safetensors_file(weights)
     if not shared.is_file():
         raise ConfigError(f"{shared} is missing (exports of earlier versions have none): export the model again")
     record = read_arch_file(arch_file(weights))
