@@ -42,7 +42,8 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, wid
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["synthetic", "checkpoint"])
 def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, tmp_path, case):
-    model = ["--width", "4", "--image-size", "8", "--eps", "8/255", "--numerics", "exact", "bf16", "compiled"]
+    model = ["--width", "4", "--image-size", "8", "--eps", "8/255", "--numerics", "exact", "bf16", "compiled",
+             "--pgd-examples", "12"]
     if case == "checkpoint":
         model = ["--checkpoint", str(write_run_dir(tmp_path, eps=2 / 255, n_test=8)), "--sharded-attack", "pgd-2",
                  "--numerics", "exact", "bf16"]
@@ -53,20 +54,21 @@ def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(cap
     rows = table_rows(out)
     sharded = [f"robust-sabn eval --attack pgd-2: 2 processes x 1 thread vs {baseline} thread(s)"
                for baseline in ("1 x 1", f"1 x {len(os.sched_getaffinity(0))}")]
-    compiled = ["AutoAttack custom (apgd-ce), numerics compiled", "PGD-10 (eps/4 steps), numerics exact",
-                "PGD-10 (eps/4 steps), numerics compiled", "compile warm-up from an empty compile cache, target < 60 s",
+    compiled = ["AutoAttack custom (apgd-ce), numerics compiled", "PGD-10 (eps/4 steps, 12 images), numerics exact",
+                "PGD-10 (eps/4 steps, 12 images), numerics compiled",
+                "compile warm-up from an empty compile cache, target < 60 s",
                 "compile warm-up from the cache (median of the compiled calls), target < 5 s"]
     assert [row[0] for row in rows] == ["AutoAttack custom (apgd-ce), numerics exact",
                                         "AutoAttack custom (apgd-ce), numerics bf16",
-                                        *(compiled if case == "synthetic" else ["PGD-10 (eps/4 steps), numerics exact",
-                                                                                *sharded])]
+                                        *(compiled if case == "synthetic" else [
+                                            "PGD-10 (eps/4 steps, 8 images), numerics exact", *sharded])]
     ours, baseline = rows[0][5].split(" / ")
     assert ours == baseline and rows[0][6] == "8/8 images"  # the exact form gives pyautoattack's own answer
     assert rows[0][4] == "0.800" and rows[1][4] == ""  # the exact form's target; none for bf16
     assert all(float(row[3]) > 0 for row in rows if row[3])
     assert all(row[-2].endswith("(identical per-image results)") for row in rows if row[0] in sharded)
     if case == "synthetic":
-        assert rows[2][4] == "0.550" and rows[2][6].endswith("/8 images") and rows[4][6].endswith("/8 with exact")
+        assert rows[2][4] == "0.550" and rows[2][6].endswith("/8 images") and rows[4][6].endswith("/12 with exact")
         assert float(rows[-2][1]) > float(rows[-1][1]) > 0  # compiling from scratch takes longer than from the cache
     assert ("last.pt (cifar10, route adv), first 8 test images" in out) == (case == "checkpoint")
     assert f"eps {(2 if case == 'checkpoint' else 8) / 255:.4f}" in out

@@ -4,7 +4,9 @@ Rows: AutoAttack via :func:`robust_sabn.eval.evaluate` vs ``pyautoattack.AutoAtt
 (target ratio <= 0.80, identical robust accuracy), once for each ``numerics`` (the exact default, then the opt-in
 faster forms, which may change a prediction; the compiled form's target is <= 0.55), with the per-image agreement;
 ``evaluate(attack="pgd-10")`` vs torchattacks' ``PGD`` (10 steps of eps/4, random start) looped over the same
-batches with a clean pass (target <= 0.90, robust accuracy within noise), and compiled (target <= 0.55); the
+batches with a clean pass (target <= 0.90, robust accuracy within noise), and compiled (target <= 0.55), on
+images of their own (``pgd_examples``: PGD-10 on a hundred images lasts half a second, short enough for the
+machine's noise and each call's fixed costs to decide the ratio); the
 compiled form's warm-up from an empty compile cache (target < 60 s) and from the cache the bench filled (< 5 s),
 which the compiled rows' times leave out; and, for a checkpoint, the ``robust-sabn eval`` command sharded over 2
 torchrun processes (one thread each) against one process with one thread and with every thread (whole commands,
@@ -212,8 +214,9 @@ def _eval_command(checkpoint: str, out: Path, attack: str, n: int, batch_size: i
 
 def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch_size: int = 32,
                version: str = "standard", attacks: list[str] | None = None, numerics: Sequence[str] = ("exact",),
-               sharded_attack: str | None = "autoattack") -> str:
-    """Time the pairs on the model and images of ``spec``; a Markdown table of ratios. ``numerics``: the forms
+               sharded_attack: str | None = "autoattack", pgd_examples: int | None = None) -> str:
+    """Time the pairs on the model and images of ``spec`` (the PGD pair on its first ``pgd_examples`` images,
+    default ``spec.n``); a Markdown table of ratios. ``numerics``: the forms
     robust-sabn's AutoAttack runs in (one row each; a form refused for the model, e.g. channels-last for narrow ones
     on the CPU, is a row saying why it is skipped; "compiled" adds the compiled PGD-10 and the warm-up rows).
     ``sharded_attack`` (None: no sharded rows) is the attack of the ``robust-sabn eval`` commands timed with 2
@@ -224,12 +227,14 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
     refused = {form: refusal(case.model, torch.device("cpu"), form) for form in numerics}
     compiled = "compiled" in numerics and refused["compiled"] is None
     case_values = dataclasses.asdict(dataclasses.replace(spec, eps=case.eps))
+    pgd_case = {**case_values, "n": pgd_examples or spec.n}
     results: dict[str, Any] = {}  # each variant's robust flags and warm-ups, each command's per-image results
     cores = cpu_cores()
     shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
     with tempfile.TemporaryDirectory() as scratch:
-        specs = {variant: dict(case=case_values, variant=variant, seed=seed, version=version, attacks=attacks,
-                               batch_size=batch_size, threads=threads, cache=str(Path(scratch) / "cache"))
+        specs = {variant: dict(case=pgd_case if "pgd" in variant else case_values, variant=variant, seed=seed,
+                               version=version, attacks=attacks, batch_size=batch_size, threads=threads,
+                               cache=str(Path(scratch) / "cache"))
                  for variant in [*(f"autoattack {form}" for form in numerics if refused[form] is None),
                                  "pyautoattack", "pgd-10 exact", *(["pgd-10 compiled"] if compiled else []),
                                  "torchattacks-pgd"]}
@@ -245,10 +250,11 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
     rows = [[f"{label}, numerics {form}", "skipped", times["pyautoattack"], "", "", refused[form], ""]
             if refused[form] else _row(f"{label}, numerics {form}", f"autoattack {form}", "pyautoattack", times,
                                        results, "images") for form in numerics]
-    rows.append(_row("PGD-10 (eps/4 steps), numerics exact", "pgd-10 exact", "torchattacks-pgd", times, results))
+    pgd = f"PGD-10 (eps/4 steps, {pgd_case['n']} images)"
+    rows.append(_row(f"{pgd}, numerics exact", "pgd-10 exact", "torchattacks-pgd", times, results))
     if compiled:
-        rows.append(_row("PGD-10 (eps/4 steps), numerics compiled", "pgd-10 compiled", "torchattacks-pgd", times,
-                         results, "with exact", "pgd-10 exact"))
+        rows.append(_row(f"{pgd}, numerics compiled", "pgd-10 compiled", "torchattacks-pgd", times, results,
+                         "with exact", "pgd-10 exact"))
         cached = statistics.median([seconds for variant in ("autoattack compiled", "pgd-10 compiled")
                                     for seconds in results.get(variant, {}).get("compile_s", [])])
         for kind, seconds in (("cold", results["warm-up compiled"]["compile_s"][0]), ("cached", cached)):
@@ -294,7 +300,8 @@ def run(args: argparse.Namespace) -> int:
     eps = None if args.eps is None else Threat("Linf", args.eps).eps
     spec = CaseSpec(args.checkpoint, args.width, args.n_examples, args.image_size, eps, args.seed)
     print(bench_eval(spec, Timing(args.repeats, args.warmup, args.progress), args.batch_size, args.version, attacks,
-                     args.numerics, None if args.sharded_attack == "none" else args.sharded_attack))
+                     args.numerics, None if args.sharded_attack == "none" else args.sharded_attack,
+                     args.pgd_examples))
     return 0
 
 
@@ -307,6 +314,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", action=InRange, limits=ARGUMENT_RANGES["width"], default=16,
                    help="width of the untrained resnet_small SaBN model")
     p.add_argument("--n-examples", action=InRange, limits=IMAGES.but(example="64"), default=64)
+    p.add_argument("--pgd-examples", action=InRange, limits=IMAGES.but(example="1000"),
+                   help="images of the PGD-10 pair (default: --n-examples); a thousand make a call of seconds")
     p.add_argument("--image-size", action=InRange, limits=IMAGE_SIZE, default=32)
     p.add_argument("--batch-size", action=InRange, limits=BATCH_SIZE.but(example="32"), default=32,
                    help="batch of the PGD pair and of the sharded commands (AutoAttack runs on all images at once)")
