@@ -233,15 +233,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
         identity = {**settings.identity(), "route": route, "seeding": SEEDING, "robust_sabn": __version__,
                     "torch": torch.__version__, "backend": attack.backend()}
         state = EvalState(state_dir, fingerprint(frozen, x, y, identity))
-    first = x[:settings.batch_size].to(device)
+    first = x[:settings.batch_size]  # the compiled forms' warm-up batch
     with preserved_rng():
         with evaluation_form(frozen, device, settings.numerics) as form:
-            compile_s = warm_up(form, first)
+            compile_s = warm_up(form, first, device)
             results, resumed = shared_points(form, x, y, settings, state=state)
         oracle = None
         if route is not None and clean_route is not None and clean_route in routes and clean_route != route:
             with evaluation_form(freeze(model, clean_route, device), device, settings.numerics) as form:
-                compile_s += warm_up(form, first, gradients=False)
+                compile_s += warm_up(form, first, device, gradients=False)
                 oracle = shared_points(form, x, y, replace(settings, attack=None, keep_adversarials=False))[0]
     report = build_report(results, oracle, y, num_classes, described, clean_route=clean_route)
     report.time["total_s"] = time.perf_counter() - start

@@ -99,12 +99,15 @@ def _refuse_compiled(reason: str) -> None:
     raise ConfigError(f"numerics 'compiled': {reason}; evaluate this model in the exact form (--numerics exact)")
 
 
-def warm_up(form: nn.Module, example: torch.Tensor, gradients: bool = True) -> float:
-    """Compile a compiled form (others: nothing to do) as the attacks will call it, on ``example``, a batch on its
-    device: a forward pass without gradients and, with ``gradients``, one with the input's gradient; the seconds."""
+def warm_up(form: nn.Module, example: torch.Tensor, device: torch.device | None = None,
+            gradients: bool = True) -> float:
+    """Compile a compiled form (others: nothing to do) as the attacks will call it, on ``example``, a batch (moved
+    to ``device`` first when given): a forward pass without gradients and, with ``gradients``, one with the input's
+    gradient; the seconds."""
     if not is_compiled(form):
         return 0.0
     start = time.perf_counter()
+    example = example if device is None else example.to(device)
     with torch.no_grad():
         logits = form(example)
     if gradients:
