@@ -250,7 +250,7 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
     rows = [[f"{label}, numerics {form}", "skipped", times["pyautoattack"], "", "", refused[form], ""]
             if refused[form] else _row(f"{label}, numerics {form}", f"autoattack {form}", "pyautoattack", times,
                                        results, "images") for form in numerics]
-    pgd = f"PGD-10 (eps/4 steps, {pgd_case['n']} images)"
+    pgd = f"PGD-10 (eps/4 steps, {len(results['pgd-10 exact']['robust'])} images)"  # a test set may hold fewer
     rows.append(_row(f"{pgd}, numerics exact", "pgd-10 exact", "torchattacks-pgd", times, results))
     if compiled:
         rows.append(_row(f"{pgd}, numerics compiled", "pgd-10 compiled", "torchattacks-pgd", times, results,
