@@ -232,12 +232,13 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
     cores = cpu_cores()
     shards = {"2 x 1": (2, 1), "1 x 1": (1, 1), f"1 x {cores}": (1, cores)}
     with tempfile.TemporaryDirectory() as scratch:
-        specs = {variant: dict(case=pgd_case if "pgd" in variant else case_values, variant=variant, seed=seed,
-                               version=version, attacks=attacks, batch_size=batch_size, threads=threads,
-                               cache=str(Path(scratch) / "cache"))
-                 for variant in [*(f"autoattack {form}" for form in numerics if refused[form] is None),
-                                 "pyautoattack", "pgd-10 exact", *(["pgd-10 compiled"] if compiled else []),
-                                 "torchattacks-pgd"]}
+        cases = {**{f"autoattack {form}": case_values for form in numerics if refused[form] is None},
+                 "pyautoattack": case_values,
+                 **{variant: pgd_case for variant in ("pgd-10 exact", "pgd-10 compiled", "torchattacks-pgd")
+                    if compiled or variant != "pgd-10 compiled"}}
+        specs = {variant: dict(case=case, variant=variant, seed=seed, version=version, attacks=attacks,
+                               batch_size=batch_size, threads=threads, cache=str(Path(scratch) / "cache"))
+                 for variant, case in cases.items()}
         variants = {variant: _in_fresh_process(spec, results) for variant, spec in specs.items()}
         if compiled:  # the first compilation, into the empty cache that every compiled variant then reads
             _in_fresh_process({**specs["pgd-10 compiled"], "variant": "warm-up compiled"}, results)()
