@@ -39,6 +39,13 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, wid
     assert ("oneDNN issue 6035" in out) == (width == "4")  # the training default, NCHW for width 4, says why
 
 
+def test_bench_norms_compile_needs_a_warm_up_round(capsys):
+    assert main(["bench", "norms", "--width", "4", "--batch-size", "2", "--image-size", "8", "--warmup", "0",
+                 "--compile"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--warmup 1" in err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["synthetic", "checkpoint"])
 def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(capsys, tmp_path, case):

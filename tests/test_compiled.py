@@ -12,7 +12,7 @@ from helpers import images_labelled_by, interrupt_after, routed_model, torchrun,
 
 from robust_sabn import SandwichBatchNorm2d, Threat, use_route
 from robust_sabn.cli import main
-from robust_sabn.compiling import cache_dir, compile_in_place
+from robust_sabn.compiling import cache_dir, compilations, compile_in_place
 from robust_sabn.eval import EvalSettings, evaluate
 from robust_sabn.eval.evaluate import freeze
 from robust_sabn.eval.numerics import evaluation_form, warm_up
@@ -175,3 +175,20 @@ def test_bench_train_trains_every_variant_also_compiled(fmnist, tmp_path, capsys
     rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")][1:]
     assert rows == ["| SaAuxBN", "| SaAuxBN compiled"]
     assert "Compiled / eager seconds per step (target <= 0.75; warm-up left out): SaAuxBN " in out
+
+
+def test_bench_norms_compile_times_the_compiled_steps_against_both_eager_layouts(capsys):
+    argv = ["bench", "norms", "--width", "16", "--batch-size", "4", "--image-size", "8", "--repeats", "1",
+            "--warmup", "1", "--compile"]
+    before = compilations()
+    assert main(argv) == 0
+    assert compilations() > before  # the compiled rows ran compiled code
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| BN compiled")]
+    assert [row[0] for row in rows] == [f"BN compiled: {part} vs eager ({layout})"
+                                        for part in ("adversarial step", "plain step", "attack pass")
+                                        for layout in ("channels_last", "NCHW")]
+    assert [row[3] for row in rows] == ["0.750"] + [""] * 5  # the target of train --compile, against its layout
+    assert all(float(row[2]) > 0 for row in rows)
+    assert rows[0][1] == rows[1][1]  # one compiled time, two baselines
+

@@ -1,15 +1,24 @@
-"""``robust-sabn bench norms``: forward+backward time of one model per normalization, side by side; and what one
-adversarial training step costs against K+1 plain training steps of the same model and batch."""
+"""``robust-sabn bench norms``: forward+backward time of one model per normalization, side by side; what one
+adversarial training step costs against K+1 plain training steps of the same model and batch; and with
+``--compile``, what ``train --compile`` gives on those steps, against eager in training's memory format and in NCHW.
+
+Every step runs with freed memory kept in the process, as training runs (:mod:`robust_sabn.allocator`).
+"""
 from __future__ import annotations
 
 import argparse
+import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...allocator import keep_freed_memory
 from ...attacks.base import frozen_parameters, restore_modes
+from ...compiling import compile_in_place
 from ...devices import resolve_device
+from ...errors import ConfigError
 from ...limits import BATCH_SIZE, IMAGE_SIZE, REPEATS, WARMUP_ROUNDS
 from ...memory_format import choose_memory_format
 from ...models import create_model
@@ -19,7 +28,7 @@ from ...tables import markdown_table
 from ...threat import Threat
 from ...training.objectives import OBJECTIVES
 from ..flags import InRange, add_common_flags
-from .steps import SPLIT_TARGET, Step, split_steps
+from .steps import COMPILED_TARGET, SPLIT_TARGET, Step, split_steps
 from .timing import Timing
 
 # label -> create_model arguments; every model runs on the same input, in train mode, on the "adv" route.
@@ -34,6 +43,7 @@ NORM_VARIANTS: dict[str, dict] = {
 }
 TARGETS = {"SaBN": 1.03}
 K = 5  # PGD steps of the adversarial training step compared with K+1 plain steps
+COMPILED_PARTS = ("adversarial step", "plain step", "attack pass")  # the steps timed compiled with --compile
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
@@ -71,19 +81,47 @@ def _adversarial_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> di
             "attack pass": one_pass, "logging forward": logging_forward}
 
 
+def _refuse_eager(reason: str) -> None:
+    raise ConfigError(f"bench norms --compile: {reason}; run it without --compile")
+
+
+def _compiled_rows(bn: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: str) -> tuple[dict[str, Step], Callable]:
+    """``--compile``: the BN model's steps compiled (as ``train --compile`` compiles them) and eager in NCHW, and a
+    function of the medians that returns their rows: each against eager in ``layout`` (training's) and in NCHW."""
+    compiled = compile_in_place(copy.deepcopy(bn), x.device, _refuse_eager)
+    nchw = copy.deepcopy(bn).to(memory_format=torch.contiguous_format)
+    steps = {f"compiled {part}": step for part, step in _adversarial_steps(compiled, x, y).items()
+             if part in COMPILED_PARTS}
+    steps.update({f"NCHW {part}": step for part, step in _adversarial_steps(nchw, x.contiguous(), y).items()
+                  if part in COMPILED_PARTS})
+
+    def rows(times: dict[str, float]) -> list[list]:
+        return [[f"BN compiled: {part} vs eager ({baseline})", 1e3 * times[f"compiled {part}"],
+                 times[f"compiled {part}"] / times[key],
+                 COMPILED_TARGET if part == "adversarial step" and baseline == layout else ""]
+                for part in COMPILED_PARTS for baseline, key in ((layout, part), ("NCHW", f"NCHW {part}"))]
+    return steps, rows
+
+
 def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 64, image_size: int = 32,
                 timing: Timing = Timing(), seed: int = 0, channels_last: bool | None = None,
-                device: str = "cpu") -> str:
+                device: str = "cpu", compile: bool = False) -> str:
     """Time every variant on one input and return a Markdown table of ratios against BN.
 
     The memory format is the one training picks on ``device`` (``channels_last=None``: on the CPU NHWC activations
     unless the model has convolutions that oneDNN mishandles there, see :mod:`robust_sabn.memory_format`), or the
     one asked for. Two extra rows compare one forward over the joined batch with two separate forwards: through
     SaBN's routes (``split_routes``), and through plain BN, where no routing is involved and the ratio shows how the
-    hardware scales with batch size.
+    hardware scales with batch size. With ``compile``, the adversarial step, the plain step and the attack pass of
+    BN also run compiled (their first calls, which compile, are the warm-up rounds; ``timing.warmup`` must be at
+    least 1) and are compared with eager in this memory format and in NCHW.
     """
+    if compile and timing.warmup < 1:
+        raise ConfigError("bench norms --compile needs --warmup 1 or more (the first calls compile)")
     torch.manual_seed(seed)
     device = resolve_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as training runs
     arch_kwargs = {"width": width} if arch == "resnet_small" else {}
     x = torch.rand(batch_size, 3, image_size, image_size, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
@@ -97,6 +135,10 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
         steps[f"{label} joined"], steps[f"{label} two"] = split_steps(models[label], x, y)
     bn = create_model(arch, norm="bn", **arch_kwargs).to(device).to(memory_format=choice.memory_format).train()
     steps.update(_adversarial_steps(bn, x, y))
+    layout = "channels_last" if choice.channels_last else "NCHW"
+    if compile:
+        compiled_steps, compiled_rows = _compiled_rows(bn, x, y, layout)
+        steps.update(compiled_steps)
     times = timing.medians(steps, wait=torch.cuda.synchronize if device.type == "cuda" else lambda: None)
 
     rows = [[label, 1e3 * times[label], times[label] / times["BN"], TARGETS.get(label, "")]
@@ -111,7 +153,8 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
                  times["adversarial step"] / ((K + 1) * plain), ""])
     rows += [[f"BN: {part} vs a plain step (analytic {analytic})", 1e3 * times[part], times[part] / plain, ""]
              for part, analytic in (("attack pass", "0.67"), ("logging forward", "0.33"))]
-    layout = "channels_last" if choice.channels_last else "NCHW"
+    if compile:
+        rows += compiled_rows(times)
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
               f"forward+backward, median of {timing.repeats}, {torch.get_num_threads()} threads, {device}, "
               f"torch {torch.__version__}\n\n")
@@ -123,7 +166,7 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
 def run(args: argparse.Namespace) -> int:
     timing = Timing(args.repeats, args.warmup, args.progress)
     print(bench_norms(args.arch, args.width, args.batch_size, args.image_size, timing, args.seed, args.channels_last,
-                      args.device))
+                      args.device, args.compile))
     return 0
 
 
@@ -140,4 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC activations (default: as training on the CPU: on, unless the model has 1x1 "
                              "strided convolutions with fewer than 16 input channels; see docs/memory-format.md)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time BN's adversarial step, plain step and attack pass compiled (train --compile), "
+                             "against eager in this memory format and in NCHW; the warm-up rounds compile")
     add_common_flags(parser, data=False)

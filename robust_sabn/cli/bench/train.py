@@ -39,6 +39,7 @@ from ...training.loop import Trainer, TrainResult
 from ...training.run_dir import BEST, RESUMABLE, resume_config
 from ..flags import InRange, add_common_flags
 from .paired import Bench, Variant, bench_table, seeds_table
+from .steps import COMPILED_TARGET
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {
@@ -67,7 +68,6 @@ MODERN_BENCH_VARIANTS: dict[str, dict] = {
 }
 SUITES = {"norms": TRAIN_BENCH_VARIANTS, "modern": MODERN_BENCH_VARIANTS}
 COMPILED = " compiled"  # the label suffix of a variant's compiled twin
-COMPILED_TARGET = 0.75  # seconds per training step, compiled against eager
 AA_ATTACKS = ("apgd-ce", "apgd-t")
 # metric -> column: the oracle protocol's robust accuracy is the single route's (both attack the adv route)
 METRICS = {"clean": "single route: clean", "pgd": "single route: PGD", "aa": "single route: AA",
