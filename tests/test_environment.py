@@ -92,10 +92,14 @@ def test_robustbench_load_model_reads_a_folded_zoo_model_from_its_layout(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv", [["doctor", "--bogus"], ["no-such-command"]])
-def test_cli_usage_errors_exit_two(argv):
+@pytest.mark.parametrize("argv, help_of", [(["doctor", "--bogus"], "robust-sabn doctor"),
+                                           (["no-such-command"], "robust-sabn"),
+                                           (["bench", "norms", "--bogus"], "robust-sabn bench norms"),
+                                           (["eval"], "robust-sabn eval")])
+def test_cli_usage_errors_exit_two_in_one_line_naming_the_commands_help(argv, help_of):
     result = subprocess.run([sys.executable, "-m", "robust_sabn", *argv], capture_output=True, text=True)
-    assert result.returncode == 2 and "usage:" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "error: " in result.stderr and result.stderr.endswith(f"see `{help_of} --help`\n")
 
 
 @pytest.mark.slow

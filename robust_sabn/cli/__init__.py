@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 import warnings
+from typing import NoReturn
 
 from ..devices import warn_if_oversubscribed
 from ..errors import UserError
@@ -31,6 +32,14 @@ BENCHMARKS = {
     "data": ("bench.data", "the batched training augmentation vs a per-image loop, per device"),
     "gpu": ("bench.gpu", "on a CUDA device: training steps per precision, the fused split, AutoAttack"),
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line naming the help to read (argparse prints the usage block
+    first). Subparsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 def _attach(parser: argparse.ArgumentParser, module_name: str, command: str) -> None:
@@ -61,7 +70,7 @@ def _add_commands(parser: argparse.ArgumentParser, commands: dict[str, tuple[str
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="robust-sabn", allow_abbrev=False,
         description="Adversarial training with dual-path Sandwich BN, AutoAttack evaluation, RobustBench export.")
     parser.add_argument("--version", action="version", version=f"robust-sabn {__version__}")
@@ -98,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
-            args = build_parser(argv).parse_args(argv)
+            args, unknown = build_parser(argv).parse_known_args(argv)
+            if unknown:  # named with the command's own help (the top parser would name its own)
+                command = " ".join(filter(None, ["robust-sabn", args.command, getattr(args, "benchmark", None)]))
+                raise UserError(f"unrecognized arguments: {' '.join(unknown)}; see `{command} --help`")
             if args.command != "doctor":
                 warn_if_oversubscribed()
             return int(args.run(args) or 0)
