@@ -86,20 +86,24 @@ def _refuse_eager(reason: str) -> None:
 
 
 def _compiled_rows(bn: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: str) -> tuple[dict[str, Step], Callable]:
-    """``--compile``: the BN model's steps compiled (as ``train --compile`` compiles them) and eager in NCHW, and a
-    function of the medians that returns their rows: each against eager in ``layout`` (training's) and in NCHW."""
+    """``--compile``: the BN model's steps compiled (as ``train --compile`` compiles them), and eager in NCHW when
+    ``layout`` (training's) is not; and a function of the medians that returns their rows, each against eager in
+    ``layout`` and in NCHW."""
     compiled = compile_in_place(copy.deepcopy(bn), x.device, _refuse_eager)
-    nchw = copy.deepcopy(bn).to(memory_format=torch.contiguous_format)
     steps = {f"compiled {part}": step for part, step in _adversarial_steps(compiled, x, y).items()
              if part in COMPILED_PARTS}
-    steps.update({f"NCHW {part}": step for part, step in _adversarial_steps(nchw, x.contiguous(), y).items()
-                  if part in COMPILED_PARTS})
+    baselines = {layout: ""}
+    if layout != "NCHW":
+        nchw = copy.deepcopy(bn).to(memory_format=torch.contiguous_format)
+        steps.update({f"NCHW {part}": step for part, step in _adversarial_steps(nchw, x.contiguous(), y).items()
+                      if part in COMPILED_PARTS})
+        baselines["NCHW"] = "NCHW "
 
     def rows(times: dict[str, float]) -> list[list]:
         return [[f"BN compiled: {part} vs eager ({baseline})", 1e3 * times[f"compiled {part}"],
-                 times[f"compiled {part}"] / times[key],
+                 times[f"compiled {part}"] / times[prefix + part],
                  COMPILED_TARGET if part == "adversarial step" and baseline == layout else ""]
-                for part in COMPILED_PARTS for baseline, key in ((layout, part), ("NCHW", f"NCHW {part}"))]
+                for part in COMPILED_PARTS for baseline, prefix in baselines.items()]
     return steps, rows
 
 
