@@ -35,6 +35,9 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, wid
     assert adversarial.startswith("BN: adversarial step (madry, PGD-5) vs 6 plain steps (analytic limit 0.72)")
     assert attack_pass.startswith("BN: attack pass") and logging.startswith("BN: logging forward")
     assert rows[0][2] == "1.000" and all(float(row[2]) > 0 for row in rows)
+    quartiles = [[float(q) for q in row[4].split("-")] for row in rows]
+    assert quartiles[0] == [1.0, 1.0] and all(0 < low <= high for low, high in quartiles)
+    assert all(low == float(row[2]) == high for (low, high), row in zip(quartiles, rows))  # one round: one ratio
     assert f"x8x8 ({layout})," in out
     assert ("oneDNN issue 6035" in out) == (width == "4")  # the training default, NCHW for width 4, says why
 

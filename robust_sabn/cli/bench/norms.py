@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Callable
+import statistics
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from ...threat import Threat
 from ...training.objectives import OBJECTIVES
 from ..flags import InRange, add_common_flags
 from .steps import COMPILED_TARGET, SPLIT_TARGET, Step, split_steps
-from .timing import Timing
+from .timing import Times, Timing
 
 # label -> create_model arguments; every model runs on the same input, in train mode, on the "adv" route.
 NORM_VARIANTS: dict[str, dict] = {
@@ -44,6 +45,24 @@ NORM_VARIANTS: dict[str, dict] = {
 TARGETS = {"SaBN": 1.03}
 K = 5  # PGD steps of the adversarial training step compared with K+1 plain steps
 COMPILED_PARTS = ("adversarial step", "plain step", "attack pass")  # the steps timed compiled with --compile
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row: the time of ``numerator`` against ``scale`` times that of ``denominator``, round by round."""
+
+    label: str
+    numerator: str
+    denominator: str
+    scale: float = 1.0
+    target: float | str = ""
+
+    def row(self, times: Times) -> list:
+        """Label, the numerator's median milliseconds, the median of the rounds' ratios, the target, and the ratios'
+        quartiles over the rounds."""
+        low, high = times.quartiles(self.numerator, self.denominator, self.scale)
+        return [self.label, 1e3 * statistics.median(times.samples[self.numerator]),
+                times.ratio(self.numerator, self.denominator, self.scale), self.target, f"{low:.3f}-{high:.3f}"]
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
@@ -85,10 +104,10 @@ def _refuse_eager(reason: str) -> None:
     raise ConfigError(f"bench norms --compile: {reason}; run it without --compile")
 
 
-def _compiled_rows(bn: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: str) -> tuple[dict[str, Step], Callable]:
+def _compiled_comparisons(bn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          layout: str) -> tuple[dict[str, Step], list[Comparison]]:
     """``--compile``: the BN model's steps compiled (as ``train --compile`` compiles them), and eager in NCHW when
-    ``layout`` (training's) is not; and a function of the medians that returns their rows, each against eager in
-    ``layout`` and in NCHW."""
+    ``layout`` (training's) is not; and their rows, each against eager in ``layout`` and in NCHW."""
     compiled = compile_in_place(copy.deepcopy(bn), x.device, _refuse_eager)
     steps = {f"compiled {part}": step for part, step in _adversarial_steps(compiled, x, y).items()
              if part in COMPILED_PARTS}
@@ -98,13 +117,10 @@ def _compiled_rows(bn: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: str)
         steps.update({f"NCHW {part}": step for part, step in _adversarial_steps(nchw, x.contiguous(), y).items()
                       if part in COMPILED_PARTS})
         baselines["NCHW"] = "NCHW "
-
-    def rows(times: dict[str, float]) -> list[list]:
-        return [[f"BN compiled: {part} vs eager ({baseline})", 1e3 * times[f"compiled {part}"],
-                 times[f"compiled {part}"] / times[prefix + part],
-                 COMPILED_TARGET if part == "adversarial step" and baseline == layout else ""]
-                for part in COMPILED_PARTS for baseline, prefix in baselines.items()]
-    return steps, rows
+    comparisons = [Comparison(f"BN compiled: {part} vs eager ({baseline})", f"compiled {part}", prefix + part,
+                              target=COMPILED_TARGET if part == "adversarial step" and baseline == layout else "")
+                   for part in COMPILED_PARTS for baseline, prefix in baselines.items()]
+    return steps, comparisons
 
 
 def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 64, image_size: int = 32,
@@ -141,30 +157,31 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
     steps.update(_adversarial_steps(bn, x, y))
     layout = "channels_last" if choice.channels_last else "NCHW"
     if compile:
-        compiled_steps, compiled_rows = _compiled_rows(bn, x, y, layout)
+        compiled_steps, compiled_comparisons = _compiled_comparisons(bn, x, y, layout)
         steps.update(compiled_steps)
-    times = timing.medians(steps, wait=torch.cuda.synchronize if device.type == "cuda" else lambda: None)
+    times = timing.rounds(steps, wait=torch.cuda.synchronize if device.type == "cuda" else lambda: None)
 
-    rows = [[label, 1e3 * times[label], times[label] / times["BN"], TARGETS.get(label, "")]
-            for label in NORM_VARIANTS]
-    rows.append(["SaBN split_routes (2B in one pass) vs two forwards (B + B)", 1e3 * times["SaBN joined"],
-                 times["SaBN joined"] / times["SaBN two"], SPLIT_TARGET])
-    rows.append(["BN, no routes: one pass over 2B vs two passes over B (hardware batch scaling)",
-                 1e3 * times["BN joined"], times["BN joined"] / times["BN two"], ""])
-    plain = times["plain step"]
-    rows.append([f"BN: adversarial step (madry, PGD-{K}) vs {K + 1} plain steps (analytic limit "
-                 f"{(2 * K + 3) / (3 * K + 3):.2f})", 1e3 * times["adversarial step"],
-                 times["adversarial step"] / ((K + 1) * plain), ""])
-    rows += [[f"BN: {part} vs a plain step (analytic {analytic})", 1e3 * times[part], times[part] / plain, ""]
-             for part, analytic in (("attack pass", "0.67"), ("logging forward", "0.33"))]
+    comparisons = [Comparison(label, label, "BN", target=TARGETS.get(label, "")) for label in NORM_VARIANTS]
+    comparisons += [
+        Comparison("SaBN split_routes (2B in one pass) vs two forwards (B + B)", "SaBN joined", "SaBN two",
+                   target=SPLIT_TARGET),
+        Comparison("BN, no routes: one pass over 2B vs two passes over B (hardware batch scaling)", "BN joined",
+                   "BN two"),
+        Comparison(f"BN: adversarial step (madry, PGD-{K}) vs {K + 1} plain steps (analytic limit "
+                   f"{(2 * K + 3) / (3 * K + 3):.2f})", "adversarial step", "plain step", scale=K + 1),
+        *(Comparison(f"BN: {part} vs a plain step (analytic {analytic})", part, "plain step")
+          for part, analytic in (("attack pass", "0.67"), ("logging forward", "0.33"))),
+    ]
     if compile:
-        rows += compiled_rows(times)
+        comparisons += compiled_comparisons
+    rows = [comparison.row(times) for comparison in comparisons]
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
-              f"forward+backward, median of {timing.repeats}, {torch.get_num_threads()} threads, {device}, "
-              f"torch {torch.__version__}\n\n")
+              f"forward+backward, {timing.repeats} rounds (a ratio is the median of the rounds' ratios), "
+              f"{torch.get_num_threads()} threads, {device}, torch {torch.__version__}\n\n")
     if choice.note:
         header += f"NCHW, not channels_last: {choice.note}\n\n"
-    return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)"], rows)
+    return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)", "ratio's quartiles over rounds"],
+                                   rows)
 
 
 def run(args: argparse.Namespace) -> int:

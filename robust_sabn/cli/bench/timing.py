@@ -1,4 +1,5 @@
-"""Wall-clock timing for side-by-side benchmarks: variants run interleaved, medians compared."""
+"""Wall-clock timing for side-by-side benchmarks: variants run interleaved, medians compared, or the ratios of the
+variants within each round (:class:`Times`)."""
 from __future__ import annotations
 
 import statistics
@@ -7,6 +8,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class Times:
+    """Seconds per call of each variant, one sample per timed round; the variants of a round ran back to back."""
+
+    samples: dict[str, list[float]]
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(times) for name, times in self.samples.items()}
+
+    def round_ratios(self, numerator: str, denominator: str, scale: float = 1.0) -> list[float]:
+        """``numerator / (scale * denominator)`` within each round."""
+        return [a / (scale * b) for a, b in zip(self.samples[numerator], self.samples[denominator])]
+
+    def ratio(self, numerator: str, denominator: str, scale: float = 1.0) -> float:
+        """The median of :meth:`round_ratios`: a change of the machine's speed between rounds cancels."""
+        return statistics.median(self.round_ratios(numerator, denominator, scale))
+
+    def quartiles(self, numerator: str, denominator: str, scale: float = 1.0) -> tuple[float, float]:
+        """The first and third quartiles of :meth:`round_ratios` (the one ratio twice, for one round)."""
+        ratios = self.round_ratios(numerator, denominator, scale)
+        if len(ratios) == 1:
+            return ratios[0], ratios[0]
+        low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+        return low, high
 
 
 @dataclass(frozen=True)
@@ -21,9 +48,14 @@ class Timing:
 
     def medians(self, variants: Mapping[str, Callable[[], object]], wait: Callable[[], None] = lambda: None,
                 reported: bool = False) -> dict[str, float]:
-        """Median seconds per call of each variant. ``wait`` finishes queued work (``torch.cuda.synchronize`` for GPU
-        variants) before a clock is read. With ``reported``, each call returns its own seconds (a subprocess that
-        times its work without its start-up) and those are the samples."""
+        """Median seconds per call of each variant (see :meth:`rounds`)."""
+        return self.rounds(variants, wait, reported).medians()
+
+    def rounds(self, variants: Mapping[str, Callable[[], object]], wait: Callable[[], None] = lambda: None,
+               reported: bool = False) -> Times:
+        """Seconds per call of each variant in each timed round. ``wait`` finishes queued work
+        (``torch.cuda.synchronize`` for GPU variants) before a clock is read. With ``reported``, each call returns its
+        own seconds (a subprocess that times its work without its start-up) and those are the samples."""
         samples: dict[str, list[float]] = {name: [] for name in variants}
         rounds = ["warm-up"] * self.warmup + ["timed"] * self.repeats
         with tqdm(total=len(rounds) * len(variants), desc="benchmark", unit="call", leave=False,
@@ -38,4 +70,4 @@ class Timing:
                     if kind == "timed":
                         samples[name].append(seconds if reported else time.perf_counter() - start)
                     bar.update(1)
-        return {name: statistics.median(times) for name, times in samples.items()}
+        return Times(samples)
