@@ -1,5 +1,6 @@
 """``robust-sabn bench norms`` and ``bench eval`` with tiny settings: every row present, ratios computed, and the
 AutoAttack pair agreeing on robust accuracy (the speed numbers themselves live in README.md, not in tests)."""
+import math
 import os
 
 import pytest
@@ -8,6 +9,7 @@ from helpers import write_run_dir
 
 from robust_sabn.cli import main
 from robust_sabn.cli.bench.norms import NORM_VARIANTS
+from robust_sabn.cli.bench.timing import Times
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,6 +42,17 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, wid
     assert all(low == float(row[2]) == high for (low, high), row in zip(quartiles, rows))  # one round: one ratio
     assert f"x8x8 ({layout})," in out
     assert ("oneDNN issue 6035" in out) == (width == "4")  # the training default, NCHW for width 4, says why
+
+
+def test_round_ratios_cancel_a_change_of_speed_between_rounds():
+    # The machine runs three times slower in the second round: each round's ratio is 0.5, or close to it in the
+    # third, while the ratio of the two medians (1.1 / 2.4) would read the third round's 0.458.
+    times = Times({"variant": [1.0, 3.0, 1.1], "baseline": [2.0, 6.0, 2.4]})
+    assert times.ratio("variant", "baseline") == 0.5
+    assert times.ratio("variant", "baseline", scale=0.5) == 1.0
+    low, high = times.quartiles("variant", "baseline")
+    assert math.isclose(low, (1.1 / 2.4 + 0.5) / 2) and high == 0.5
+    assert Times({"a": [2.0], "b": [4.0]}).quartiles("a", "b") == (0.5, 0.5)
 
 
 def test_bench_norms_compile_needs_a_warm_up_round(capsys):
