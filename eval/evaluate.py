@@ -27,7 +27,7 @@ from ..constants import CLEAN_ROUTE, ORACLE_ROUTING, SINGLE_ROUTE
 from ..convert import fold_route
 from ..errors import ConfigError
 from ..nn import check_model_route
-from ..provenance import provenance
+from ..provenance import cpu_name, provenance
 from ..rng import preserved_rng
 from ..stats import accuracy_interval, wilson_interval
 from ..threat import Threat
@@ -315,6 +315,6 @@ def per_image_bits(flags: torch.Tensor) -> str:
 
 def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
     """Where and with what an evaluation ran: the versions of robust-sabn and its libraries (and the git commit of
-    a checkout), Python, the device, threads, processes and platform."""
-    return {**provenance(), "python": platform.python_version(), "device": str(device),
+    a checkout), Python, the device, the CPU, threads, processes and platform."""
+    return {**provenance(), "python": platform.python_version(), "device": str(device), "cpu": cpu_name(),
             "threads": torch.get_num_threads(), "processes": processes, "platform": platform.platform()}

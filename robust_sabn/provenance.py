@@ -1,10 +1,11 @@
 """What a file was made with: the versions of robust-sabn and the libraries that decide its numbers, and the git
 commit when robust-sabn runs from a checkout. Checkpoints, ``config.yaml``, export cards and evaluation reports
-record it."""
+record it; evaluation reports and benchmark tables also name the CPU (:func:`cpu_name`)."""
 from __future__ import annotations
 
 import functools
 import importlib.metadata as metadata
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,20 @@ def git_commit(folder: Path) -> str | None:
     if commit.returncode != 0:
         return None
     return commit.stdout.strip() + (" + local changes" if changed.returncode == 0 and changed.stdout.strip() else "")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else the platform's word for it) and the widest vector
+    instructions PyTorch's CPU kernels use here, e.g. ``"Intel(R) Xeon(R) Processor (AVX512)"``: speed records from
+    two machines compare only when these agree."""
+    import torch
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine() or 'unknown CPU'} " \
+           f"({torch.backends.cpu.get_cpu_capability()})"

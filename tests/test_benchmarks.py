@@ -85,13 +85,16 @@ def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(cap
                                         "AutoAttack custom (apgd-ce), numerics bf16",
                                         *(compiled if case == "synthetic" else [
                                             "PGD-10 (eps/4 steps, 8 images), numerics exact", *sharded])]
-    ours, baseline = rows[0][5].split(" / ")
-    assert ours == baseline and rows[0][6] == "8/8 images"  # the exact form gives pyautoattack's own answer
+    ours, baseline = rows[0][6].split(" / ")
+    assert ours == baseline and rows[0][7] == "8/8 images"  # the exact form gives pyautoattack's own answer
     assert rows[0][4] == "0.800" and rows[1][4] == ""  # the exact form's target; none for bf16
     assert all(float(row[3]) > 0 for row in rows if row[3])
+    spreads = [[float(q) for q in row[5].split("-")] for row in rows if row[5]]
+    assert len(spreads) == len([row for row in rows if row[3]])  # each ratio with its quartiles over the rounds
+    assert all(low == float(row[3]) == high for (low, high), row in zip(spreads, [r for r in rows if r[3]]))
     assert all(row[-2].endswith("(identical per-image results)") for row in rows if row[0] in sharded)
     if case == "synthetic":
-        assert rows[2][4] == "0.550" and rows[2][6].endswith("/8 images") and rows[4][6].endswith("/12 with exact")
+        assert rows[2][4] == "0.550" and rows[2][7].endswith("/8 images") and rows[4][7].endswith("/12 with exact")
         assert float(rows[-2][1]) > float(rows[-1][1]) > 0  # compiling from scratch takes longer than from the cache
     assert ("last.pt (cifar10, route adv), first 8 test images" in out) == (case == "checkpoint")
     assert f"eps {(2 if case == 'checkpoint' else 8) / 255:.4f}" in out
@@ -100,7 +103,9 @@ def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(cap
 def test_bench_data_times_the_batched_crop_against_the_loop(capsys):
     assert main(["bench", "data", "--batch-size", "8", "--repeats", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu")]
-    assert len(rows) == 1 and len(rows[0].split("|")) == 6
+    assert len(rows) == 1 and len(rows[0].split("|")) == 7
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert cells[4] == f"{float(cells[3]):.3f}-{float(cells[3]):.3f}"  # one round: its ratio is both quartiles
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -15,7 +15,7 @@ from robust_sabn.devices import check_device_name, oversubscription, resolve_dev
 from robust_sabn.errors import CheckpointError, ConfigError
 from robust_sabn.eval import EvalSettings, make_eval_attack
 from robust_sabn.io import load_checkpoint
-from robust_sabn.provenance import provenance
+from robust_sabn.provenance import cpu_name, provenance
 from robust_sabn.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +143,20 @@ def test_provenance_names_the_libraries_and_this_checkout():
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # a checkout (CI's clean clone is one): its commit, and whether files differ from it
         assert versions["git_commit"].split(" ")[0] == head.stdout.strip()
+
+
+def test_cpu_name_names_the_model_and_the_vector_instructions(monkeypatch):
+    name = cpu_name()
+    assert name.endswith(f" ({torch.backends.cpu.get_cpu_capability()})") and len(name) > len(" (DEFAULT)")
+    if Path("/proc/cpuinfo").is_file() and "model name" in Path("/proc/cpuinfo").read_text():
+        model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        assert name.startswith(model.split(":", 1)[1].strip())
+    cpu_name.cache_clear()
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr("platform.processor", lambda: "")
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert cpu_name().startswith("x86_64 (")  # without /proc/cpuinfo: the platform's word
+    cpu_name.cache_clear()
 
 
 # ------------------------------------------------------------------------------------ renamed settings

@@ -30,6 +30,7 @@ from robust_sabn.eval import (
 )
 from robust_sabn.eval.batches import batch_seed
 from robust_sabn.eval.sweep import error_bars
+from robust_sabn.provenance import cpu_name
 from robust_sabn.stats import wilson_interval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -321,6 +322,7 @@ def test_faster_numerics_are_asked_for_by_name_and_named_in_the_report():
             report = evaluate(model, x, y, settings, route="adv")
         assert forms <= set(seen) <= forms | {(False, False)}, numerics  # the form ran (after the shape probe)
         assert report.numerics == numerics and report.environment["numerics"] == NUMERICS[numerics]
+        assert report.environment["cpu"] == cpu_name()  # a report's times name the CPU they ran on
         if numerics != "exact":
             assert f"({NUMERICS[numerics]})" in to_markdown(report)
     hazard = create_model("resnet_small", width=4).eval()  # strided 1x1 convolutions of 4 input channels

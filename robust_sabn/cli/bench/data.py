@@ -12,7 +12,7 @@ from ...devices import resolve_device
 from ...limits import BATCH_SIZE, IMAGE_SIZE, REPEATS
 from ...tables import markdown_table
 from ..flags import InRange, add_common_flags
-from .timing import Timing
+from .timing import SPREAD_COLUMN, Timing, machine
 
 
 def crops_one_by_one(x: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
@@ -30,8 +30,8 @@ def crops_one_by_one(x: torch.Tensor, generator: torch.Generator, padding: int, 
 
 def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, timing: Timing = Timing(20, 3),
                device: str = "auto", seed: int = 0) -> str:
-    """A Markdown table of milliseconds per batch and the ratio of the batched crop to the loop on the CPU, and on
-    ``device`` too when that is a GPU."""
+    """A Markdown table of milliseconds per batch and the ratio of the batched crop to the loop (the median of the
+    rounds' ratios, with their quartiles) on the CPU, and on ``device`` too when that is a GPU."""
     torch.manual_seed(seed)
     gpu = resolve_device(device)
     devices = [torch.device("cpu")] + ([gpu] if gpu.type == "cuda" else [])
@@ -41,11 +41,13 @@ def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, ti
         variants = {name: (lambda fn=fn, x=x: fn(x, torch.Generator().manual_seed(seed), padding, True))
                     for name, fn in (("batched", random_crop_flip), ("loop", crops_one_by_one))}
         wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        times = timing.medians(variants, wait=wait)
-        rows.append([str(device), 1e3 * times["batched"], 1e3 * times["loop"], times["batched"] / times["loop"]])
+        times = timing.rounds(variants, wait=wait)
+        ms = times.medians()
+        rows.append([str(device), 1e3 * ms["batched"], 1e3 * ms["loop"], times.ratio("batched", "loop"),
+                     times.spread("batched", "loop")])
     header = (f"random crop (padding {padding}) and flip of {batch_size}x3x{image_size}x{image_size} float images, "
-              f"median of {timing.repeats}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}\n\n")
-    return header + markdown_table(["device", "batched (ms)", "per-image loop (ms)", "ratio"], rows)
+              f"medians of {timing.repeats} rounds, {machine()}\n\n")
+    return header + markdown_table(["device", "batched (ms)", "per-image loop (ms)", "ratio", SPREAD_COLUMN], rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

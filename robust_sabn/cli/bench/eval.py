@@ -14,8 +14,9 @@ start-up included; the report says whether the per-image results are identical).
 fresh Python process, as a user's script would, and is timed there without the start-up: a process-wide setting of
 one variant (robust-sabn's allocator, see :mod:`robust_sabn.allocator`) then cannot speed up another. Both library
 baselines get ``fold_route(model, route)``, folded before timing. Every variant runs once per round, rounds
-interleaved (:meth:`robust_sabn.cli.bench.timing.Timing.medians`). robust-sabn's AutoAttack and pyautoattack run
-in one batch of all the images, so that the exact form must give pyautoattack's own result.
+interleaved, and a ratio is the median of the rounds' ratios (:class:`robust_sabn.cli.bench.timing.Times`).
+robust-sabn's AutoAttack and pyautoattack run in one batch of all the images, so that the exact form must give
+pyautoattack's own result.
 
 The model is a trained checkpoint with the first test images of its dataset (``--checkpoint``), or else a fresh
 SaBN ``resnet_small`` on random images labelled by its own predictions, a quarter of them wrongly.
@@ -53,7 +54,7 @@ from ...models.arguments import ARGUMENT_RANGES
 from ...tables import markdown_table
 from ...threat import Threat
 from ..flags import InRange, add_common_flags
-from .timing import Timing
+from .timing import SPREAD_COLUMN, Times, Timing, machine
 
 TARGETS = {"autoattack exact": 0.80, "autoattack compiled": 0.55, "pgd-10 exact": 0.90, "pgd-10 compiled": 0.55}
 WARM_UP_TARGETS = {"cold": 60.0, "cached": 5.0}  # seconds, the compiled form's warm-up
@@ -246,9 +247,10 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
             variants.update({label: _timed(_eval_command(
                 checkpoint, Path(scratch) / label.replace(" ", ""), sharded_attack, len(case.y), batch_size,
                 case.eps, seed, *setting, results, label)) for label, setting in shards.items()})
-        times = timing.medians(variants, reported=True)
+        times = timing.rounds(variants, reported=True)
+    seconds = times.medians()
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
-    rows = [[f"{label}, numerics {form}", "skipped", times["pyautoattack"], "", "", refused[form], ""]
+    rows = [[f"{label}, numerics {form}", "skipped", seconds["pyautoattack"], "", "", "", refused[form], ""]
             if refused[form] else _row(f"{label}, numerics {form}", f"autoattack {form}", "pyautoattack", times,
                                        results, "images") for form in numerics]
     pgd = f"PGD-10 (eps/4 steps, {len(results['pgd-10 exact']['robust'])} images)"  # a test set may hold fewer
@@ -256,39 +258,42 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
     if compiled:
         rows.append(_row(f"{pgd}, numerics compiled", "pgd-10 compiled", "torchattacks-pgd", times, results,
                          "with exact", "pgd-10 exact"))
-        cached = statistics.median([seconds for variant in ("autoattack compiled", "pgd-10 compiled")
-                                    for seconds in results.get(variant, {}).get("compile_s", [])])
-        for kind, seconds in (("cold", results["warm-up compiled"]["compile_s"][0]), ("cached", cached)):
+        cached = statistics.median([warm_up for variant in ("autoattack compiled", "pgd-10 compiled")
+                                    for warm_up in results.get(variant, {}).get("compile_s", [])])
+        for kind, warm_up in (("cold", results["warm-up compiled"]["compile_s"][0]), ("cached", cached)):
             source = "an empty compile cache" if kind == "cold" else "the cache (median of the compiled calls)"
-            rows.append([f"compile warm-up from {source}, target < {WARM_UP_TARGETS[kind]:.0f} s", seconds, "", "",
-                         "", "", ""])
+            rows.append([f"compile warm-up from {source}, target < {WARM_UP_TARGETS[kind]:.0f} s", warm_up, "", "",
+                         "", "", "", ""])
     if "2 x 1" in results:
         robust = f"{100 * results['2 x 1']['robust'].count('1') / len(case.y):.2f}"
         for baseline in list(shards)[1:]:
             same = "identical" if results[baseline] == results["2 x 1"] else "DIFFERENT"
             rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
-                         f"thread(s)", times["2 x 1"], times[baseline], times["2 x 1"] / times[baseline], "",
-                         f"{robust} ({same} per-image results)", ""])
-    header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, median of {timing.repeats}, "
-              f"{threads} threads, torch {torch.__version__}; each library call in a fresh process, timed without "
+                         f"thread(s)", seconds["2 x 1"], seconds[baseline], times.ratio("2 x 1", baseline), "",
+                         times.spread("2 x 1", baseline), f"{robust} ({same} per-image results)", ""])
+    header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, medians of {timing.repeats} rounds, "
+              f"{machine()}; each library call in a fresh process, timed without "
               f"its start-up (and robust-sabn's compiled calls without their warm-up)\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",
-                                    "robust acc % (ours / baseline)", "per-image agreement"], rows)
+                                    SPREAD_COLUMN, "robust acc % (ours / baseline)", "per-image agreement"], rows)
 
 
-def _row(label: str, ours: str, baseline: str, times: dict[str, float], results: dict[str, Any], agreement: str = "",
+def _row(label: str, ours: str, baseline: str, times: Times, results: dict[str, Any], agreement: str = "",
          agreed_with: str | None = None) -> list[object]:
-    """A pair's row: times, ratio, target, robust accuracies, and (with ``agreement``, the words after the count)
-    how many images have the same robust flag in ``ours`` as in ``agreed_with`` (default: the baseline)."""
+    """A pair's row: median times, ratio and its quartiles over the rounds, target, robust accuracies, and (with
+    ``agreement``, the words after the count) how many images have the same robust flag in ``ours`` as in
+    ``agreed_with`` (default: the baseline)."""
     mine, theirs = results[ours]["robust"], results[baseline]["robust"]
     other = results[agreed_with or baseline]["robust"]
     agreed = f"{sum(a == b for a, b in zip(mine, other))}/{len(mine)} {agreement}" if agreement else ""
-    return [label, times[ours], times[baseline], times[ours] / times[baseline], TARGETS.get(ours, ""),
+    seconds = times.medians()
+    return [label, seconds[ours], seconds[baseline], times.ratio(ours, baseline), TARGETS.get(ours, ""),
+            times.spread(ours, baseline),
             f"{100 * mine.count('1') / len(mine):.2f} / {100 * theirs.count('1') / len(theirs):.2f}", agreed]
 
 
 def _timed(call: Callable[[], None]) -> Callable[[], float]:
-    """``call`` timed whole (a command, start-up included), in the form Timing.medians(reported=True) reads."""
+    """``call`` timed whole (a command, start-up included), in the form Timing.rounds(reported=True) reads."""
     def timed() -> float:
         start = time.perf_counter()
         call()

@@ -2,10 +2,11 @@
 
 Rows: a hybrid SaBN training step (PGD attack included, channels_last) in float32, bfloat16 and float16 autocast, and
 compiled (float32, ``--compile``'s in-place torch.compile, its warm-up timed apart) as images per second with the
-ratio to float32, and what a training epoch of 50,000 CIFAR-shaped images takes eager and compiled; one
-forward+backward over the joined clean+adversarial batch through ``split_routes`` against two forwards (the <= 0.85
-target); and AutoAttack (standard) through :func:`robust_sabn.eval.evaluate` in the exact and the compiled form, in
-images per second, with the compiled form's warm-up and the robust accuracies.
+ratio of float32's time to theirs (the median of the rounds' ratios), and what a training epoch of 50,000
+CIFAR-shaped images takes eager and compiled; one forward+backward over the joined clean+adversarial batch through
+``split_routes`` against two forwards (the <= 0.85 target); and AutoAttack (standard) through
+:func:`robust_sabn.eval.evaluate` in the exact and the compiled form, in images per second, with the compiled form's
+warm-up and the robust accuracies.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ...threat import Threat
 from ...training.objectives import OBJECTIVES
 from ..flags import InRange, add_common_flags
 from .steps import SPLIT_TARGET, split_steps
-from .timing import Timing
+from .timing import SPREAD_COLUMN, Timing, machine
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EPOCH_IMAGES = 50_000  # a CIFAR-10 training epoch
@@ -73,21 +74,22 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
     warm_up = time.perf_counter() - start
     fused, separate = split_steps(set_route(model, "adv"), x, y)
     variants.update({"split": fused, "two": separate})
-    times = timing.medians(variants, wait=torch.cuda.synchronize)
+    times = timing.rounds(variants, wait=torch.cuda.synchronize)
+    per_step = times.medians()
 
-    rows = [[f"hybrid training step (PGD-{steps}), {name}", batch_size / times[name],
-             times["float32"] / times[name], ""] for name in [*PRECISIONS, "compiled"]]
+    rows = [[f"hybrid training step (PGD-{steps}), {name}", batch_size / per_step[name],
+             times.ratio("float32", name), "", times.spread("float32", name)] for name in [*PRECISIONS, "compiled"]]
     epoch = EPOCH_IMAGES / batch_size
-    rows.append([f"training epoch of {EPOCH_IMAGES} images, float32: eager {epoch * times['float32']:.0f} s, "
-                 f"compiled {epoch * times['compiled']:.0f} s (+ {warm_up:.0f} s compile warm-up, once)", "-", "-",
-                 ""])
+    rows.append([f"training epoch of {EPOCH_IMAGES} images, float32: eager {epoch * per_step['float32']:.0f} s, "
+                 f"compiled {epoch * per_step['compiled']:.0f} s (+ {warm_up:.0f} s compile warm-up, once)", "-", "-",
+                 "", ""])
     rows.append(["split_routes (2B in one pass) vs two forwards (B + B), float32, time ratio", "-",
-                 times["split"] / times["two"], SPLIT_TARGET])
+                 times.ratio("split", "two"), SPLIT_TARGET, times.spread("split", "two")])
     images = torch.rand(n_eval, 3, 32, 32)
     with torch.no_grad():
         labels = set_route(model.eval(), "adv")(images.to(device)).argmax(1).cpu()  # all correct: all attacked
     set_route(model, None)
-    seconds, reports = {}, {}
+    seconds, reports = {}, {}  # AutoAttack: one evaluation in each form
     for numerics in ("exact", "compiled"):
         settings = EvalSettings(attack="autoattack", batch_size=n_eval, numerics=numerics, progress=timing.progress)
         torch.cuda.synchronize()
@@ -99,10 +101,10 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
     rows += [[f"AutoAttack standard, {n_eval} images, numerics {numerics}"
               + (f" (+ {reports[numerics].time['compile_s']:.0f} s compile warm-up; robust acc % exact / compiled: "
                  f"{robust})" if numerics == "compiled" else ""), n_eval / seconds[numerics],
-              seconds["exact"] / seconds[numerics], ""] for numerics in seconds]
+              seconds["exact"] / seconds[numerics], "", ""] for numerics in seconds]
     header = (f"{arch} with SaBN on {torch.cuda.get_device_name(device)}, batch {batch_size}x3x32x32 channels_last, "
-              f"median of {timing.repeats}, torch {torch.__version__}\n\n")
-    return header + markdown_table(["row", "images / s", "ratio", "target (<=)"], rows)
+              f"medians of {timing.repeats} rounds (AutoAttack: one run each), host CPU {machine()}\n\n")
+    return header + markdown_table(["row", "images / s", "ratio", "target (<=)", SPREAD_COLUMN], rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

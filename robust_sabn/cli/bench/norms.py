@@ -30,7 +30,7 @@ from ...threat import Threat
 from ...training.objectives import OBJECTIVES
 from ..flags import InRange, add_common_flags
 from .steps import COMPILED_TARGET, SPLIT_TARGET, Step, split_steps
-from .timing import Times, Timing
+from .timing import SPREAD_COLUMN, Times, Timing, machine
 
 # label -> create_model arguments; every model runs on the same input, in train mode, on the "adv" route.
 NORM_VARIANTS: dict[str, dict] = {
@@ -60,9 +60,9 @@ class Comparison:
     def row(self, times: Times) -> list:
         """Label, the numerator's median milliseconds, the median of the rounds' ratios, the target, and the ratios'
         quartiles over the rounds."""
-        low, high = times.quartiles(self.numerator, self.denominator, self.scale)
         return [self.label, 1e3 * statistics.median(times.samples[self.numerator]),
-                times.ratio(self.numerator, self.denominator, self.scale), self.target, f"{low:.3f}-{high:.3f}"]
+                times.ratio(self.numerator, self.denominator, self.scale), self.target,
+                times.spread(self.numerator, self.denominator, self.scale)]
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
@@ -177,10 +177,10 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
     rows = [comparison.row(times) for comparison in comparisons]
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
               f"forward+backward, {timing.repeats} rounds (a ratio is the median of the rounds' ratios), "
-              f"{torch.get_num_threads()} threads, {device}, torch {torch.__version__}\n\n")
+              f"{device}, {machine()}\n\n")
     if choice.note:
         header += f"NCHW, not channels_last: {choice.note}\n\n"
-    return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)", "ratio's quartiles over rounds"],
+    return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)", SPREAD_COLUMN],
                                    rows)
 
 

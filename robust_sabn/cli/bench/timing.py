@@ -1,5 +1,6 @@
-"""Wall-clock timing for side-by-side benchmarks: variants run interleaved, medians compared, or the ratios of the
-variants within each round (:class:`Times`)."""
+"""Wall-clock timing for side-by-side benchmarks: variants run interleaved, one call of each per round, and compared
+by the ratios of their times within each round (:class:`Times`), so that a change of the machine's speed between
+rounds cancels."""
 from __future__ import annotations
 
 import statistics
@@ -7,7 +8,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import torch
 from tqdm.auto import tqdm
+
+from ...limits import cpu_cores
+from ...provenance import cpu_name
+
+SPREAD_COLUMN = "ratio's quartiles over rounds"
+
+
+def machine() -> str:
+    """Where a table was timed, for its header: the CPU, its cores and the threads used, and torch's version."""
+    return (f"{cpu_name()}, {cpu_cores()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,11 @@ class Times:
         low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
         return low, high
 
+    def spread(self, numerator: str, denominator: str, scale: float = 1.0) -> str:
+        """:meth:`quartiles` as a table cell, ``"low-high"``."""
+        low, high = self.quartiles(numerator, denominator, scale)
+        return f"{low:.3f}-{high:.3f}"
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -45,11 +62,6 @@ class Timing:
     repeats: int = 10
     warmup: int = 2
     progress: bool = False
-
-    def medians(self, variants: Mapping[str, Callable[[], object]], wait: Callable[[], None] = lambda: None,
-                reported: bool = False) -> dict[str, float]:
-        """Median seconds per call of each variant (see :meth:`rounds`)."""
-        return self.rounds(variants, wait, reported).medians()
 
     def rounds(self, variants: Mapping[str, Callable[[], object]], wait: Callable[[], None] = lambda: None,
                reported: bool = False) -> Times:
