@@ -180,8 +180,7 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
               f"{device}, {machine()}\n\n")
     if choice.note:
         header += f"NCHW, not channels_last: {choice.note}\n\n"
-    return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)", SPREAD_COLUMN],
-                                   rows)
+    return header + markdown_table(["variant", "ms / step", "ratio", "target (<=)", SPREAD_COLUMN], rows)
 
 
 def run(args: argparse.Namespace) -> int:

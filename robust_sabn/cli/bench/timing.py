@@ -19,7 +19,7 @@ SPREAD_COLUMN = "ratio's quartiles over rounds"
 
 def machine() -> str:
     """Where a table was timed, for its header: the CPU, its cores and the threads used, and torch's version."""
-    return (f"{cpu_name()}, {cpu_cores()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    return f"{cpu_name()}, {cpu_cores()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 @dataclass(frozen=True)
