@@ -9,7 +9,7 @@ from helpers import write_run_dir
 
 from robust_sabn.cli import main
 from robust_sabn.cli.bench.norms import NORM_VARIANTS
-from robust_sabn.cli.bench.timing import Times
+from robust_sabn.cli.bench.timing import Times, machine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +40,7 @@ def test_bench_norms_prints_every_variant_and_both_joined_batch_rows(capsys, wid
     quartiles = [[float(q) for q in row[4].split("-")] for row in rows]
     assert quartiles[0] == [1.0, 1.0] and all(0 < low <= high for low, high in quartiles)
     assert all(low == float(row[2]) == high for (low, high), row in zip(quartiles, rows))  # one round: one ratio
-    assert f"x8x8 ({layout})," in out
+    assert f"x8x8 ({layout})," in out and machine() in out  # the header names the CPU
     assert ("oneDNN issue 6035" in out) == (width == "4")  # the training default, NCHW for width 4, says why
 
 
@@ -97,12 +97,14 @@ def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(cap
         assert rows[2][4] == "0.550" and rows[2][7].endswith("/8 images") and rows[4][7].endswith("/12 with exact")
         assert float(rows[-2][1]) > float(rows[-1][1]) > 0  # compiling from scratch takes longer than from the cache
     assert ("last.pt (cifar10, route adv), first 8 test images" in out) == (case == "checkpoint")
-    assert f"eps {(2 if case == 'checkpoint' else 8) / 255:.4f}" in out
+    assert f"eps {(2 if case == 'checkpoint' else 8) / 255:.4f}" in out and machine() in out
 
 
 def test_bench_data_times_the_batched_crop_against_the_loop(capsys):
     assert main(["bench", "data", "--batch-size", "8", "--repeats", "1"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu")]
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(f"medians of 1 rounds, {machine()}")
+    rows = [line for line in out.splitlines() if line.startswith("| cpu")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 7
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert cells[4] == f"{float(cells[3]):.3f}-{float(cells[3]):.3f}"  # one round: its ratio is both quartiles

@@ -10,6 +10,7 @@ from fake_data import write_fashion_mnist
 from robust_sabn import ConfigError
 from robust_sabn.cli import main
 from robust_sabn.cli.bench.paired import Bench
+from robust_sabn.cli.bench.timing import machine
 from robust_sabn.cli.bench.train import METRICS, TRAIN_BENCH_VARIANTS, train_interleaved, variant_configs
 from robust_sabn.io import load_checkpoint, save_checkpoint
 from robust_sabn.training import TrainConfig, train
@@ -28,6 +29,7 @@ def test_bench_train_prints_one_row_per_variant(tmp_path, capsys, monkeypatch):
             "--device", "cpu", "--out-dir", str(tmp_path / "bench"), "--no-progress"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith(f"; trained on cpu, {machine()}")  # the header names where the epochs were timed
     table = [line for line in lines if line.startswith("| ")]
     assert table[0] == "| " + " | ".join(["variant", *METRICS.values(), "s / epoch", "time vs first"]) + " |"
     rows = [line.split(" | ")[0].removeprefix("| ") for line in table[1:]]

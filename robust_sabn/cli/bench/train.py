@@ -40,6 +40,7 @@ from ...training.run_dir import BEST, RESUMABLE, resume_config
 from ..flags import InRange, add_common_flags
 from .paired import Bench, Variant, bench_table, seeds_table
 from .steps import COMPILED_TARGET
+from .timing import machine
 
 # label -> config overrides; other parts append rows (e.g. {"norm": "ubn"}).
 TRAIN_BENCH_VARIANTS: dict[str, dict] = {
@@ -167,7 +168,8 @@ def bench_train(base: TrainConfig, out_dir: str | Path, test_size: int | None = 
     header = (f"{base.dataset}, {base.arch}{f' width {base.width}' if base.width else ''}, objective "
               f"{base.objective}, PGD-{base.steps} training ({base.threat.label}), {base.epochs} "
               f"epochs x {base.train_size or 'all'} images, seed {base.seed}, variants trained epoch by epoch in "
-              f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}{aa}")
+              f"turn; best.pt scored on {len(test[1])} test images, eval's pgd-{pgd_steps}{aa}; trained on "
+              f"{resolve_device(base.device)}, {machine()}")
     bench = Bench(header, dict(METRICS), scored)
     bench.save(out_dir)
     return bench_table(bench) + compiled_line(results)
