@@ -9,7 +9,7 @@ from helpers import write_run_dir
 
 from robust_sabn.cli import main
 from robust_sabn.cli.bench.norms import NORM_VARIANTS
-from robust_sabn.cli.bench.timing import Times, machine
+from robust_sabn.cli.bench.timing import Times, Timing, machine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,6 +53,7 @@ def test_round_ratios_cancel_a_change_of_speed_between_rounds():
     low, high = times.quartiles("variant", "baseline")
     assert math.isclose(low, (1.1 / 2.4 + 0.5) / 2) and high == 0.5
     assert Times({"a": [2.0], "b": [4.0]}).quartiles("a", "b") == (0.5, 0.5)
+    assert (Timing(3).timed_rounds, Timing(1).timed_rounds) == ("3 rounds", "1 round")  # as headers say it
 
 
 def test_bench_norms_compile_needs_a_warm_up_round(capsys):
@@ -103,7 +104,7 @@ def test_bench_eval_times_both_pairs_and_autoattack_agrees_with_pyautoattack(cap
 def test_bench_data_times_the_batched_crop_against_the_loop(capsys):
     assert main(["bench", "data", "--batch-size", "8", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].endswith(f"medians of 1 rounds, {machine()}")
+    assert out.splitlines()[0].endswith(f"medians of 1 round, {machine()}")
     rows = [line for line in out.splitlines() if line.startswith("| cpu")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 7
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]

@@ -46,7 +46,7 @@ def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, ti
         rows.append([str(device), 1e3 * ms["batched"], 1e3 * ms["loop"], times.ratio("batched", "loop"),
                      times.spread("batched", "loop")])
     header = (f"random crop (padding {padding}) and flip of {batch_size}x3x{image_size}x{image_size} float images, "
-              f"medians of {timing.repeats} rounds, {machine()}\n\n")
+              f"medians of {timing.timed_rounds}, {machine()}\n\n")
     return header + markdown_table(["device", "batched (ms)", "per-image loop (ms)", "ratio", SPREAD_COLUMN], rows)
 
 

@@ -271,7 +271,7 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
             rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
                          f"thread(s)", seconds["2 x 1"], seconds[baseline], times.ratio("2 x 1", baseline), "",
                          times.spread("2 x 1", baseline), f"{robust} ({same} per-image results)", ""])
-    header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, medians of {timing.repeats} rounds, "
+    header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, medians of {timing.timed_rounds}, "
               f"{machine()}; each library call in a fresh process, timed without "
               f"its start-up (and robust-sabn's compiled calls without their warm-up)\n\n")
     return header + markdown_table(["evaluation", "robust-sabn (s)", "baseline (s)", "ratio", "target (<=)",

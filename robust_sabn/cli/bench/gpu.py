@@ -103,7 +103,7 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
                  f"{robust})" if numerics == "compiled" else ""), n_eval / seconds[numerics],
               seconds["exact"] / seconds[numerics], "", ""] for numerics in seconds]
     header = (f"{arch} with SaBN on {torch.cuda.get_device_name(device)}, batch {batch_size}x3x32x32 channels_last, "
-              f"medians of {timing.repeats} rounds (AutoAttack: one run each), host CPU {machine()}\n\n")
+              f"medians of {timing.timed_rounds} (AutoAttack: one run each), host CPU {machine()}\n\n")
     return header + markdown_table(["row", "images / s", "ratio", "target (<=)", SPREAD_COLUMN], rows)
 
 

@@ -176,7 +176,7 @@ def bench_norms(arch: str = "resnet_small", width: int = 32, batch_size: int = 6
         comparisons += compiled_comparisons
     rows = [comparison.row(times) for comparison in comparisons]
     header = (f"{arch} (width {width}), batch {batch_size}x3x{image_size}x{image_size} ({layout}), train mode, "
-              f"forward+backward, {timing.repeats} rounds (a ratio is the median of the rounds' ratios), "
+              f"forward+backward, {timing.timed_rounds} (a ratio is the median of the rounds' ratios), "
               f"{device}, {machine()}\n\n")
     if choice.note:
         header += f"NCHW, not channels_last: {choice.note}\n\n"

@@ -63,6 +63,11 @@ class Timing:
     warmup: int = 2
     progress: bool = False
 
+    @property
+    def timed_rounds(self) -> str:
+        """``"3 rounds"``, ``"1 round"``: how many rounds were timed, for a table's header."""
+        return f"{self.repeats} round{'s' * (self.repeats != 1)}"
+
     def rounds(self, variants: Mapping[str, Callable[[], object]], wait: Callable[[], None] = lambda: None,
                reported: bool = False) -> Times:
         """Seconds per call of each variant in each timed round. ``wait`` finishes queued work
