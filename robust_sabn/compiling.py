@@ -8,7 +8,8 @@ folded copy validation scores, the weight average) is plain again. The compiled 
 ``<cache>/inductor`` (inductor's FX graph cache and AOT autograd cache, with the compiled kernels), where the cache
 folder is ``$ROBUST_SABN_CACHE``, else ``$XDG_CACHE_HOME/robust-sabn`` (``~/.cache/robust-sabn``).
 
-Modes: on the CPU inductor's default (C++ kernels, oneDNN convolutions). On CUDA "max-autotune-no-cudagraphs":
+Modes: on the CPU inductor's default (C++ kernels, oneDNN convolutions), with one joint-graph pass,
+:func:`recompute_masks`. On CUDA "max-autotune-no-cudagraphs":
 Triton kernels with the fastest of several templates for every matrix product and convolution (its first
 compilation takes minutes, the cache keeps the choices), without CUDA graphs, which record one graph per input shape
 and keep the outputs of one call only until the next, while AutoAttack shrinks its batches at every step and the
@@ -16,6 +17,7 @@ training attacks keep earlier outputs.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -60,6 +62,37 @@ def compile_mode(device: torch.device) -> str | None:
     return CUDA_MODE if device.type == "cuda" else None
 
 
+@functools.cache
+def recompute_masks() -> Callable[[torch.fx.Graph], None]:
+    """A pass over the joint forward-backward graph: every comparison the backward pass needs (a ReLU's mask, above
+    all) is recomputed there from the float tensor it compares, instead of being stored in the forward pass as a bool
+    tensor. The masks are the same either way, so the results are too. On the CPU, inductor's vectorized store of a
+    bool tensor runs an order of magnitude slower than eager in torch 2.14.1, and every ResNet's attack pass stores
+    one such mask (docs/benchmarks.md, "One slow kernel of inductor's own"); recomputing it costs a float tensor of
+    memory instead, and about a tenth of a compiled attack pass less time. Made at first use: inductor's module
+    takes a second to import."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    comparisons = (torch.ops.aten.le, torch.ops.aten.lt, torch.ops.aten.ge, torch.ops.aten.gt)
+
+    class RecomputeMasks(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            for node in graph.nodes:
+                if node.op == "call_function" and getattr(node.target, "overloadpacket", None) in comparisons:
+                    node.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
+
+        def uuid(self) -> bytes:  # what inductor's caches key the compiled code on: this file's contents
+            return get_hash_for_files((__file__,))
+
+    return RecomputeMasks()
+
+
+def compile_options(device: torch.device) -> dict | None:
+    """The inductor settings of torch.compile on ``device``, beside its mode (None: none)."""
+    return {"joint_custom_pre_pass": recompute_masks()} if device.type == "cpu" else None
+
+
 def describe_compilation(device: torch.device) -> str:
     """How a model is compiled on ``device``, in words."""
     return f"torch.compile (inductor, mode {compile_mode(device) or 'default'})"
@@ -100,7 +133,7 @@ def compile_in_place(model: nn.Module, device: torch.device, fallback: Callable[
         if not compiled:
             configure()
             compiled.append(torch.compile(model._call_impl, fullgraph=True, dynamic=None if frozen else False,
-                                          mode=compile_mode(device)))
+                                          mode=compile_mode(device), options=compile_options(device)))
         if frozen:
             torch._dynamo.maybe_mark_dynamic(x, 0)
         try:

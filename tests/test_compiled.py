@@ -47,9 +47,12 @@ def test_the_compiled_form_agrees_with_the_exact_one():
           evaluation_form(freeze(model, "adv", CPU), CPU, "compiled") as compiled):
         assert warm_up(compiled, x) > 0 and warm_up(exact, x) == 0
         leaf = x.clone().requires_grad_(True)
-        logits = [form(leaf) for form in (exact, compiled)]
+        saved = []  # what the compiled forward keeps for its backward pass
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+            logits = [exact(leaf), compiled(leaf)]
         grads = [torch.autograd.grad(F.cross_entropy(out, y), leaf)[0] for out in logits]
     assert torch.allclose(logits[0], logits[1], atol=1e-5) and torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert torch.float32 in saved and torch.bool not in saved  # ReLU masks recomputed, not stored (recompute_masks)
     top2 = logits[0].detach().topk(2).values
     away = top2[:, 0] - top2[:, 1] > 1e-3  # predictions that last-digit differences cannot change
     assert away.sum() >= 24
