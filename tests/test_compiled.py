@@ -49,7 +49,8 @@ def test_the_compiled_form_agrees_with_the_exact_one():
         leaf = x.clone().requires_grad_(True)
         saved = []  # what the compiled forward keeps for its backward pass
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
-            logits = [exact(leaf), compiled(leaf)]
+            compiled_logits = compiled(leaf)
+        logits = [exact(leaf), compiled_logits]
         grads = [torch.autograd.grad(F.cross_entropy(out, y), leaf)[0] for out in logits]
     assert torch.allclose(logits[0], logits[1], atol=1e-5) and torch.allclose(grads[0], grads[1], atol=1e-6)
     assert torch.float32 in saved and torch.bool not in saved  # ReLU masks recomputed, not stored (recompute_masks)

@@ -152,11 +152,14 @@ def test_cpu_name_names_the_model_and_the_vector_instructions(monkeypatch):
         model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
         assert name.startswith(model.split(":", 1)[1].strip())
     cpu_name.cache_clear()
-    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("no /proc")))
-    monkeypatch.setattr("platform.processor", lambda: "")
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    assert cpu_name().startswith("x86_64 (")  # without /proc/cpuinfo: the platform's word
-    cpu_name.cache_clear()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr("builtins.open", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("no /proc")))
+            patch.setattr("platform.processor", lambda: "")
+            patch.setattr("platform.machine", lambda: "x86_64")
+            assert cpu_name().startswith("x86_64 (")  # without /proc/cpuinfo: the platform's word
+    finally:
+        cpu_name.cache_clear()  # the next call reads the real CPU again
 
 
 # ------------------------------------------------------------------------------------ renamed settings

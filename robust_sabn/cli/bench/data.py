@@ -42,8 +42,8 @@ def bench_data(batch_size: int = 512, image_size: int = 32, padding: int = 4, ti
                     for name, fn in (("batched", random_crop_flip), ("loop", crops_one_by_one))}
         wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         times = timing.rounds(variants, wait=wait)
-        ms = times.medians()
-        rows.append([str(device), 1e3 * ms["batched"], 1e3 * ms["loop"], times.ratio("batched", "loop"),
+        rows.append([str(device), 1e3 * times.median("batched"), 1e3 * times.median("loop"),
+                     times.ratio("batched", "loop"),
                      times.spread("batched", "loop")])
     header = (f"random crop (padding {padding}) and flip of {batch_size}x3x{image_size}x{image_size} float images, "
               f"medians of {timing.timed_rounds}, {machine()}\n\n")

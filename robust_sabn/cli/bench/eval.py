@@ -248,9 +248,8 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
                 checkpoint, Path(scratch) / label.replace(" ", ""), sharded_attack, len(case.y), batch_size,
                 case.eps, seed, *setting, results, label)) for label, setting in shards.items()})
         times = timing.rounds(variants, reported=True)
-    seconds = times.medians()
     label = f"AutoAttack {version}" + (f" ({', '.join(attacks)})" if version == "custom" else "")
-    rows = [[f"{label}, numerics {form}", "skipped", seconds["pyautoattack"], "", "", "", refused[form], ""]
+    rows = [[f"{label}, numerics {form}", "skipped", times.median("pyautoattack"), "", "", "", refused[form], ""]
             if refused[form] else _row(f"{label}, numerics {form}", f"autoattack {form}", "pyautoattack", times,
                                        results, "images") for form in numerics]
     pgd = f"PGD-10 (eps/4 steps, {len(results['pgd-10 exact']['robust'])} images)"  # a test set may hold fewer
@@ -269,8 +268,9 @@ def bench_eval(spec: CaseSpec = CaseSpec(), timing: Timing = Timing(3, 0), batch
         for baseline in list(shards)[1:]:
             same = "identical" if results[baseline] == results["2 x 1"] else "DIFFERENT"
             rows.append([f"robust-sabn eval --attack {sharded_attack}: 2 processes x 1 thread vs {baseline} "
-                         f"thread(s)", seconds["2 x 1"], seconds[baseline], times.ratio("2 x 1", baseline), "",
-                         times.spread("2 x 1", baseline), f"{robust} ({same} per-image results)", ""])
+                         f"thread(s)", times.median("2 x 1"), times.median(baseline),
+                         times.ratio("2 x 1", baseline), "", times.spread("2 x 1", baseline),
+                         f"{robust} ({same} per-image results)", ""])
     header = (f"{case.description}, batch {batch_size}, Linf eps {case.eps:.4f}, medians of {timing.timed_rounds}, "
               f"{machine()}; each library call in a fresh process, timed without "
               f"its start-up (and robust-sabn's compiled calls without their warm-up)\n\n")
@@ -286,8 +286,7 @@ def _row(label: str, ours: str, baseline: str, times: Times, results: dict[str, 
     mine, theirs = results[ours]["robust"], results[baseline]["robust"]
     other = results[agreed_with or baseline]["robust"]
     agreed = f"{sum(a == b for a, b in zip(mine, other))}/{len(mine)} {agreement}" if agreement else ""
-    seconds = times.medians()
-    return [label, seconds[ours], seconds[baseline], times.ratio(ours, baseline), TARGETS.get(ours, ""),
+    return [label, times.median(ours), times.median(baseline), times.ratio(ours, baseline), TARGETS.get(ours, ""),
             times.spread(ours, baseline),
             f"{100 * mine.count('1') / len(mine):.2f} / {100 * theirs.count('1') / len(theirs):.2f}", agreed]
 

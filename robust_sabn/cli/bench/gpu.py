@@ -75,14 +75,13 @@ def bench_gpu(arch: str = "preact_resnet18", batch_size: int = 128, steps: int =
     fused, separate = split_steps(set_route(model, "adv"), x, y)
     variants.update({"split": fused, "two": separate})
     times = timing.rounds(variants, wait=torch.cuda.synchronize)
-    per_step = times.medians()
 
-    rows = [[f"hybrid training step (PGD-{steps}), {name}", batch_size / per_step[name],
+    rows = [[f"hybrid training step (PGD-{steps}), {name}", batch_size / times.median(name),
              times.ratio("float32", name), "", times.spread("float32", name)] for name in [*PRECISIONS, "compiled"]]
     epoch = EPOCH_IMAGES / batch_size
-    rows.append([f"training epoch of {EPOCH_IMAGES} images, float32: eager {epoch * per_step['float32']:.0f} s, "
-                 f"compiled {epoch * per_step['compiled']:.0f} s (+ {warm_up:.0f} s compile warm-up, once)", "-", "-",
-                 "", ""])
+    rows.append([f"training epoch of {EPOCH_IMAGES} images, float32: eager {epoch * times.median('float32'):.0f} s, "
+                 f"compiled {epoch * times.median('compiled'):.0f} s (+ {warm_up:.0f} s compile warm-up, once)",
+                 "-", "-", "", ""])
     rows.append(["split_routes (2B in one pass) vs two forwards (B + B), float32, time ratio", "-",
                  times.ratio("split", "two"), SPLIT_TARGET, times.spread("split", "two")])
     images = torch.rand(n_eval, 3, 32, 32)

@@ -28,8 +28,9 @@ class Times:
 
     samples: dict[str, list[float]]
 
-    def medians(self) -> dict[str, float]:
-        return {name: statistics.median(times) for name, times in self.samples.items()}
+    def median(self, name: str) -> float:
+        """The median seconds per call of ``name``."""
+        return statistics.median(self.samples[name])
 
     def round_ratios(self, numerator: str, denominator: str, scale: float = 1.0) -> list[float]:
         """``numerator / (scale * denominator)`` within each round."""
